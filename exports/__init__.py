@@ -1,0 +1,1 @@
+"""Merge and quantize/export stages: one module per format (see pipeline.registry)."""

@@ -1,0 +1,20 @@
+"""tunechain: run a chain of stages from one Hydra config.
+
+    python main.py                                   # the quickstart chain on the embedded model
+    python main.py recipe=NAME model=NAME key=value  # any recipe in recipes/, any override
+    python main.py -m recipe=quickstart stages.sft.learning_rate=1e-4,3e-4   # a sweep
+"""
+import hydra
+from omegaconf import DictConfig
+
+from pipeline.cli import precheck_overrides, run
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    precheck_overrides()
+    main()

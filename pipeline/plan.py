@@ -1,0 +1,168 @@
+"""Turn a composed config into a checked plan before anything heavy runs.
+
+Checks, in order: every stage's config against its dataclass, each stage's inputs (named or
+implied) against the kinds earlier stages produce, every data file record by record, the base
+model's availability, and a memory estimate. Each stage then gets its fingerprint, and stages
+already in the store are marked to be reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import data, memory, registry
+from .artifacts import Artifact, Store
+from .errors import ConfigError, PlanError
+from .fingerprint import hash_json, stage_fingerprint
+from .models import ModelConfig, base_artifact, check_available, local_folder
+from .validate import typed_config
+
+BASE = "base"  # the reserved input name of the chain's starting model
+
+
+@dataclass
+class Step:
+    name: str
+    spec: registry.StageSpec
+    cfg: Any                                   # the stage's typed config
+    input_names: list[str]
+    output_kind: str
+    fingerprint: str = ""
+    cached: Artifact | None = None
+    memory_bytes: int | None = None
+    data_notes: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+
+@dataclass
+class Plan:
+    recipe: str
+    model: ModelConfig
+    base: Artifact
+    steps: list[Step]
+    store: Store
+    device: str
+    n_params: int | None = None
+
+    def render(self) -> str:
+        params = f", {self.n_params / 1e6:.1f}M params" if self.n_params else ""
+        lines = [f"tunechain plan: recipe '{self.recipe}', model '{self.model.name}' ({self.model.path}{params}), "
+                 f"device {self.device}", f"  store: {self.store.root}"]
+        header = ("#", "stage", "kind", "input", "output", "fingerprint", "memory", "status")
+        rows = [header] + [
+            (str(i), s.name, s.kind, ",".join(s.input_names), s.output_kind, s.fingerprint[:12],
+             memory.human(s.memory_bytes) if s.memory_bytes else "-", "reuse" if s.cached else "run")
+            for i, s in enumerate(self.steps, 1)
+        ]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        for step in self.steps:
+            lines += [f"  data  {step.name}: {note}" for note in step.data_notes]
+        return "\n".join(lines)
+
+
+def _stage_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    stages = cfg.get("stages")
+    if not stages:
+        raise ConfigError("the recipe defines no stages: pick one with recipe=NAME (see recipes/)")
+    return [(str(name), stages[name]) for name in stages]
+
+
+def _resolve_inputs(name: str, spec: registry.StageSpec, requested: list[str] | None,
+                    produced: dict[str, str]) -> list[str]:
+    where = f"stages.{name}"
+    available = ", ".join(f"{n}: {k}" for n, k in produced.items())
+    if requested:
+        for wanted in requested:
+            if wanted not in produced:
+                raise PlanError(f"{where}.inputs: '{wanted}' is not an earlier stage; choose from: {', '.join(produced)}")
+            if produced[wanted] not in spec.consumes:
+                raise PlanError(f"{where}.inputs: '{wanted}' produces '{produced[wanted]}', but kind '{spec.kind}' "
+                                f"takes {sorted(spec.consumes)}")
+        return list(requested)
+    for earlier in reversed(list(produced)):  # the latest earlier stage whose output it can take
+        if produced[earlier] in spec.consumes:
+            return [earlier]
+    raise PlanError(f"{where} (kind '{spec.kind}') needs an input of kind {' or '.join(sorted(spec.consumes))}, "
+                    f"but no earlier stage produces one (earlier: {available})")
+
+
+def _dataset_fields(cfg: Any) -> list[tuple[str, data.DatasetSpec, str]]:
+    """(field name, spec, purpose) for every DatasetSpec field of a stage config."""
+    found = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, data.DatasetSpec):
+            found.append((f.name, value, f.metadata.get("purpose", "sft")))
+    return found
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
+
+
+def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str = "cpu") -> Plan:
+    model = typed_config(cfg.model, ModelConfig, "model")
+    base = base_artifact(model)
+    produced: dict[str, str] = {BASE: "model"}
+    fingerprints: dict[str, str] = {BASE: base.fingerprint}
+    model_extra = hash_json({k: v for k, v in dataclasses.asdict(model).items() if k not in ("name", "params_b")})
+    steps: list[Step] = []
+    # Pass 1: every config and every input, so a typo anywhere fails before any file is read.
+    for name, node in _stage_nodes(cfg):
+        if name == BASE:
+            raise ConfigError(f"stages.{name}: '{BASE}' is reserved for the chain's model; rename the stage")
+        kind = node.get("kind") if isinstance(node, DictConfig) else None
+        if not kind:
+            raise ConfigError(f"stages.{name}: no 'kind'; compose it from a stage default (+stage/<kind>@stages.{name}) "
+                              f"or set kind to one of: {', '.join(registry.kinds())}")
+        spec = registry.get(str(kind))
+        typed = typed_config(node, spec.config_cls, f"stages.{name}")
+        if hasattr(typed, "validate"):
+            typed.validate(f"stages.{name}", {s.name: s for s in steps})
+        inputs = _resolve_inputs(name, spec, getattr(typed, "inputs", None), produced)
+        steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed)))
+        produced[name] = steps[-1].output_kind
+    # Pass 2: data, record by record, then fingerprints and what the store already has.
+    for step in steps:
+        data_fps = []
+        for field_name, dataset, purpose in _dataset_fields(step.cfg):
+            count = data.check(dataset, purpose)
+            step.data_notes.append(f"{field_name} <- {dataset.path} ({count} records, {purpose})")
+            data_fps.append(data.fingerprint(dataset))
+        step.fingerprint = stage_fingerprint(step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names],
+                                             data_fps, extra={"model": model_extra})
+        step.cached = store.find(step.output_kind, step.fingerprint)
+        fingerprints[step.name] = step.fingerprint
+
+    plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device)
+    if any(not s.cached for s in steps):
+        check_available(model)
+        _plan_memory(plan)
+    return plan
+
+
+def _plan_memory(plan: Plan) -> None:
+    folder = local_folder(plan.model.path)
+    plan.n_params = memory.count_parameters(folder) if folder else (
+        int(plan.model.params_b * 1e9) if plan.model.params_b else None)
+    if not plan.n_params:
+        return
+    dtype = plan.model.dtype if plan.model.dtype != "auto" else ("bfloat16" if plan.device == "cuda" else "float32")
+    for step in plan.steps:
+        profile = step.cfg.memory_profile() if hasattr(step.cfg, "memory_profile") else "inference"
+        step.memory_bytes = memory.estimate_bytes(profile, plan.n_params, dtype)
+
+
+def memory_warnings(plan: Plan) -> list[str]:
+    have = memory.available_bytes(plan.device)
+    return [f"stage '{s.name}' may need ~{memory.human(s.memory_bytes)} but {plan.device} has "
+            f"{memory.human(have)} available; consider {memory.REMEDIES}"
+            for s in plan.steps if s.memory_bytes and not s.cached and s.memory_bytes > have]

@@ -1,0 +1,80 @@
+"""The chain's results: report.md in the run folder and the closing table in the terminal."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# Metrics shown in tables, in this order, when a stage has them.
+HEADLINE = ("math_accuracy", "perplexity", "train_loss", "train_runtime", "prompts_per_s")
+PERCENT = {"math_accuracy"}
+
+
+def _fmt(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if name in PERCENT:
+        return f"{100 * value:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def _table(entries: list[dict[str, Any]]) -> list[list[str]]:
+    columns = [m for m in HEADLINE if any(m in e.get("metrics", {}) for e in entries)]
+    rows = [["stage", "kind", "status", "time"] + columns]
+    for e in entries:
+        seconds = e.get("seconds")
+        rows.append([e["name"], e["kind"], e["status"], f"{seconds:.1f}s" if seconds is not None else "-"]
+                    + [_fmt(m, e.get("metrics", {}).get(m)) for m in columns])
+    return rows
+
+
+def comparisons(entries: list[dict[str, Any]]) -> list[str]:
+    """'eval vs eval_base: math_accuracy +40.0 points' for each stage with compare_with."""
+    by_name = {e["name"]: e for e in entries}
+    lines = []
+    for e in entries:
+        other = by_name.get(e.get("compare_with") or "")
+        if not other:
+            continue
+        for metric in HEADLINE:
+            a, b = e.get("metrics", {}).get(metric), other.get("metrics", {}).get(metric)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                delta = f"{100 * (a - b):+.1f} points" if metric in PERCENT else f"{a - b:+.3g}"
+                lines.append(f"{e['name']} vs {other['name']}: {metric} {_fmt(metric, b)} -> {_fmt(metric, a)} ({delta})")
+    return lines
+
+
+def _locations(run_dir: Path, record: dict[str, Any], tracker) -> list[str]:
+    lines = [f"run folder: {run_dir}", f"chain:      {run_dir / 'chain.json'}", f"report:     {run_dir / 'report.md'}",
+             f"artifacts:  {record['store']}"]
+    if getattr(tracker, "wandb_dir", None):
+        hint = f"  (upload: wandb sync {tracker.wandb_dir})" if tracker.wandb_mode == "offline" else ""
+        lines.append(f"W&B:        {tracker.wandb_dir}{hint}")
+    return lines
+
+
+def _markdown_table(rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return out + ["| " + " | ".join(r) + " |" for r in rows[1:]]
+
+
+def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
+    lines = [f"# tunechain report: {record['recipe']}", "",
+             f"model `{record['model']}` ({record['model_path']}), status **{record['status']}**", ""]
+    lines += _markdown_table(_table(record["stages"])) + [""]
+    lines += [f"- {c}" for c in comparisons(record["stages"])] + [""]
+    lines += ["## Where things are", ""] + [f"- {line}" for line in _locations(run_dir, record, tracker)]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def terminal_summary(run_dir: Path, record: dict[str, Any], tracker) -> str:
+    rows = _table(record["stages"])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["", f"== results: recipe '{record['recipe']}' ({record['status']})"]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines += ["  " + c for c in comparisons(record["stages"])]
+    lines += ["  " + line for line in _locations(run_dir, record, tracker)]
+    return "\n".join(lines)

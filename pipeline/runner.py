@@ -1,0 +1,143 @@
+"""Run a chain: plan it, then run or reuse each stage in order, recording everything.
+
+The run folder (Hydra's output dir) gets `chain.json` (rewritten after every stage, so a crash
+leaves an honest record), `metrics.jsonl`, the W&B run files and `report.md`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from . import report
+from .artifacts import Artifact, Store, write_json_atomic
+from .context import Inputs, StageContext
+from .errors import PlanError
+from .plan import BASE, Plan, Step, build_plan, memory_warnings
+from .tracking import LoggerConfig, Tracker, redact
+from .validate import typed_config
+
+VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class ChainRecord:
+    """chain.json: per stage its name, kind, status, artifact, fingerprint, metrics and time."""
+
+    def __init__(self, run_dir: Path, plan: Plan, overrides: list[str]):
+        self.path = run_dir / "chain.json"
+        self.data: dict[str, Any] = {
+            "recipe": plan.recipe, "model": plan.model.name, "model_path": plan.model.path,
+            "overrides": overrides, "store": str(plan.store.root), "status": "running",
+            "started": dt.datetime.now().isoformat(timespec="seconds"),
+            "stages": [{"name": s.name, "kind": s.kind, "inputs": s.input_names, "status": "pending",
+                        "fingerprint": s.fingerprint, "artifact": None, "metrics": {},
+                        "compare_with": getattr(s.cfg, "compare_with", None)} for s in plan.steps],
+        }
+        self.save()
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.data["stages"] if e["name"] == name)
+
+    def update(self, name: str, **fields: Any) -> None:
+        self.entry(name).update(fields)
+        self.save()
+
+    def finish(self, status: str) -> None:
+        self.data["status"] = status
+        for entry in self.data["stages"]:
+            if entry["status"] == "running":
+                entry["status"] = "failed"
+        self.data["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    import numpy as np
+    import torch
+
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tuple[Artifact, str]:
+    """Run one stage into a temporary folder and commit it, or reuse the stored artifact."""
+    with store.lock(step.fingerprint):
+        found = store.find(step.output_kind, step.fingerprint)  # another job may have made it meanwhile
+        if found is not None:
+            return found, "reused"
+        ctx.out_dir = store.new_tmp_dir(step.fingerprint)
+        seed_everything(ctx.seed)
+        artifact = step.spec.run(step.cfg, inputs, ctx)
+        if artifact.kind != step.output_kind:
+            raise PlanError(f"stage '{step.name}' produced '{artifact.kind}' but planned '{step.output_kind}'")
+        artifact.fingerprint = step.fingerprint
+        artifact.parent = inputs.primary.fingerprint
+        artifact.stage = step.name
+        artifact.versions = tool_versions()
+        artifact.created = dt.datetime.now().isoformat(timespec="seconds")
+        return store.commit(ctx.out_dir, artifact), "done"
+
+
+def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str], group: str | None) -> dict[str, Any]:
+    from .models import pick_device
+
+    store = Store(cfg.paths.store)
+    device = cfg.hardware.get("device") or pick_device()
+    plan = build_plan(cfg, store, recipe=recipe, device=device)
+    print(plan.render(), flush=True)
+    for warning in memory_warnings(plan):
+        print(f"warning: {warning}", flush=True)
+    if cfg.get("dry_run"):
+        print("dry run: stopping after the plan", flush=True)
+        return {}
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = ChainRecord(run_dir, plan, overrides)
+    logger_cfg = typed_config(cfg.logger, LoggerConfig, "logger")
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    tracker = Tracker(logger_cfg, run_dir, config, name=f"{recipe}-{run_dir.name}", group=group)
+    chain: dict[str, Artifact] = {BASE: plan.base}
+    status = "failed"
+    try:
+        for step in plan.steps:
+            print(f"\n== stage {step.name} ({step.kind}) <- {', '.join(step.input_names)}", flush=True)
+            record.update(step.name, status="running")
+            ctx = StageContext(name=step.name, out_dir=run_dir, run_dir=run_dir, model=plan.model, device=device,
+                               seed=int(cfg.seed), tracker=tracker, chain=chain,
+                               hardware=OmegaConf.to_container(cfg.hardware, resolve=True))
+            started = time.time()
+            artifact, outcome = run_stage(step, Inputs([chain[n] for n in step.input_names]), ctx, store)
+            seconds = round(time.time() - started, 2)
+            chain[step.name] = artifact
+            print(f"== stage {step.name}: {outcome} in {seconds}s -> {artifact.path}", flush=True)
+            record.update(step.name, status=outcome, artifact=artifact.path, metrics=artifact.metrics, seconds=seconds)
+            tracker.summary(step.name, artifact.metrics)
+            tracker.log_artifact(step.name, artifact)
+        status = "done"
+    finally:
+        record.finish(status)
+        report.write(run_dir, record.data, tracker)
+        tracker.finish()
+    print(report.terminal_summary(run_dir, record.data, tracker), flush=True)
+    return record.data

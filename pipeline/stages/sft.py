@@ -1,0 +1,106 @@
+"""Supervised fine-tuning (full or LoRA) with trl's SFTTrainer.
+
+    python main.py recipe=quickstart stages.sft.method=full
+
+Each chat record becomes trl's conversational prompt/completion pair (the last assistant turn is
+the completion), so the loss covers completion tokens only and works with any chat template.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+from ..artifacts import Artifact
+from ..context import Inputs, StageContext
+from ..data import DatasetSpec, load
+from ..registry import stage
+from ..training import LoraSpec, device_args, lora_config, loss_curve, save_tokenizer, tokenizer_source
+
+
+class Method(str, Enum):
+    full = "full"
+    lora = "lora"
+
+
+@dataclass
+class SFTConfig:
+    kind: str = "sft"
+    inputs: Optional[List[str]] = None          # default: the latest earlier model, else the base
+    method: Method = Method.lora
+    dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "sft"})
+    max_steps: int = 200                        # -1: train num_train_epochs instead
+    num_train_epochs: float = 1.0
+    learning_rate: float = 2e-4
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    warmup_steps: float = 0.05                  # < 1: a ratio of all steps
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    gradient_checkpointing: bool = False
+    packing: bool = False
+    lora: LoraSpec = field(default_factory=LoraSpec)
+
+    def memory_profile(self) -> str:
+        return "full_train" if self.method == Method.full else "lora_train"
+
+
+def _produces(cfg: SFTConfig) -> str:
+    return "model" if cfg.method == Method.full else "adapter"
+
+
+def to_prompt_completion(records: list[dict]) -> list[dict]:
+    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
+
+
+@stage("sft", config=SFTConfig, consumes={"model"}, produces=_produces)
+def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
+    """Train the input model on chat data; produce a LoRA adapter or a full model."""
+    from datasets import Dataset
+    from trl import SFTConfig as TrlSFTConfig, SFTTrainer
+
+    from ..models import load_causal_lm, load_tokenizer
+
+    source = inputs.primary
+    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    model = load_causal_lm(source, ctx.model, ctx.device)
+    dataset = Dataset.from_list(to_prompt_completion(load(cfg.dataset, "sft")))
+    args = TrlSFTConfig(
+        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
+        packing=cfg.packing, completion_only_loss=True, seed=ctx.seed,
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
+    )
+    peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules) if cfg.method == Method.lora else None
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=[ctx.tracker.trainer_callback(ctx.name)])
+    started = time.time()
+    result = trainer.train()
+    trainer.save_model(str(ctx.out_dir))
+    save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+    _remove_trainer_dir(ctx.out_dir / "trainer")
+    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+               "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
+               **loss_curve(trainer.state.log_history)}
+    ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
+            f"in {metrics['train_steps']} steps")
+    if cfg.method == Method.full:
+        return Artifact(kind="model", path=str(ctx.out_dir), fingerprint="", format="hf",
+                        base_model=source.base_model, metrics=metrics)
+    return Artifact(kind="adapter", path=str(ctx.out_dir), fingerprint="", format="peft-lora",
+                    base_model=source.path, metrics=metrics, meta={"lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha}})
+
+
+def _remove_trainer_dir(path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,71 @@
+"""The artifact store: atomic commits, lookups by fingerprint, crash leftovers, fingerprints."""
+import json
+import os
+import subprocess
+import sys
+
+from pipeline.artifacts import MANIFEST, Artifact, Store
+from pipeline.fingerprint import stage_fingerprint
+
+
+def _make(store: Store, fp: str, payload: str = "weights") -> Artifact:
+    tmp = store.new_tmp_dir(fp)
+    (tmp / "model.bin").write_text(payload)
+    return store.commit(tmp, Artifact(kind="model", path=str(tmp), fingerprint=fp, metrics={"loss": 1.0}))
+
+
+def test_commit_moves_folder_into_place_with_manifest(tmp_path):
+    store = Store(tmp_path / "store")
+    artifact = _make(store, "abc")
+    final = tmp_path / "store" / "model" / "abc"
+    assert artifact.path == str(final)
+    assert (final / "model.bin").read_text() == "weights"
+    assert json.loads((final / MANIFEST).read_text())["metrics"] == {"loss": 1.0}
+    assert not any((tmp_path / "store" / ".tmp").iterdir())
+    assert store.find("model", "abc").metrics == {"loss": 1.0}
+    assert store.find("model", "other") is None
+    assert store.find("adapter", "abc") is None
+
+
+def test_unfinished_folder_is_not_found_and_is_replaced(tmp_path):
+    store = Store(tmp_path / "store")
+    half = tmp_path / "store" / "model" / "abc"
+    half.mkdir(parents=True)
+    (half / "model.bin").write_text("half")  # no manifest: a crash mid-copy
+    assert store.find("model", "abc") is None
+    _make(store, "abc", "whole")
+    assert (half / "model.bin").read_text() == "whole"
+
+
+def test_second_commit_of_same_fingerprint_keeps_the_first(tmp_path):
+    store = Store(tmp_path / "store")
+    _make(store, "abc", "first")
+    _make(store, "abc", "second")
+    assert (tmp_path / "store" / "model" / "abc" / "model.bin").read_text() == "first"
+
+
+def test_stale_tmp_of_dead_process_is_cleaned(tmp_path):
+    store = Store(tmp_path / "store")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "store" / ".tmp" / f"abc-{int(dead.stdout)}-1"
+    stale.mkdir(parents=True)
+    live = tmp_path / "store" / ".tmp" / f"def-{os.getppid()}-1"
+    live.mkdir()
+    store.clean_stale_tmp()
+    assert not stale.exists()
+    assert live.exists()
+
+
+def test_store_survives_being_moved(tmp_path):
+    _make(Store(tmp_path / "a"), "abc")
+    os.rename(tmp_path / "a", tmp_path / "b")
+    assert Store(tmp_path / "b").find("model", "abc").path == str(tmp_path / "b" / "model" / "abc")
+
+
+def test_fingerprint_depends_on_config_inputs_and_data_not_cosmetics():
+    base = stage_fingerprint("sft", {"learning_rate": 1e-4, "logging_steps": 10}, ["in1"], ["data1"])
+    assert base == stage_fingerprint("sft", {"learning_rate": 1e-4, "logging_steps": 99}, ["in1"], ["data1"])
+    assert base != stage_fingerprint("sft", {"learning_rate": 2e-4, "logging_steps": 10}, ["in1"], ["data1"])
+    assert base != stage_fingerprint("sft", {"learning_rate": 1e-4, "logging_steps": 10}, ["in2"], ["data1"])
+    assert base != stage_fingerprint("sft", {"learning_rate": 1e-4, "logging_steps": 10}, ["in1"], ["data2"])
+    assert base != stage_fingerprint("dpo", {"learning_rate": 1e-4, "logging_steps": 10}, ["in1"], ["data1"])
