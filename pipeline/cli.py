@@ -113,6 +113,7 @@ def run(cfg: DictConfig) -> None:
     from .runner import run_chain
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # keep the trainer's progress bar, not map()'s
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     recipe = hydra_cfg.runtime.choices.get("recipe", "?")

@@ -108,7 +108,8 @@ def _plain(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
 
 
-def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str = "cpu") -> Plan:
+def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | None = None) -> Plan:
+    """`device` None: cuda when available; resolved only if a stage must run (torch loads slowly)."""
     model = typed_config(cfg.model, ModelConfig, "model")
     base = base_artifact(model)
     produced: dict[str, str] = {BASE: "model"}
@@ -142,8 +143,11 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str = "
         step.cached = store.find(step.output_kind, step.fingerprint)
         fingerprints[step.name] = step.fingerprint
 
-    plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device)
+    plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device or "-")
     if any(not s.cached for s in steps):
+        from .models import pick_device
+
+        plan.device = device or pick_device()
         check_available(model)
         _plan_memory(plan)
     return plan

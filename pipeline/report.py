@@ -7,6 +7,7 @@ from typing import Any
 # Metrics shown in tables, in this order, when a stage has them.
 HEADLINE = ("math_accuracy", "perplexity", "train_loss", "train_runtime", "prompts_per_s")
 PERCENT = {"math_accuracy"}
+COMPARED = ("math_accuracy", "perplexity")  # quality metrics that compare_with reports as deltas
 
 
 def _fmt(name: str, value: Any) -> str:
@@ -37,7 +38,7 @@ def comparisons(entries: list[dict[str, Any]]) -> list[str]:
         other = by_name.get(e.get("compare_with") or "")
         if not other:
             continue
-        for metric in HEADLINE:
+        for metric in COMPARED:
             a, b = e.get("metrics", {}).get(metric), other.get("metrics", {}).get(metric)
             if isinstance(a, (int, float)) and isinstance(b, (int, float)):
                 delta = f"{100 * (a - b):+.1f} points" if metric in PERCENT else f"{a - b:+.3g}"

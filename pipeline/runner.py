@@ -100,11 +100,9 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
 
 
 def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str], group: str | None) -> dict[str, Any]:
-    from .models import pick_device
-
     store = Store(cfg.paths.store)
-    device = cfg.hardware.get("device") or pick_device()
-    plan = build_plan(cfg, store, recipe=recipe, device=device)
+    plan = build_plan(cfg, store, recipe=recipe, device=cfg.hardware.get("device"))
+    device = plan.device
     print(plan.render(), flush=True)
     for warning in memory_warnings(plan):
         print(f"warning: {warning}", flush=True)

@@ -38,7 +38,7 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
         "bf16": bf16,
         "fp16": on_gpu and not bf16,
         # Checkpointing made CPU steps 2-10x slower for tiny models (ENVIRONMENT.md): opt-in only.
-        "gradient_checkpointing": gradient_checkpointing,
+        "activation_checkpointing": gradient_checkpointing,
         "report_to": "none",  # tracking goes through pipeline.tracking (one W&B run per chain)
         "save_strategy": "no",
         "dataloader_num_workers": 0,

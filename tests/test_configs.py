@@ -1,0 +1,44 @@
+"""Every shipped recipe and model config composes, validates and plans."""
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF, compose
+from pipeline.artifacts import Store
+from pipeline.errors import ModelUnavailable
+from pipeline.models import ModelConfig, check_available
+from pipeline.plan import build_plan
+from pipeline.validate import typed_config
+
+RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def test_recipes_open_with_their_command():
+    for name in RECIPES:
+        lines = (CONF / "recipe" / f"{name}.yaml").read_text().splitlines()
+        assert lines[0] == "# @package _global_", name
+        assert lines[1].startswith("# python main.py"), name
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_plans_on_the_embedded_model(recipe, tmp_path):
+    cfg = compose([f"recipe={recipe}", "logger=none"])
+    plan = build_plan(cfg, Store(tmp_path / "store"), recipe=recipe, device="cpu")
+    assert plan.steps and all(s.fingerprint and not s.cached for s in plan.steps)
+    assert "tunechain plan" in plan.render()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config_is_valid(model):
+    cfg = typed_config(compose([f"model={model}"]).model, ModelConfig, "model")
+    assert cfg.name == model and cfg.trust_remote_code is False
+    assert cfg.lora_target_modules and cfg.dtype in ("float32", "bfloat16", "float16", "auto")
+
+
+def test_hub_model_without_network_fails_in_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = typed_config(compose(["model=qwen3-8b"]).model, ModelConfig, "model")
+    with pytest.raises(ModelUnavailable) as error:
+        check_available(cfg)
+    assert "\n" not in str(error.value) and "Qwen/Qwen3-8B" in str(error.value)
