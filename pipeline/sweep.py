@@ -7,7 +7,10 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from .report import HEADLINE, _fmt
+from .report import COMPARED, _fmt
+
+# Quality, not speed: a sweep compares what each setting produced.
+SWEPT = COMPARED + ("train_loss",)
 
 
 def summarize(sweep_dir: Path) -> str:
@@ -19,7 +22,7 @@ def summarize(sweep_dir: Path) -> str:
     columns: list[str] = []
     for _, record in jobs:
         for entry in record["stages"]:
-            for metric in HEADLINE:
+            for metric in SWEPT:
                 name = f"{entry['name']}.{metric}"
                 if metric in entry.get("metrics", {}) and name not in columns:
                     columns.append(name)
