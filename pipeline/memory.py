@@ -44,6 +44,8 @@ def count_parameters(folder: Path) -> int | None:
 
 def estimate_bytes(profile: str, n_params: int, dtype: str) -> int:
     weights = n_params * BYTES_PER_PARAM.get(dtype, 4)
+    if profile == "qlora_train":  # NF4 weights (x1.15 for scales, seed 001's k) + adapter work
+        return int(n_params * BYTES_PER_PARAM["nf4"] * 1.15 * WORK_MULTIPLE["lora_train"])
     if profile == "full_train":
         return int(n_params * FULL_TRAIN_BYTES_PER_PARAM.get(dtype, 16) * 1.2)
     return int(weights * WORK_MULTIPLE.get(profile, 1.2))

@@ -148,6 +148,9 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
         from .models import pick_device
 
         plan.device = device or pick_device()
+        for step in steps:  # what only the device can tell (e.g. 4-bit kernels on CPU)
+            if not step.cached and hasattr(step.cfg, "check_device"):
+                step.cfg.check_device(f"stages.{step.name}", plan.device)
         check_available(model)
         _plan_memory(plan)
     return plan

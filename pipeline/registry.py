@@ -15,6 +15,7 @@ from .errors import ConfigError
 # One place that lists every stage module (order is irrelevant).
 STAGE_MODULES = [
     "pipeline.stages.sft",
+    "pipeline.stages.qlora",
     "pipeline.stages.eval",
     "exports.merge",
 ]

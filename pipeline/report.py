@@ -46,6 +46,11 @@ def comparisons(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def health(entries: list[dict[str, Any]]) -> list[str]:
+    """Training-health warnings (pipeline/health.py) of every stage that raised any."""
+    return [f"{e['name']}: {w}" for e in entries for w in e.get("metrics", {}).get("health_warnings") or []]
+
+
 def _locations(run_dir: Path, record: dict[str, Any], tracker) -> list[str]:
     lines = [f"run folder: {run_dir}", f"chain:      {run_dir / 'chain.json'}", f"report:     {run_dir / 'report.md'}",
              f"artifacts:  {record['store']}"]
@@ -65,6 +70,8 @@ def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
              f"model `{record['model']}` ({record['model_path']}), status **{record['status']}**", ""]
     lines += _markdown_table(_table(record["stages"])) + [""]
     lines += [f"- {c}" for c in comparisons(record["stages"])] + [""]
+    if health(record["stages"]):
+        lines += ["## Training health", ""] + [f"- {w}" for w in health(record["stages"])] + [""]
     lines += ["## Where things are", ""] + [f"- {line}" for line in _locations(run_dir, record, tracker)]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -77,5 +84,6 @@ def terminal_summary(run_dir: Path, record: dict[str, Any], tracker) -> str:
     lines = ["", f"== results: recipe '{record['recipe']}' ({record['status']})"]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines += ["  " + c for c in comparisons(record["stages"])]
+    lines += ["  health: " + w for w in health(record["stages"])]
     lines += ["  " + line for line in _locations(run_dir, record, tracker)]
     return "\n".join(lines)

@@ -73,3 +73,23 @@ def tokenizer_source(artifact) -> str:
     if (folder / "tokenizer_config.json").is_file():
         return str(folder)
     return artifact.base_model or artifact.path
+
+
+def peak_memory(device: str) -> dict[str, float | str]:
+    """Peak memory of this stage's work: CUDA allocator peak on a GPU, process peak RSS on CPU."""
+    if device == "cuda":
+        import torch
+
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "peak_memory_of": "cuda"}
+    import resource
+
+    return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_memory_of": "process_rss"}
+
+
+def reset_peak_memory(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+

@@ -42,3 +42,16 @@ def test_hub_model_without_network_fails_in_one_line(monkeypatch):
     with pytest.raises(ModelUnavailable) as error:
         check_available(cfg)
     assert "\n" not in str(error.value) and "Qwen/Qwen3-8B" in str(error.value)
+
+
+PRESETS = sorted(p.stem for p in (CONF / "stage" / "preset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_method_presets_apply_over_the_recipe(preset):
+    from pipeline.stages.sft import SFTConfig
+
+    cfg = compose([f"+stage/preset@stages.sft={preset}"])
+    typed = typed_config(cfg.stages.sft, SFTConfig, "stages.sft")
+    assert typed.learning_rate != 2e-3  # the preset's rate replaced quickstart's
+    assert f"#   python main.py +stage/preset@stages.sft={preset}" in (CONF / "stage" / "preset" / f"{preset}.yaml").read_text()

@@ -18,7 +18,9 @@ from ..artifacts import Artifact
 from ..context import Inputs, StageContext
 from ..data import DatasetSpec, load
 from ..registry import stage
-from ..training import LoraSpec, device_args, lora_config, loss_curve, save_tokenizer, tokenizer_source
+from ..health import HealthMonitor
+from ..training import (LoraSpec, device_args, lora_config, loss_curve, peak_memory, reset_peak_memory,
+                        save_tokenizer, tokenizer_source)
 
 
 class Method(str, Enum):
@@ -62,14 +64,20 @@ def to_prompt_completion(records: list[dict]) -> list[dict]:
 @stage("sft", config=SFTConfig, consumes={"model"}, produces=_produces)
 def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input model on chat data; produce a LoRA adapter or a full model."""
+    from ..models import load_causal_lm
+
+    return train(cfg, inputs, ctx, load_causal_lm(inputs.primary, ctx.model, ctx.device))
+
+
+def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict | None = None) -> Artifact:
+    """SFTTrainer on `model` (full weights, or a LoRA on top; the qlora stage passes a 4-bit model)."""
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig, SFTTrainer
 
-    from ..models import load_causal_lm, load_tokenizer
+    from ..models import load_tokenizer
 
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
-    model = load_causal_lm(source, ctx.model, ctx.device)
     dataset = Dataset.from_list(to_prompt_completion(load(cfg.dataset, "sft")))
     args = TrlSFTConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
@@ -78,11 +86,13 @@ def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
         packing=cfg.packing, completion_only_loss=True, seed=ctx.seed,
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing), **_optimizer_args(cfg),
     )
     peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules) if cfg.method == Method.lora else None
+    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[ctx.tracker.trainer_callback(ctx.name)])
+                         peft_config=peft_config, callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
+    reset_peak_memory(ctx.device)
     started = time.time()
     result = trainer.train()
     trainer.save_model(str(ctx.out_dir))
@@ -90,14 +100,22 @@ def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     _remove_trainer_dir(ctx.out_dir / "trainer")
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
-               **loss_curve(trainer.state.log_history)}
+               **loss_curve(trainer.state.log_history), **peak_memory(ctx.device),
+               "health_warnings": health.warnings}
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
     if cfg.method == Method.full:
         return Artifact(kind="model", path=str(ctx.out_dir), fingerprint="", format="hf",
-                        base_model=source.base_model, metrics=metrics)
+                        base_model=source.base_model, metrics=metrics, meta=meta or {})
     return Artifact(kind="adapter", path=str(ctx.out_dir), fingerprint="", format="peft-lora",
-                    base_model=source.path, metrics=metrics, meta={"lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha}})
+                    base_model=source.path, metrics=metrics,
+                    meta={"lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha}, **(meta or {})})
+
+
+def _optimizer_args(cfg) -> dict:
+    """Only set when a config asks (the qlora stage picks a paged optimizer on GPUs)."""
+    optim = getattr(cfg, "optim", None)
+    return {"optim": optim} if optim else {}
 
 
 def _remove_trainer_dir(path) -> None:
