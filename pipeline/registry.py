@@ -17,6 +17,9 @@ STAGE_MODULES = [
     "pipeline.stages.sft",
     "pipeline.stages.qlora",
     "pipeline.stages.eval",
+    "pipeline.stages.distill",
+    "pipeline.stages.grpo",
+    "pipeline.stages.dpo",
     "exports.merge",
 ]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 # Metrics shown in tables, in this order, when a stage has them.
-HEADLINE = ("math_accuracy", "perplexity", "train_loss", "train_runtime", "prompts_per_s")
+HEADLINE = ("math_accuracy", "perplexity", "eval_reward_margin", "reward_end", "train_loss", "train_runtime", "prompts_per_s")
 PERCENT = {"math_accuracy"}
 COMPARED = ("math_accuracy", "perplexity")  # quality metrics that compare_with reports as deltas
 

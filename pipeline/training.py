@@ -3,7 +3,7 @@ hardware profile, tokenizer saving, and reading the loss curve back from a train
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -51,12 +51,14 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
     return args
 
 
-def loss_curve(log_history: list[dict[str, Any]]) -> dict[str, float]:
-    """First and last logged training loss, so a stage can show that it learned."""
-    losses = [row["loss"] for row in log_history if "loss" in row]
-    if not losses:
-        return {}
-    return {"loss_first": float(losses[0]), "loss_last": float(losses[-1])}
+def loss_curve(log_history: list[dict[str, Any]], keys: tuple[str, ...] = ("loss",)) -> dict[str, float]:
+    """First and last logged value of each key (`loss_first`, `loss_last`, ...), so a stage shows it learned."""
+    found = {}
+    for key in keys:
+        values = [row[key] for row in log_history if key in row]
+        if values:
+            found[f"{key}_first"], found[f"{key}_last"] = float(values[0]), float(values[-1])
+    return found
 
 
 def save_tokenizer(tokenizer, source: str, out_dir: Path) -> None:

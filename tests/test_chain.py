@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import ROOT, compose, read_chain, run_main, tiny_overrides
 from pipeline.runner import run_chain

@@ -1,5 +1,4 @@
 """Every shipped recipe and model config composes, validates and plans."""
-from pathlib import Path
 
 import pytest
 

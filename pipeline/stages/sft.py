@@ -69,8 +69,14 @@ def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     return train(cfg, inputs, ctx, load_causal_lm(inputs.primary, ctx.model, ctx.device))
 
 
-def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict | None = None) -> Artifact:
-    """SFTTrainer on `model` (full weights, or a LoRA on top; the qlora stage passes a 4-bit model)."""
+def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict | None = None,
+          records: list[dict] | None = None, trainer_cls=None, trainer_kwargs: dict | None = None,
+          logged: tuple[str, ...] = ()) -> Artifact:
+    """SFTTrainer on `model` (full weights, or a LoRA on top; the qlora stage passes a 4-bit model).
+
+    `records` replace cfg.dataset (distill's teacher-written chats); `trainer_cls` is an SFTTrainer
+    subclass with its own loss (distill's logit mode); `logged` are extra log keys kept as
+    `<key>_first` / `<key>_last` metrics."""
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig, SFTTrainer
 
@@ -78,7 +84,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
 
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
-    dataset = Dataset.from_list(to_prompt_completion(load(cfg.dataset, "sft")))
+    dataset = Dataset.from_list(to_prompt_completion(records if records is not None else load(cfg.dataset, "sft")))
     args = TrlSFTConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -90,8 +96,9 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
     )
     peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules) if cfg.method == Method.lora else None
     health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
+    trainer = (trainer_cls or SFTTrainer)(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()], **(trainer_kwargs or {}))
     reset_peak_memory(ctx.device)
     started = time.time()
     result = trainer.train()
@@ -100,7 +107,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
     _remove_trainer_dir(ctx.out_dir / "trainer")
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
-               **loss_curve(trainer.state.log_history), **peak_memory(ctx.device),
+               **loss_curve(trainer.state.log_history, ("loss", *logged)), **peak_memory(ctx.device),
                "health_warnings": health.warnings}
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")

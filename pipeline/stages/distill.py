@@ -1,0 +1,303 @@
+"""Knowledge distillation from a teacher model into a student (full or LoRA).
+
+    python main.py recipe=distill
+    python main.py recipe=distill stages.distill.mode=sequence
+
+`mode: logit` (Hinton et al. 2015) trains the student on the SFT data with, on completion tokens,
+
+    loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+(the T^2 keeps the soft term's gradients on the scale of the hard term's; seed 003 omits it). It
+needs the teacher and the student to share a tokenizer, which the plan checks. `mode: sequence`
+(Kim & Rush 2016) lets the teacher answer the SFT prompts (greedy, batched) and SFT-trains the
+student on those answers; any teacher works. Training goes through trl's SFTTrainer as `sft` does
+(prompt/completion records, completion-only mask); logit mode only replaces its loss.
+
+The teacher is an earlier stage's artifact (`teacher: {stage: sft_teacher}`; an adapter is merged
+into its base) or a model folder / hub id (`teacher: {model: /path}`). trl's own distillation
+trainers do not fit this formula: `DistillationTrainer` is on-policy generalized JSD, and GKD has
+no hard-label term and no T^2.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from ..artifacts import Artifact
+from ..context import Inputs, StageContext
+from ..errors import ConfigError, ModelUnavailable
+from ..registry import stage
+from .sft import Method, SFTConfig
+
+BASE = "base"  # the chain's model as an input name (pipeline.plan.BASE)
+
+
+class Mode(str, Enum):
+    logit = "logit"
+    sequence = "sequence"
+
+
+@dataclass
+class TeacherSpec:
+    stage: Optional[str] = None    # an earlier stage whose model or adapter teaches
+    model: Optional[str] = None    # or a model folder / hub id
+    dtype: Optional[str] = None    # null: the chain model's dtype
+
+
+@dataclass
+class DistillConfig(SFTConfig):
+    kind: str = "distill"
+    mode: Mode = Mode.logit
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    temperature: float = 2.0                    # logit mode: T softens both distributions
+    alpha: float = 0.5                          # logit mode: weight of the hard-label CE (1: plain SFT)
+    max_new_tokens: int = 128                   # sequence mode: longest teacher answer
+    generation_batch_size: int = 64             # sequence mode: prompts per teacher generate call
+    # The chain's model (${model.path}): every student derives from it, so its tokenizer is the
+    # student's; compared with a teacher model's at plan time in logit mode.
+    student_tokenizer: Optional[str] = None
+
+    def validate(self, where: str, earlier: dict) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"{where}.temperature: must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"{where}.alpha: must be in [0, 1] (1 is plain SFT), got {self.alpha}")
+        for key in ("max_new_tokens", "generation_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
+        teacher = self.teacher
+        if (teacher.stage is None) == (teacher.model is None):
+            raise ConfigError(f"{where}.teacher: set exactly one of stage (an earlier stage's model or adapter) "
+                              f"or model (a model folder or hub id), e.g. teacher: {{stage: sft_teacher}}")
+        if teacher.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"{where}.teacher.dtype: '{teacher.dtype}'; valid: auto, float32, bfloat16, float16")
+        if teacher.stage is not None:
+            models = [n for n, s in earlier.items() if s.output_kind in ("model", "adapter")]
+            if teacher.stage not in models:
+                raise ConfigError(f"{where}.teacher.stage: '{teacher.stage}' is not an earlier stage that produces a "
+                                  f"model or adapter; choose from: {', '.join(models) or '(none)'}, "
+                                  f"or set teacher.model to a model folder")
+        else:
+            _check_teacher_model(f"{where}.teacher", teacher.model)
+            if self.mode == Mode.logit and self.student_tokenizer:
+                check_same_tokenizer(f"{where}.teacher", self.student_tokenizer, teacher.model)
+        self.inputs = self._student_and_teacher(where, earlier)
+
+    def _student_and_teacher(self, where: str, earlier: dict) -> list[str]:
+        """The student (one earlier full model, or the base), then the teacher stage: as an input, the
+        teacher's fingerprint is part of this stage's, so a retrained teacher retrains the student."""
+        teacher = self.teacher.stage
+        named = list(self.inputs or [])
+        if teacher and len(named) > 1 and named[-1] == teacher:  # already normalised (validated twice)
+            named = named[:-1]
+        if not named:  # the latest earlier full model that is not the teacher, else the base
+            named = [next((n for n in reversed(list(earlier)) if earlier[n].output_kind == "model" and n != teacher),
+                          BASE)]
+        student = named[0]
+        if len(named) > 1 or (student != BASE and (student not in earlier or earlier[student].output_kind != "model")):
+            models = [BASE] + [n for n, s in earlier.items() if s.output_kind == "model"]
+            raise ConfigError(f"{where}.inputs: name one student model (the teacher goes in teacher.stage); "
+                              f"got {self.inputs}; choose from: {', '.join(models)}")
+        return [student] + ([teacher] if teacher else [])
+
+
+def _check_teacher_model(where: str, path: str) -> None:
+    from ..models import ModelConfig, check_available, local_folder, looks_like_hub_id
+
+    folder = local_folder(path)
+    if folder is not None and not (folder / "config.json").is_file():
+        raise ConfigError(f"{where}.model: folder {folder} has no config.json (not a Hugging Face model folder)")
+    if folder is None and not looks_like_hub_id(path):
+        raise ConfigError(f"{where}.model: '{path}' is no folder, and not a hub id of the form owner/name")
+    try:
+        check_available(ModelConfig(name="teacher", path=path))
+    except ModelUnavailable as e:
+        raise ConfigError(f"{where}.model: {e}") from None
+
+
+def _tokenizer_files(path: str) -> dict[str, str]:
+    """Hashes of the files that define a local model's vocabulary (empty for a hub id)."""
+    from ..fingerprint import file_digest
+    from ..models import local_folder
+
+    folder = local_folder(path)
+    if folder is None:
+        return {}
+    return {name: file_digest(folder / name) for name in ("tokenizer.json", "tokenizer.model")
+            if (folder / name).is_file()}
+
+
+def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
+    """Logit distillation compares distributions id by id: both sides need the same vocabulary.
+    Equal tokenizer files settle it at once; otherwise both tokenizers are loaded and compared."""
+    from ..models import local_folder
+
+    files = _tokenizer_files(student)
+    if files and files == _tokenizer_files(teacher):
+        return
+    from transformers import AutoTokenizer
+
+    try:
+        ours, theirs = (AutoTokenizer.from_pretrained(str(local_folder(p) or p)) for p in (student, teacher))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}.model: cannot load the teacher's or student's tokenizer to compare them "
+                          f"({str(e).splitlines()[0][:160]})") from None
+    vocab, other = ours.get_vocab(), theirs.get_vocab()
+    if vocab == other:
+        return
+    differing = [t for t in sorted(vocab, key=vocab.get)[:300] if other.get(t) != vocab[t]][:3]
+    examples = ", ".join(f"{t!r} {vocab[t]} vs {other.get(t)}" for t in differing)
+    raise ConfigError(f"{where}: the teacher's tokenizer ({len(other)} tokens) differs from the student's "
+                      f"({len(vocab)} tokens{'; ids ' + examples if examples else ''}); logit distillation needs "
+                      f"the same vocabulary: use a teacher of the student's tokenizer, or mode: sequence")
+
+
+def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float,
+                      num_tokens=None):
+    """(loss, ce, kl) over aligned rows of logits (one row per completion token, labels its targets).
+
+    CE and KL are summed over tokens and divided by `num_tokens` (default: the rows), so gradient
+    accumulation sees a per-token mean as trl's SFT loss does.
+    """
+    import torch.nn.functional as F
+
+    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])  # padded embedding rows hold no tokens
+    student_logits, teacher_logits = student_logits[..., :vocab].float(), teacher_logits[..., :vocab].float()
+    denominator = num_tokens if num_tokens is not None else max(labels.numel(), 1)
+    ce = F.cross_entropy(student_logits, labels, reduction="sum") / denominator
+    # KL(p_teacher || p_student) = sum p_t (log p_t - log p_s), per token, summed over the vocabulary
+    kl = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),
+                  F.log_softmax(teacher_logits / temperature, dim=-1),
+                  reduction="sum", log_target=True) / denominator
+    return alpha * ce + (1 - alpha) * temperature ** 2 * kl, ce, kl
+
+
+def _trainer_class():
+    """SFTTrainer with the distillation loss; built lazily so planning never imports trl."""
+    import torch
+    from trl import SFTTrainer
+
+    class DistillationSFTTrainer(SFTTrainer):
+        def __init__(self, *args, teacher, temperature: float, alpha: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.teacher = teacher.eval().requires_grad_(False)
+            self.temperature, self.alpha = temperature, alpha
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if model.training else "eval"
+            forward = {k: v for k, v in inputs.items() if k != "labels"}
+            forward["use_cache"] = False
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100  # completion tokens only (prompt and padding are -100)
+            outputs = model(**forward)
+            student = outputs.logits[:, :-1][mask]
+            with torch.no_grad():
+                teacher = self.teacher(**forward).logits[:, :-1][mask]
+            if num_items_in_batch is not None:
+                num_items_in_batch = torch.as_tensor(num_items_in_batch, device=student.device).clamp(min=1)
+            loss, ce, kl = distillation_loss(student, teacher, labels[mask], self.temperature, self.alpha,
+                                             num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as SFTTrainer: DDP averages the gradients
+            # logged per micro-batch token, whatever the normalisation above
+            scale = mask.sum().clamp(min=1) / num_items_in_batch if num_items_in_batch is not None else 1
+            metrics = self._metrics[mode]
+            metrics["distill_ce"].append(float(ce.detach() / scale))
+            metrics["distill_kl"].append(float(kl.detach() / scale))
+            if student.numel():
+                metrics["mean_token_accuracy"].append(float((student.argmax(-1) == labels[mask]).float().mean()))
+            if mode == "train":
+                self._total_train_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs \
+                    else int(inputs["input_ids"].numel())
+                metrics["num_tokens"] = [self._total_train_tokens]
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillationSFTTrainer
+
+
+def _produces(cfg: DistillConfig) -> str:
+    return "model" if cfg.method == Method.full else "adapter"
+
+
+# Consumes adapters too, but only as a teacher: validate() puts the student first in `inputs`.
+@stage("distill", config=DistillConfig, consumes={"model", "adapter"}, produces=_produces)
+def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
+    """Distill the teacher into the input model (logits or teacher-written answers)."""
+    from ..data import load
+    from ..models import load_causal_lm
+
+    records = load(cfg.dataset, "sft")
+    teacher, teacher_tokenizer, described = _load_teacher(cfg, ctx)
+    meta = {"distill": {"mode": cfg.mode.value, "teacher": described, "temperature": cfg.temperature,
+                        "alpha": cfg.alpha}}
+    if cfg.mode == Mode.sequence:
+        started = time.time()
+        records, dropped = _teacher_answers(cfg, teacher, teacher_tokenizer, records, ctx)
+        meta["distill"].update(teacher_answers=len(records), empty_answers_dropped=dropped,
+                               generation_seconds=round(time.time() - started, 2))
+        del teacher
+        teacher = None
+    student = load_causal_lm(inputs.primary, ctx.model, ctx.device)
+    return _train(cfg, records, student, teacher, inputs, ctx, meta)
+
+
+def _load_teacher(cfg: DistillConfig, ctx: StageContext):
+    """The teacher model (adapters merged into their base), its tokenizer and a description."""
+    from ..models import ModelConfig, base_artifact, load_causal_lm, load_tokenizer
+    from ..training import tokenizer_source
+
+    if cfg.teacher.stage is not None:
+        artifact, model_cfg = ctx.chain[cfg.teacher.stage], ctx.model
+        described = {"stage": cfg.teacher.stage, "fingerprint": artifact.fingerprint, "path": artifact.path}
+    else:
+        model_cfg = ModelConfig(name="teacher", path=cfg.teacher.model)
+        artifact = base_artifact(model_cfg)
+        described = {"model": cfg.teacher.model, "fingerprint": artifact.fingerprint}
+    dtype = cfg.teacher.dtype or ctx.model.dtype
+    started = time.time()
+    model = load_causal_lm(artifact, model_cfg, ctx.device, dtype, merge_adapter=True).eval()
+    tokenizer = load_tokenizer(tokenizer_source(artifact), model_cfg, padding_side="left")
+    ctx.log(f"teacher {described.get('stage') or described['model']} loaded in {time.time() - started:.1f}s")
+    return model, tokenizer, described
+
+
+def _teacher_answers(cfg: DistillConfig, teacher, tokenizer, records: list[dict], ctx: StageContext):
+    """Each record's last assistant turn replaced by the teacher's greedy answer to what precedes it."""
+    import torch
+
+    from .eval import generate
+
+    prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
+               for r in records]
+    ctx.log(f"teacher answering {len(prompts)} prompts (greedy, batch {cfg.generation_batch_size})")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch with less padding
+    with torch.inference_mode():
+        generated = generate(teacher, tokenizer, [prompts[i] for i in order], cfg.generation_batch_size,
+                             cfg.max_new_tokens, ctx.device)
+    answers = [""] * len(prompts)
+    for i, answer in zip(order, generated):
+        answers[i] = answer
+    kept = [{"messages": r["messages"][:-1] + [{"role": "assistant", "content": a.strip()}]}
+            for r, a in zip(records, answers) if a.strip()]
+    if not kept:
+        raise RuntimeError(f"stage {ctx.name}: the teacher answered none of {len(records)} prompts (every answer "
+                           "was empty); check the teacher and its chat template, or use mode: logit")
+    with open(ctx.out_dir / "teacher_answers.jsonl", "w") as handle:  # kept with the artifact for inspection
+        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+    return kept, len(records) - len(kept)
+
+
+def _train(cfg: DistillConfig, records: list[dict], model, teacher, inputs: Inputs, ctx: StageContext,
+           meta: dict) -> Artifact:
+    """The sft stage's training path: plain SFT on teacher-written records (sequence mode), or the
+    distillation subclass of SFTTrainer (logit mode)."""
+    from .sft import train
+
+    if teacher is None:
+        return train(cfg, inputs, ctx, model, meta, records=records)
+    return train(cfg, inputs, ctx, model, meta, records=records, trainer_cls=_trainer_class(),
+                 trainer_kwargs=dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha),
+                 logged=("distill_ce", "distill_kl"))

@@ -1,0 +1,224 @@
+"""DPO (Direct Preference Optimization, Rafailov et al. 2023) with trl's DPOTrainer.
+
+    python main.py recipe=sft_dpo
+    python main.py recipe=sft_dpo stages.dpo.beta=0.3 stages.dpo.loss_type=ipo
+
+Trains on prompt/chosen/rejected pairs (data purpose "preference"): the policy is pushed to raise
+the likelihood of `chosen` over `rejected`, relative to a frozen reference policy. What is
+trained and what the reference is follow from the input:
+  - an adapter (e.g. from sft): that adapter keeps training, and the reference is the same
+    adapter frozen on the same base, i.e. the SFT policy. Policy and reference are equal at step
+    0, so the first loss is ln 2 = 0.693 and the reward accuracy starts at 0 (no pair is yet
+    preferred). Scoring against the bare base instead (LLaMA-Factory #8974) makes the SFT gains
+    look like DPO rewards from the first step; `reference: base` does that, for comparison only;
+  - a model: a new LoRA on it (method lora) or the whole model (method full), and the reference
+    is that model (or, with `reference: base`, the model it was tuned from).
+After training the held-out pairs (`eval_dataset`) are scored: reward margin and accuracy.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from ..artifacts import Artifact
+from ..context import Inputs, StageContext
+from ..data import DataError, DatasetSpec, check, load
+from ..errors import ConfigError
+from ..health import HealthMonitor
+from ..registry import stage
+from ..training import (LoraSpec, device_args, lora_config, loss_curve, peak_memory, reset_peak_memory,
+                        save_tokenizer, tokenizer_source)
+from .sft import Method
+
+# The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
+# typo fails before any model is loaded.
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
+
+class Reference(str, Enum):
+    input = "input"   # the policy this stage receives, frozen (the SFT policy for an SFT adapter)
+    base = "base"     # the model under the input adapter / the model the input was tuned from
+
+
+@dataclass
+class DPOConfig:
+    kind: str = "dpo"
+    inputs: Optional[List[str]] = None          # default: the latest earlier model or adapter
+    method: Method = Method.lora                # lora: continue an input adapter, or a new LoRA on a model
+    dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "preference"})
+    eval_dataset: Optional[DatasetSpec] = field(default=None, metadata={"purpose": "preference"})  # held-out pairs
+    reference: Reference = Reference.input
+    beta: float = 0.1                           # strength of the pull toward the reference (higher: stay closer)
+    loss_type: str = "sigmoid"                  # one of LOSS_TYPES
+    label_smoothing: float = 0.0                # robust / exo_pair: assumed share of flipped labels
+    sft_weight: float = 0.0                     # > 0: add trl's "sft" loss on chosen (RPO-style) with this weight
+    max_steps: int = 100                        # -1: train num_train_epochs instead
+    num_train_epochs: float = 1.0
+    learning_rate: float = 5e-5
+    per_device_train_batch_size: int = 8        # pairs per step
+    per_device_eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512                       # prompt + completion tokens; longer pairs are cut at the end
+    warmup_steps: float = 0.1                   # < 1: a ratio of all steps
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    gradient_checkpointing: bool = False
+    lora: LoraSpec = field(default_factory=lambda: LoraSpec(dropout=0.0))  # new adapters only
+
+    def validate(self, where: str, earlier: dict) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"{where}.loss_type: '{self.loss_type}'; valid (trl 1.16): {', '.join(LOSS_TYPES)}")
+        for key, value in (("beta", self.beta), ("learning_rate", self.learning_rate)):
+            if value <= 0:
+                raise ConfigError(f"{where}.{key}: {value}; must be > 0")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"{where}.label_smoothing: {self.label_smoothing}; valid: 0 <= value < 0.5")
+        if self.sft_weight < 0:
+            raise ConfigError(f"{where}.sft_weight: {self.sft_weight}; must be >= 0 (0: no sft term)")
+        # The plan checks every record later too; here a set that cannot feed DPO is named by its key.
+        for key in ("dataset", "eval_dataset"):
+            spec = getattr(self, key)
+            if spec is not None:
+                try:
+                    check(spec, "preference")
+                except DataError as e:
+                    raise ConfigError(f"{where}.{key}: {e}") from None
+
+    def memory_profile(self) -> str:
+        return "full_train" if self.method == Method.full else "lora_train"
+
+
+def _produces(cfg: DPOConfig) -> str:
+    return "model" if cfg.method == Method.full else "adapter"
+
+
+def _dataset(spec: DatasetSpec):
+    """Preference records in trl's conversational form; only the three keys trl reads."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in load(spec, "preference")])
+
+
+def _model_artifact(path: str) -> Artifact:
+    return Artifact(kind="model", path=path, fingerprint="")
+
+
+def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
+    """(model to train, peft_config for a new adapter, explicit reference model or None, description).
+
+    A reference of None lets trl derive it from the policy: for a PeftModel loaded with its
+    adapter, trl copies that adapter into a frozen "ref" adapter; for a new adapter, trl disables it.
+    """
+    from peft import PeftModel
+
+    from ..models import load_causal_lm
+
+    under = source.base_model if source.kind == "adapter" else source.path  # what the input sits on
+    base_reference = cfg.reference == Reference.base and (source.kind == "adapter" or source.base_model != source.path)
+    reference = load_causal_lm(_model_artifact(source.base_model), ctx.model, ctx.device).eval() \
+        if base_reference else None
+    ref_text = f"reference: the base {source.base_model}" if base_reference else "reference: the input policy, frozen"
+
+    if source.kind == "adapter" and cfg.method == Method.lora:
+        model = PeftModel.from_pretrained(load_causal_lm(_model_artifact(under), ctx.model, ctx.device),
+                                          source.path, is_trainable=True)
+        return model, None, reference, f"continuing the input adapter; {ref_text}"
+    model = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True)
+    if cfg.method == Method.lora:
+        return model, lora_config(cfg.lora, ctx.model.lora_target_modules), reference, f"new LoRA; {ref_text}"
+    if reference is None:  # full training: a second, frozen copy of the input
+        reference = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).eval()
+    return model, None, reference, f"full model; {ref_text}"
+
+
+def _trl_losses(cfg: DPOConfig) -> dict[str, Any]:
+    if cfg.sft_weight > 0:
+        return {"loss_type": [cfg.loss_type, "sft"], "loss_weights": [1.0, cfg.sft_weight]}
+    return {"loss_type": [cfg.loss_type]}
+
+
+def first_step(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """Reward accuracy and margin of the first logged step (logging_first_step: computed with the
+    weights before any update, so with the input policy as reference both start at 0)."""
+    rows = [row for row in log_history if "rewards/accuracies" in row]
+    if not rows:
+        return {}
+    return {"reward_accuracy_first": float(rows[0]["rewards/accuracies"]),
+            "reward_margin_first": float(rows[0]["rewards/margins"]),
+            "reward_accuracy_last": float(rows[-1]["rewards/accuracies"]),
+            "reward_margin_last": float(rows[-1]["rewards/margins"])}
+
+
+def held_out(results: dict[str, Any]) -> dict[str, float]:
+    """trainer.evaluate()'s DPO figures under short names."""
+    names = {"eval_loss": "eval_loss", "eval_rewards/margins": "eval_reward_margin",
+             "eval_rewards/accuracies": "eval_reward_accuracy", "eval_rewards/chosen": "eval_reward_chosen",
+             "eval_rewards/rejected": "eval_reward_rejected", "eval_logps/chosen": "eval_logps_chosen",
+             "eval_logps/rejected": "eval_logps_rejected"}
+    return {short: round(float(results[key]), 4) for key, short in names.items() if key in results}
+
+
+@stage("dpo", config=DPOConfig, consumes={"model", "adapter"}, produces=_produces)
+def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
+    """Train the input policy on preference pairs against a frozen reference; produce the adapter
+    (or model) and its reward margin/accuracy on the held-out pairs."""
+    from trl import DPOConfig as TrlDPOConfig, DPOTrainer
+
+    from ..models import load_tokenizer
+
+    source = inputs.primary
+    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    model, peft_config, reference, how = _policy_and_reference(cfg, source, ctx)
+    train_set = _dataset(cfg.dataset)
+    eval_set = _dataset(cfg.eval_dataset) if cfg.eval_dataset is not None else None
+    args = TrlDPOConfig(
+        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length, beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
+        logging_first_step=True, eval_strategy="no", seed=ctx.seed, **_trl_losses(cfg),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
+    )
+    ctx.log(f"{how}; beta {cfg.beta}, loss {'+'.join(args.loss_type)}, {len(train_set)} pairs")
+    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+    trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
+    reset_peak_memory(ctx.device)
+    started = time.time()
+    result = trainer.train()
+    runtime = round(time.time() - started, 2)
+    evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.method == Method.lora:  # the trained adapter only, not trl's frozen "ref" copy
+        trained.save_pretrained(str(ctx.out_dir), selected_adapters=["default"])
+    else:
+        trained.save_pretrained(str(ctx.out_dir))
+    save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+    shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
+    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+               "train_runtime": runtime, "train_records": len(train_set),
+               **loss_curve(trainer.state.log_history), **first_step(trainer.state.log_history), **evaluated,
+               "eval_records": len(eval_set) if eval_set is not None else 0, **peak_memory(ctx.device),
+               "health_warnings": health.warnings}
+    ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} in "
+            f"{metrics['train_steps']} steps; held-out reward margin {metrics.get('eval_reward_margin', float('nan'))}, "
+            f"accuracy {metrics.get('eval_reward_accuracy', float('nan'))}")
+    meta = {"reference": cfg.reference.value, "trained": how, "beta": cfg.beta, "loss_type": list(args.loss_type)}
+    if cfg.method == Method.full:
+        return Artifact(kind="model", path=str(ctx.out_dir), fingerprint="", format="hf",
+                        base_model=source.base_model, metrics=metrics, meta=meta)
+    adapter_base = source.base_model if source.kind == "adapter" else source.path
+    lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha} if peft_config is not None else source.meta.get("lora")
+    return Artifact(kind="adapter", path=str(ctx.out_dir), fingerprint="", format="peft-lora",
+                    base_model=adapter_base, metrics=metrics, meta={"lora": lora, **meta})

@@ -1,0 +1,223 @@
+"""GRPO (DeepSeekMath's Group Relative Policy Optimization) with trl's GRPOTrainer and
+verifiable rewards (pipeline/rewards.py).
+
+    python main.py recipe=sft_grpo
+    python main.py recipe=sft_grpo stages.grpo.num_generations=16 stages.grpo.beta=0.0
+
+For each prompt the policy samples `num_generations` completions; each completion's advantage
+is its weighted reward minus the group's mean (divided by the group's std), and the policy takes
+PPO-style clipped steps (`epsilon`) with a KL penalty (`beta`) to the reference model. No value
+model. The input decides what is trained:
+  - an adapter (e.g. from sft): that adapter keeps training; the reference is a frozen copy of it
+    (the SFT policy);
+  - a model: a new LoRA (method lora, reference = the model) or the whole model (method full).
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from ..artifacts import Artifact
+from ..context import Inputs, StageContext
+from ..data import DatasetSpec, load
+from ..errors import ConfigError, PlanError
+from ..health import HealthMonitor
+from ..registry import stage
+from ..training import LoraSpec, device_args, lora_config, peak_memory, reset_peak_memory, save_tokenizer, tokenizer_source
+from .sft import Method
+
+VLLM_CHOICES = ("auto", "true", "false")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")
+REWARD_WINDOW = 0.2  # reward_start/end average the first/last 20% of logged steps (one sample is noisy)
+
+
+@dataclass
+class GRPOConfig:
+    kind: str = "grpo"
+    inputs: Optional[List[str]] = None          # default: the latest earlier model or adapter
+    method: Method = Method.lora                # lora: continue an input adapter, or a new LoRA on a model
+    dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "prompt"})
+    rewards: List[Any] = field(default_factory=lambda: ["correctness"])  # names or {name, weight, args}
+    num_generations: int = 8                    # group size G: completions sampled per prompt
+    beta: float = 0.04                          # KL coefficient to the reference (0: no reference model)
+    epsilon: float = 0.2                        # clipping of the policy ratio
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0                              # 0: off; small models sample junk from the long tail without it
+    learning_rate: float = 1e-5
+    max_steps: int = 100
+    per_device_train_batch_size: int = 16       # completions per step (prompts per step = this / G)
+    gradient_accumulation_steps: int = 1
+    num_iterations: int = 1                     # optimisation passes over each generated batch (mu)
+    loss_type: str = "dapo"                     # grpo | dapo | dr_grpo | bnpo (trl's token aggregation)
+    scale_rewards: str = "group"                # group | batch | none: divide advantages by this std
+    warmup_steps: float = 0.0                   # < 1: a ratio of all steps
+    lr_scheduler_type: str = "constant"
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    use_vllm: str = "auto"                      # auto: vLLM where a GPU and vllm are present | true | false
+    gradient_checkpointing: bool = False
+    lora: LoraSpec = field(default_factory=lambda: LoraSpec(dropout=0.0))  # new adapters only
+
+    def validate(self, where: str, earlier: dict) -> None:
+        from ..rewards import parse
+
+        parse(self.rewards, f"{where}.rewards")
+        if self.num_generations < 2:
+            raise ConfigError(f"{where}.num_generations: {self.num_generations}; GRPO needs at least 2 completions "
+                              "per prompt to compare them")
+        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if batch % self.num_generations:
+            raise ConfigError(f"{where}.per_device_train_batch_size: {self.per_device_train_batch_size} x "
+                              f"gradient_accumulation_steps {self.gradient_accumulation_steps} = {batch} completions "
+                              f"per step must be a multiple of num_generations ({self.num_generations})")
+        if self.temperature <= 0:
+            raise ConfigError(f"{where}.temperature: {self.temperature}; must be > 0 (GRPO needs sampled, "
+                              "different completions)")
+        for key, value, valid in (("use_vllm", vllm_choice(self.use_vllm), VLLM_CHOICES),
+                                  ("loss_type", self.loss_type, LOSS_TYPES),
+                                  ("scale_rewards", self.scale_rewards, SCALE_REWARDS)):
+            if value not in valid:
+                raise ConfigError(f"{where}.{key}: '{getattr(self, key)}'; valid: {', '.join(valid)}")
+
+    def check_device(self, where: str, device: str) -> None:
+        if vllm_choice(self.use_vllm) == "true" and not vllm_usable(device):
+            raise PlanError(f"{where}.use_vllm: true, but vLLM needs a CUDA GPU and the vllm package "
+                            f"(device {device}, vllm {'installed' if _has_vllm() else 'not installed'}); "
+                            "set use_vllm: auto or false to generate with transformers")
+
+    def memory_profile(self) -> str:
+        return "full_train" if self.method == Method.full else "lora_train"
+
+
+def vllm_choice(value: Any) -> str:
+    """YAML reads `true` as a boolean, which the str field stores as 'True'."""
+    return str(value).lower()
+
+
+def _has_vllm() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_usable(device: str) -> bool:
+    return device == "cuda" and _has_vllm()
+
+
+def _produces(cfg: GRPOConfig) -> str:
+    return "model" if cfg.method == Method.full else "adapter"
+
+
+def reward_curve(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean reward over the first and the last REWARD_WINDOW of logged steps, and per reward."""
+    rows = [row for row in log_history if row.get("reward") is not None]
+    if not rows:
+        return {}
+    n = max(1, round(len(rows) * REWARD_WINDOW))
+    keys = ["reward"] + sorted(k for k in rows[0] if k.startswith("rewards/") and k.endswith("/mean"))
+    curve: dict[str, float] = {}
+    for key in keys:
+        name = "reward" if key == "reward" else "reward_" + key.split("/")[1]
+        first = [r[key] for r in rows[:n] if r.get(key) is not None]
+        last = [r[key] for r in rows[-n:] if r.get(key) is not None]
+        if first and last:
+            curve[f"{name}_start"] = round(sum(first) / len(first), 4)
+            curve[f"{name}_end"] = round(sum(last) / len(last), 4)
+    return curve
+
+
+def _policy(cfg: GRPOConfig, source: Artifact, ctx: StageContext):
+    """The model to train and how: (model, peft_config, what the log says)."""
+    from peft import PeftModel
+
+    from ..models import load_causal_lm
+
+    if source.kind == "adapter" and cfg.method == Method.lora:
+        base = load_causal_lm(Artifact(kind="model", path=source.base_model, fingerprint=""), ctx.model, ctx.device)
+        # The adapter keeps training; trl freezes a copy of it as the reference ("ref" adapter).
+        return PeftModel.from_pretrained(base, source.path, is_trainable=True), None, "continuing the input adapter"
+    if source.kind == "adapter":  # full training from a merged adapter: the reference must be the merged model
+        merged_dir = ctx.out_dir / "_policy_start"
+        load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).save_pretrained(str(merged_dir))
+        source = Artifact(kind="model", path=str(merged_dir), fingerprint="")
+    model = load_causal_lm(source, ctx.model, ctx.device)
+    if cfg.method == Method.lora:
+        return model, lora_config(cfg.lora, ctx.model.lora_target_modules), "new LoRA adapter"
+    return model, None, "full model"
+
+
+def _dataset(cfg: GRPOConfig):
+    """Prompt records as a datasets.Dataset; keys missing from some records become None."""
+    from datasets import Dataset
+
+    records = load(cfg.dataset, "prompt")
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    return Dataset.from_list([{k: r.get(k) for k in keys} for r in records])
+
+
+@stage("grpo", config=GRPOConfig, consumes={"model", "adapter"}, produces=_produces)
+def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
+    """Sample groups of completions, score them with the rewards, and push the policy toward the
+    better ones; produce the trained adapter (or model)."""
+    from trl import GRPOConfig as TrlGRPOConfig, GRPOTrainer
+
+    from ..models import load_tokenizer
+    from ..rewards import build, parse
+
+    source = inputs.primary
+    specs = parse(cfg.rewards, f"stages.{ctx.name}.rewards")
+    reward_funcs, weights = build(specs)
+    use_vllm = vllm_choice(cfg.use_vllm) == "true" or (vllm_choice(cfg.use_vllm) == "auto" and vllm_usable(ctx.device))
+    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model, padding_side="left")
+    model, peft_config, how = _policy(cfg, source, ctx)
+    dataset = _dataset(cfg)
+    args = TrlGRPOConfig(
+        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_generations=cfg.num_generations,
+        beta=cfg.beta, epsilon=cfg.epsilon, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, num_iterations=cfg.num_iterations,
+        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=weights, warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
+        logging_first_step=True, seed=ctx.seed, use_vllm=use_vllm, vllm_mode="colocate",
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
+    )
+    generation = "vllm" if use_vllm else "transformers"
+    ctx.log(f"{how}; G={cfg.num_generations}, {cfg.per_device_train_batch_size // cfg.num_generations} prompts/step, "
+            f"rewards {', '.join(f'{s.name} x{s.weight:g}' for s in specs)}; generation with {generation}")
+    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
+    reset_peak_memory(ctx.device)
+    started = time.time()
+    result = trainer.train()
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if cfg.method == Method.lora:  # only the trained adapter, not trl's frozen "ref" copy
+        trained.save_pretrained(str(ctx.out_dir), selected_adapters=["default"])
+    else:
+        trained.save_pretrained(str(ctx.out_dir), safe_serialization=True)
+    save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+    for scratch in ("trainer", "_policy_start"):
+        shutil.rmtree(ctx.out_dir / scratch, ignore_errors=True)
+    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+               "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
+               "generation": generation, **reward_curve(trainer.state.log_history), **peak_memory(ctx.device),
+               "health_warnings": health.warnings}
+    ctx.log(f"mean reward {metrics.get('reward_start', float('nan')):.3f} -> {metrics.get('reward_end', float('nan')):.3f} "
+            f"in {metrics['train_steps']} steps")
+    meta = {"rewards": [{"name": s.name, "weight": s.weight, "args": s.args} for s in specs], "trained": how}
+    if cfg.method == Method.full:
+        return Artifact(kind="model", path=str(ctx.out_dir), fingerprint="", format="hf",
+                        base_model=source.base_model, metrics=metrics, meta=meta)
+    adapter_base = source.base_model if source.kind == "adapter" else source.path
+    lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha} if peft_config is not None else source.meta.get("lora")
+    return Artifact(kind="adapter", path=str(ctx.out_dir), fingerprint="", format="peft-lora",
+                    base_model=adapter_base, metrics=metrics, meta={"lora": lora, **meta})
