@@ -138,7 +138,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
             step.data_notes.append(f"{field_name} <- {dataset.path} ({count} records, {purpose})")
             data_fps.append(data.fingerprint(dataset))
         step.fingerprint = stage_fingerprint(step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names],
-                                             data_fps, extra={"model": model_extra})
+                                             data_fps, extra={"model": model_extra, "seed": cfg.get("seed")})
         step.cached = store.find(step.output_kind, step.fingerprint)
         fingerprints[step.name] = step.fingerprint
 

@@ -69,3 +69,15 @@ def test_fingerprint_depends_on_config_inputs_and_data_not_cosmetics():
     assert base != stage_fingerprint("sft", {"learning_rate": 1e-4, "logging_steps": 10}, ["in2"], ["data1"])
     assert base != stage_fingerprint("sft", {"learning_rate": 1e-4, "logging_steps": 10}, ["in1"], ["data2"])
     assert base != stage_fingerprint("dpo", {"learning_rate": 1e-4, "logging_steps": 10}, ["in1"], ["data1"])
+
+
+def test_the_chain_seed_is_part_of_every_fingerprint(tmp_path):
+    from conftest import compose
+    from pipeline.plan import build_plan
+
+    def prints(seed):
+        plan = build_plan(compose(["logger=none", f"seed={seed}"]), Store(tmp_path), recipe="quickstart", device="cpu")
+        return [s.fingerprint for s in plan.steps]
+
+    assert prints(42) == prints(42)
+    assert all(a != b for a, b in zip(prints(42), prints(7)))  # seed=7 must not reuse seed 42's artifacts
