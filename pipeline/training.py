@@ -95,3 +95,26 @@ def reset_peak_memory(device: str) -> None:
 
         torch.cuda.reset_peak_memory_stats()
 
+
+def save_policy(trainer, out_dir: Path, lora: bool) -> None:
+    """Save what an RL/preference trainer trained: for LoRA only the "default" adapter, not the
+    frozen "ref" copy that trl adds when it continues an input adapter."""
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if lora:
+        trained.save_pretrained(str(out_dir), selected_adapters=["default"])
+    else:
+        trained.save_pretrained(str(out_dir))
+
+
+def policy_artifact(source, out_dir: Path, full: bool, new_lora, metrics: dict, meta: dict):
+    """The artifact of a stage that trained `source` (a model, or an adapter it continued)."""
+    from .artifacts import Artifact
+
+    if full:
+        return Artifact(kind="model", path=str(out_dir), fingerprint="", format="hf",
+                        base_model=source.base_model, metrics=metrics, meta=meta)
+    adapter_base = source.base_model if source.kind == "adapter" else source.path
+    lora = {"r": new_lora.r, "alpha": new_lora.alpha} if new_lora is not None else source.meta.get("lora")
+    return Artifact(kind="adapter", path=str(out_dir), fingerprint="", format="peft-lora",
+                    base_model=adapter_base, metrics=metrics, meta={"lora": lora, **meta})
+

@@ -12,7 +12,7 @@ from pipeline.artifacts import Store
 from pipeline.errors import ConfigError
 from pipeline.plan import build_plan
 from pipeline.runner import run_chain
-from pipeline.stages.grpo import GRPOConfig, reward_curve
+from pipeline.stages.grpo import reward_curve
 
 
 def _chat(text):

@@ -31,8 +31,8 @@ from ..data import DataError, DatasetSpec, check, load
 from ..errors import ConfigError
 from ..health import HealthMonitor
 from ..registry import stage
-from ..training import (LoraSpec, device_args, lora_config, loss_curve, peak_memory, reset_peak_memory,
-                        save_tokenizer, tokenizer_source)
+from ..training import (LoraSpec, device_args, lora_config, loss_curve, peak_memory, policy_artifact,
+                        reset_peak_memory, save_policy, save_tokenizer, tokenizer_source)
 from .sft import Method
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
@@ -199,11 +199,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     result = trainer.train()
     runtime = round(time.time() - started, 2)
     evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    if cfg.method == Method.lora:  # the trained adapter only, not trl's frozen "ref" copy
-        trained.save_pretrained(str(ctx.out_dir), selected_adapters=["default"])
-    else:
-        trained.save_pretrained(str(ctx.out_dir))
+    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
     save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
     shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
@@ -215,10 +211,5 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
             f"{metrics['train_steps']} steps; held-out reward margin {metrics.get('eval_reward_margin', float('nan'))}, "
             f"accuracy {metrics.get('eval_reward_accuracy', float('nan'))}")
     meta = {"reference": cfg.reference.value, "trained": how, "beta": cfg.beta, "loss_type": list(args.loss_type)}
-    if cfg.method == Method.full:
-        return Artifact(kind="model", path=str(ctx.out_dir), fingerprint="", format="hf",
-                        base_model=source.base_model, metrics=metrics, meta=meta)
-    adapter_base = source.base_model if source.kind == "adapter" else source.path
-    lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha} if peft_config is not None else source.meta.get("lora")
-    return Artifact(kind="adapter", path=str(ctx.out_dir), fingerprint="", format="peft-lora",
-                    base_model=adapter_base, metrics=metrics, meta={"lora": lora, **meta})
+    return policy_artifact(source, ctx.out_dir, cfg.method == Method.full,
+                           cfg.lora if peft_config is not None else None, metrics, meta)

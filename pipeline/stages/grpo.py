@@ -18,7 +18,6 @@ import importlib.util
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import MISSING
@@ -29,7 +28,8 @@ from ..data import DatasetSpec, load
 from ..errors import ConfigError, PlanError
 from ..health import HealthMonitor
 from ..registry import stage
-from ..training import LoraSpec, device_args, lora_config, peak_memory, reset_peak_memory, save_tokenizer, tokenizer_source
+from ..training import (LoraSpec, device_args, lora_config, peak_memory, policy_artifact, reset_peak_memory,
+                        save_policy, save_tokenizer, tokenizer_source)
 from .sft import Method
 
 VLLM_CHOICES = ("auto", "true", "false")
@@ -199,11 +199,7 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     reset_peak_memory(ctx.device)
     started = time.time()
     result = trainer.train()
-    trained = trainer.accelerator.unwrap_model(trainer.model)
-    if cfg.method == Method.lora:  # only the trained adapter, not trl's frozen "ref" copy
-        trained.save_pretrained(str(ctx.out_dir), selected_adapters=["default"])
-    else:
-        trained.save_pretrained(str(ctx.out_dir), safe_serialization=True)
+    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
     save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
     for scratch in ("trainer", "_policy_start"):
         shutil.rmtree(ctx.out_dir / scratch, ignore_errors=True)
@@ -214,10 +210,5 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     ctx.log(f"mean reward {metrics.get('reward_start', float('nan')):.3f} -> {metrics.get('reward_end', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
     meta = {"rewards": [{"name": s.name, "weight": s.weight, "args": s.args} for s in specs], "trained": how}
-    if cfg.method == Method.full:
-        return Artifact(kind="model", path=str(ctx.out_dir), fingerprint="", format="hf",
-                        base_model=source.base_model, metrics=metrics, meta=meta)
-    adapter_base = source.base_model if source.kind == "adapter" else source.path
-    lora = {"r": cfg.lora.r, "alpha": cfg.lora.alpha} if peft_config is not None else source.meta.get("lora")
-    return Artifact(kind="adapter", path=str(ctx.out_dir), fingerprint="", format="peft-lora",
-                    base_model=adapter_base, metrics=metrics, meta={"lora": lora, **meta})
+    return policy_artifact(source, ctx.out_dir, cfg.method == Method.full,
+                           cfg.lora if peft_config is not None else None, metrics, meta)
