@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 PATIENCE = 5            # consecutive logs before a grad_norm condition counts as "for long"
 EARLY_FRACTION = 0.1    # "early" = the first 10% of the steps (at least the first 10 steps)
+SETTLING_FRACTION = 0.2  # big, clipped gradients are normal while the loss falls fast in the first 20%
 MIN_TOKENS_PER_STEP = 100
 
 
@@ -30,7 +31,7 @@ class HealthMonitor:
     def observe(self, step: int, logs: dict[str, Any]) -> None:
         early = step <= max(10, EARLY_FRACTION * self.max_steps)
         grad_norm = logs.get("grad_norm")
-        if grad_norm is not None:
+        if grad_norm is not None and step > SETTLING_FRACTION * self.max_steps:
             self._streak("pinned", self.max_grad_norm is not None and grad_norm >= self.max_grad_norm, step,
                          f"grad_norm has been at or above max_grad_norm={self.max_grad_norm} for {PATIENCE} logs: "
                          "every step is clipped; lower the learning rate or check the data")
