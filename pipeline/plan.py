@@ -121,7 +121,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
             raise ConfigError(f"stages.{name}: '{BASE}' is reserved for the chain's model; rename the stage")
         kind = node.get("kind") if isinstance(node, DictConfig) else None
         if not kind:
-            raise ConfigError(f"stages.{name}: no 'kind'; compose it from a stage default (+stage/<kind>@stages.{name}) "
+            raise ConfigError(f"stages.{name}: no 'kind'; compose it from a stage default (+stage@stages.{name}=<kind>) "
                               f"or set kind to one of: {', '.join(registry.kinds())}")
         spec = registry.get(str(kind))
         typed = typed_config(node, spec.config_cls, f"stages.{name}")
@@ -139,7 +139,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
             data_fps.append(data.fingerprint(dataset))
         step.fingerprint = stage_fingerprint(step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names],
                                              data_fps, extra={"model": model_extra, "seed": cfg.get("seed")})
-        step.cached = store.find(step.output_kind, step.fingerprint)
+        step.cached = store.find(step.output_kind, step.fingerprint) if step.spec.cache else None
         fingerprints[step.name] = step.fingerprint
 
     plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device or "-")

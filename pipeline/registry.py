@@ -21,10 +21,14 @@ STAGE_MODULES = [
     "pipeline.stages.grpo",
     "pipeline.stages.dpo",
     "exports.merge",
+    "exports.bnb",
+    "exports.gptq",
+    "exports.gguf",
+    "pipeline.stages.serve",
 ]
 
 # Artifact kinds that stages exchange.
-ARTIFACT_KINDS = ("model", "adapter", "eval")
+ARTIFACT_KINDS = ("model", "adapter", "eval", "gguf", "serve")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class StageSpec:
     consumes: frozenset[str]
     produces: str | Callable[[Any], str]  # a kind, or a function of the typed config
     doc: str = ""
+    cache: bool = True  # False: runs every time (serving), its record goes to the run folder, not the store
 
     def output_kind(self, cfg: Any) -> str:
         return self.produces(cfg) if callable(self.produces) else self.produces
@@ -43,11 +48,12 @@ class StageSpec:
 _REGISTRY: dict[str, StageSpec] = {}
 
 
-def stage(kind: str, *, config: type, consumes: Iterable[str], produces):
+def stage(kind: str, *, config: type, consumes: Iterable[str], produces, cache: bool = True):
     """Register `run(cfg, inputs, ctx) -> Artifact` as the stage kind `kind`."""
 
     def wrap(fn):
-        _REGISTRY[kind] = StageSpec(kind, config, fn, frozenset(consumes), produces, (fn.__doc__ or "").strip())
+        _REGISTRY[kind] = StageSpec(kind, config, fn, frozenset(consumes), produces, (fn.__doc__ or "").strip(),
+                                    cache)
         return fn
 
     return wrap

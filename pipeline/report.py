@@ -46,6 +46,39 @@ def comparisons(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def exports(entries: list[dict[str, Any]]) -> list[str]:
+    """One line per exported artifact: size, compression and its parity with the model it came from."""
+    lines = []
+    for e in entries:
+        m = e.get("metrics", {})
+        if "parity_identical" not in m and "size_mb" not in m:
+            continue
+        parts = []
+        if "size_mb" in m:
+            ratio = f", {m['compression_ratio']:.2f}x smaller" if m.get("compression_ratio") else ""
+            parts.append(f"{m['size_mb']:.1f} MB{ratio}")
+        if "parity_identical" in m:
+            parts.append(f"greedy tokens identical on {100 * m['parity_identical']:.1f}% of {m['parity_n']} prompts "
+                         f"(token agreement {100 * m['parity_token_agreement']:.1f}%), accuracy "
+                         f"{100 * m['parity_source_accuracy']:.1f}% -> {100 * m['parity_accuracy']:.1f}%, "
+                         f"stops at EOS {100 * m['parity_source_stopped']:.0f}% -> {100 * m['parity_stopped']:.0f}%")
+        lines.append(f"{e['name']}: " + "; ".join(parts))
+    return lines
+
+
+def serving(entries: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for e in entries:
+        m = e.get("metrics", {})
+        if e["kind"] != "serve" or not m:
+            continue
+        lines.append(f"{e['name']}: ready in {m.get('ready_seconds')}s on {m.get('bound_address')}, smoke reply "
+                     f"{m.get('smoke_latency_s')}s ({m.get('smoke_tokens_per_s')} tokens/s, finish "
+                     f"{m.get('smoke_finish_reason')}), {m.get('concurrent_ok')}/{m.get('concurrent_n')} concurrent "
+                     f"requests ok, wrong key -> {m.get('wrong_key_status')}")
+    return lines
+
+
 def health(entries: list[dict[str, Any]]) -> list[str]:
     """Training-health warnings (pipeline/health.py) of every stage that raised any."""
     return [f"{e['name']}: {w}" for e in entries for w in e.get("metrics", {}).get("health_warnings") or []]
@@ -70,6 +103,10 @@ def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
              f"model `{record['model']}` ({record['model_path']}), status **{record['status']}**", ""]
     lines += _markdown_table(_table(record["stages"])) + [""]
     lines += [f"- {c}" for c in comparisons(record["stages"])] + [""]
+    if exports(record["stages"]):
+        lines += ["## Exports (parity with the source model)", ""] + [f"- {x}" for x in exports(record["stages"])] + [""]
+    if serving(record["stages"]):
+        lines += ["## Serving", ""] + [f"- {x}" for x in serving(record["stages"])] + [""]
     if health(record["stages"]):
         lines += ["## Training health", ""] + [f"- {w}" for w in health(record["stages"])] + [""]
     lines += ["## Where things are", ""] + [f"- {line}" for line in _locations(run_dir, record, tracker)]
@@ -84,6 +121,8 @@ def terminal_summary(run_dir: Path, record: dict[str, Any], tracker) -> str:
     lines = ["", f"== results: recipe '{record['recipe']}' ({record['status']})"]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines += ["  " + c for c in comparisons(record["stages"])]
+    lines += ["  export " + x for x in exports(record["stages"])]
+    lines += ["  serve  " + x for x in serving(record["stages"])]
     lines += ["  health: " + w for w in health(record["stages"])]
     lines += ["  " + line for line in _locations(run_dir, record, tracker)]
     return "\n".join(lines)

@@ -16,14 +16,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import report
-from .artifacts import Artifact, Store, write_json_atomic
+from .artifacts import MANIFEST, Artifact, Store, write_json_atomic
 from .context import Inputs, StageContext
 from .errors import PlanError
 from .plan import BASE, Plan, Step, build_plan, memory_warnings
 from .tracking import LoggerConfig, Tracker, redact
 from .validate import typed_config
 
-VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
+VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
+             "gptqmodel", "llama-cpp-python", "vllm")
 
 
 def tool_versions() -> dict[str, str]:
@@ -82,6 +83,14 @@ def seed_everything(seed: int) -> None:
 
 def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tuple[Artifact, str]:
     """Run one stage into a temporary folder and commit it, or reuse the stored artifact."""
+    if not step.spec.cache:  # e.g. serve: runs every time, its record stays in the run folder
+        ctx.out_dir = ctx.run_dir / step.name
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        artifact = step.spec.run(step.cfg, inputs, ctx)
+        _stamp(artifact, step, inputs)
+        artifact.path = str(ctx.out_dir)
+        write_json_atomic(ctx.out_dir / MANIFEST, artifact.to_json())
+        return artifact, "done"
     with store.lock(step.fingerprint):
         found = store.find(step.output_kind, step.fingerprint)  # another job may have made it meanwhile
         if found is not None:
@@ -89,14 +98,18 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
         ctx.out_dir = store.new_tmp_dir(step.fingerprint)
         seed_everything(ctx.seed)
         artifact = step.spec.run(step.cfg, inputs, ctx)
-        if artifact.kind != step.output_kind:
-            raise PlanError(f"stage '{step.name}' produced '{artifact.kind}' but planned '{step.output_kind}'")
-        artifact.fingerprint = step.fingerprint
-        artifact.parent = inputs.primary.fingerprint
-        artifact.stage = step.name
-        artifact.versions = tool_versions()
-        artifact.created = dt.datetime.now().isoformat(timespec="seconds")
+        _stamp(artifact, step, inputs)
         return store.commit(ctx.out_dir, artifact), "done"
+
+
+def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:
+    if artifact.kind != step.output_kind:
+        raise PlanError(f"stage '{step.name}' produced '{artifact.kind}' but planned '{step.output_kind}'")
+    artifact.fingerprint = step.fingerprint
+    artifact.parent = inputs.primary.fingerprint
+    artifact.stage = step.name
+    artifact.versions = tool_versions()
+    artifact.created = dt.datetime.now().isoformat(timespec="seconds")
 
 
 def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str], group: str | None) -> dict[str, Any]:

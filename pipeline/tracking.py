@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+NAMES_A_VARIABLE = re.compile(r"_env$", re.IGNORECASE)  # e.g. api_key_env: the variable's name, not the key
 
 
 @dataclass
@@ -30,7 +31,8 @@ class LoggerConfig:
 def redact(obj: Any) -> Any:
     """Drop values of secret-looking keys before a config is logged or saved."""
     if isinstance(obj, dict):
-        return {k: ("<redacted>" if SECRET_KEY.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
+        return {k: ("<redacted>" if SECRET_KEY.search(str(k)) and not NAMES_A_VARIABLE.search(str(k))
+                     and v not in (None, "") else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj

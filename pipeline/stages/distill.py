@@ -268,15 +268,15 @@ def _teacher_answers(cfg: DistillConfig, teacher, tokenizer, records: list[dict]
     """Each record's last assistant turn replaced by the teacher's greedy answer to what precedes it."""
     import torch
 
-    from .eval import generate
+    from ..backends import hf_generate
 
     prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
                for r in records]
     ctx.log(f"teacher answering {len(prompts)} prompts (greedy, batch {cfg.generation_batch_size})")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch with less padding
     with torch.inference_mode():
-        generated = generate(teacher, tokenizer, [prompts[i] for i in order], cfg.generation_batch_size,
-                             cfg.max_new_tokens, ctx.device)
+        generated = [g.text for g in hf_generate(teacher, tokenizer, [prompts[i] for i in order],
+                                                 cfg.generation_batch_size, cfg.max_new_tokens, ctx.device)]
     answers = [""] * len(prompts)
     for i, answer in zip(order, generated):
         answers[i] = answer

@@ -1,0 +1,85 @@
+"""The parity check every export runs: greedy generation on a fixed prompt set, exported model
+against the model it came from. Token agreement and answer accuracy go into the export's
+manifest (and so into the report); `parity.jsonl` keeps each prompt's pair of outputs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from pipeline.artifacts import Artifact
+from pipeline.backends import Generation, chat_prompt, open_backend
+from pipeline.data import DatasetSpec, load
+from pipeline.errors import TunechainError
+from pipeline.metrics import extract_answer
+
+
+class ParityError(TunechainError):
+    """The exported model disagrees with its source more than the stage allows."""
+
+
+@dataclass
+class ParityFields:
+    """Config fields shared by every export stage (flat, so `stages.gguf.parity_limit=20` works)."""
+
+    parity: bool = True                         # false: skip the comparison
+    parity_prompts: DatasetSpec = field(default=MISSING, metadata={"purpose": "gsm8k"})
+    parity_limit: Optional[int] = 50            # first N prompts (null: all)
+    parity_max_new_tokens: int = 64
+    parity_min_identical: Optional[float] = None  # fail the stage when fewer prompts match token for token
+
+
+def check(cfg: ParityFields, source: Artifact, exported: Artifact, ctx, dtype: Optional[str] = None) -> dict:
+    """Compare greedy outputs of `exported` with `source`; returns metrics prefixed `parity_`."""
+    if not cfg.parity:
+        return {}
+    records = load(cfg.parity_prompts, "gsm8k")
+    records = records[:cfg.parity_limit] if cfg.parity_limit else records
+    reference = open_backend(source, ctx, dtype)
+    prompts = [chat_prompt(reference.tokenizer, r["question"]) for r in records]
+    want = reference.generate(prompts, cfg.parity_max_new_tokens)
+    reference.close()
+    candidate = open_backend(exported, ctx, dtype)
+    got = candidate.generate(prompts, cfg.parity_max_new_tokens)
+    candidate.close()
+    metrics = compare(records, want, got)
+    metrics["parity_backend"] = candidate.name
+    with open(ctx.out_dir / "parity.jsonl", "w") as handle:
+        for record, a, b in zip(records, want, got):
+            handle.write(json.dumps({"question": record["question"], "target": record["target"],
+                                     "source": a.text, "export": b.text, "identical": a.token_ids == b.token_ids},
+                                    ensure_ascii=False) + "\n")
+    ctx.log(f"parity vs {source.stage or source.path}: {metrics['parity_identical']:.1%} of {len(records)} prompts "
+            f"token-identical, token agreement {metrics['parity_token_agreement']:.1%}, accuracy "
+            f"{metrics['parity_source_accuracy']:.1%} -> {metrics['parity_accuracy']:.1%}")
+    if cfg.parity_min_identical is not None and metrics["parity_identical"] < cfg.parity_min_identical:
+        raise ParityError(f"{ctx.name}: only {metrics['parity_identical']:.1%} of prompts give the source's greedy "
+                          f"tokens (parity_min_identical {cfg.parity_min_identical}); see {ctx.out_dir}/parity.jsonl")
+    return metrics
+
+
+def compare(records: list[dict], want: list[Generation], got: list[Generation]) -> dict:
+    """Identical sequences, per-token agreement up to the first divergence, accuracy and EOS stops."""
+    identical = sum(a.token_ids == b.token_ids for a, b in zip(want, got))
+    agreement = []
+    for a, b in zip(want, got):
+        longest = max(len(a.token_ids), len(b.token_ids), 1)
+        prefix = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y),
+                      min(len(a.token_ids), len(b.token_ids)))
+        agreement.append(prefix / longest if a.token_ids != b.token_ids else 1.0)
+    n = max(len(records), 1)
+    right = lambda outs: sum(extract_answer(o.text) == r["target"] for r, o in zip(records, outs)) / n  # noqa: E731
+    source_acc, export_acc = right(want), right(got)
+    return {
+        "parity_n": len(records),
+        "parity_identical": round(identical / n, 4),
+        "parity_token_agreement": round(sum(agreement) / n, 4),
+        "parity_source_accuracy": round(source_acc, 4),
+        "parity_accuracy": round(export_acc, 4),
+        "parity_accuracy_delta": round(export_acc - source_acc, 4),
+        "parity_source_stopped": round(sum(g.stopped for g in want) / n, 4),
+        "parity_stopped": round(sum(g.stopped for g in got) / n, 4),
+    }

@@ -1,0 +1,195 @@
+"""Inference backends: one interface over transformers (HF folders, adapters, bnb and GPTQ
+checkpoints) and llama.cpp (GGUF files), so eval and the export parity check treat every artifact
+alike. The backend is picked from the artifact's kind; vLLM joins here where a GPU is present.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .artifacts import Artifact
+from .errors import PlanError
+
+
+@dataclass
+class Generation:
+    text: str              # the new text, special tokens removed
+    token_ids: list[int]   # the new tokens, without the stop token
+    stopped: bool          # True: ended at an end-of-generation token; False: hit max_new_tokens
+
+
+class Backend(Protocol):
+    name: str
+    load_seconds: float
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Generation]: ...
+
+    def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]: ...
+
+    def close(self) -> None: ...
+
+
+def open_backend(artifact: Artifact, ctx, dtype: str | None = None, batch_size: int = 32) -> Backend:
+    """The backend that runs `artifact` (a model, an adapter or a GGUF) on ctx.device."""
+    if artifact.kind == "gguf":
+        return LlamaCppBackend(gguf_file(artifact), seed=ctx.seed)
+    if artifact.kind in ("model", "adapter"):
+        return HFBackend(artifact, ctx, dtype, batch_size)
+    raise PlanError(f"no inference backend for artifact kind '{artifact.kind}' ({artifact.path})")
+
+
+def gguf_file(artifact: Artifact) -> Path:
+    path = Path(artifact.path)
+    if path.is_file():
+        return path
+    name = artifact.meta.get("file")
+    found = [path / name] if name else sorted(path.glob("*.gguf"))
+    if not found or not found[0].is_file():
+        raise PlanError(f"artifact {artifact.path} has no .gguf file")
+    return found[0]
+
+
+class HFBackend:
+    """transformers: batched greedy generation with left padding."""
+
+    name = "transformers"
+
+    def __init__(self, artifact: Artifact, ctx, dtype: str | None, batch_size: int):
+        from .models import load_causal_lm, load_tokenizer
+        from .training import tokenizer_source
+
+        started = time.time()
+        self.tokenizer = load_tokenizer(tokenizer_source(artifact), ctx.model, padding_side="left")
+        self.model = load_causal_lm(artifact, ctx.model, ctx.device, dtype, merge_adapter=True).eval()
+        self.device = ctx.device
+        self.batch_size = batch_size
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.stop_ids.add(self.tokenizer.eos_token_id)
+        self.load_seconds = round(time.time() - started, 3)
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Generation]:
+        return hf_generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens, self.device,
+                           self.stop_ids)
+
+    def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]:
+        import torch
+
+        tok = self.tokenizer
+        tok.padding_side = "right"
+        total, count = 0.0, 0
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                batch = tok(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                            truncation=True, max_length=max_length).to(self.device)
+                with torch.inference_mode():
+                    logits = self.model(**batch).logits[:, :-1].float()
+                targets = batch["input_ids"][:, 1:]
+                mask = batch["attention_mask"][:, 1:].bool()
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+                total += float(nll[mask].sum())
+                count += int(mask.sum())
+        finally:
+            tok.padding_side = "left"
+        return total, count
+
+    def close(self) -> None:
+        self.model = None
+
+
+def hf_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, device: str,
+                stop_ids: set[int] | None = None) -> list[Generation]:
+    """Batched greedy generation with left padding; each result is cut at its first stop token."""
+    import torch
+
+    if stop_ids is None:
+        eos = model.generation_config.eos_token_id
+        stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
+    results = []
+    tokenizer.padding_side = "left"
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(device)
+        with torch.inference_mode():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            ids, stopped = [], False
+            for token in row:
+                if token in stop_ids:
+                    stopped = True
+                    break
+                ids.append(token)
+            results.append(Generation(tokenizer.decode(ids, skip_special_tokens=True), ids, stopped))
+    return results
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+class LlamaCppBackend:
+    """llama.cpp through llama-cpp-python: one prompt at a time, greedy (top_k 1)."""
+
+    name = "llama.cpp"
+
+    def __init__(self, path: Path, seed: int = 0, n_ctx: int = 2048, n_threads: int | None = None):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise PlanError("GGUF inference needs llama-cpp-python: pip install -e '.[gguf]'") from None
+        started = time.time()
+        self.path = Path(path)
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, logits_all=False, verbose=False,
+                         n_threads=n_threads)
+        self.load_seconds = round(time.time() - started, 3)
+
+    def _is_end(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
+
+    def tokenize(self, text: str) -> list[int]:
+        # add_bos=True asks for the special tokens the GGUF's metadata says to add (none if add_bos is false)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Generation]:
+        results = []
+        for prompt in prompts:
+            ids, stopped = [], False
+            for token in self.llm.generate(self.tokenize(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
+                                           repeat_penalty=1.0, reset=True):
+                if self._is_end(token):
+                    stopped = True
+                    break
+                ids.append(token)
+                if len(ids) >= max_new_tokens:
+                    break
+            text = self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace")
+            results.append(Generation(text, ids, stopped))
+        return results
+
+    def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]:
+        import numpy as np
+        from llama_cpp import Llama
+
+        scorer = Llama(model_path=str(self.path), n_ctx=max_length + 8, logits_all=True, verbose=False)
+        total, count = 0.0, 0
+        for text in texts:
+            tokens = scorer.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:max_length]
+            if len(tokens) < 2:
+                continue
+            scorer.reset()
+            scorer.eval(tokens)
+            logits = np.asarray(scorer.scores[:len(tokens) - 1], dtype=np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            total -= float(log_probs[np.arange(len(tokens) - 1), tokens[1:]].sum())
+            count += len(tokens) - 1
+        return total, count
+
+    def close(self) -> None:
+        self.llm = None
