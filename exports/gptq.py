@@ -1,0 +1,258 @@
+"""GPTQ export (W4A16 / W8A16) with GPTQModel, calibrated on the chain's own training data.
+
+    python main.py recipe=lora_merge +stage@stages.gptq=gptq
+    python main.py recipe=lora_merge +stage@stages.gptq=gptq stages.gptq.bits=8 stages.gptq.n_samples=256
+
+Calibration texts are the chain's SFT chats (`calibration: ${data.sft}`) rendered with the
+tokenizer's chat template, so the Hessians GPTQ uses see the format the model will be asked in.
+GPTQModel writes its `quant_method: gptq` checkpoint (packed int32 weights, scales, zeros) with the
+tokenizer; the folder is then reloaded with a plain `AutoModelForCausalLM.from_pretrained(folder)`
+(transformers' GPTQ integration, which needs gptqmodel installed to run) and compared with its
+source by the parity check.
+
+Installing GPTQModel: on a GPU with a current torch, `pip install -e '.[gptq]'`. gptqmodel 7.7.0
+asks for torch >= 2.14.1 (a CUDA build); beside the CPU torch 2.13 it was installed without its
+dependency pins (INSTALL_CPU below) and ran on CPU with GPTQMODEL_CPU_WORKERS >= 2.
+llmcompressor is not offered: it pins transformers <= 5.17 and cannot share this environment.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from pipeline.artifacts import Artifact
+from pipeline.context import Inputs, StageContext
+from pipeline.data import DatasetSpec
+from pipeline.errors import ConfigError, PlanError
+from pipeline.registry import stage
+
+from .parity import ParityFields
+
+BITS = (4, 8)
+BACKENDS = ("gptqmodel",)
+INSTALL_GPU = "pip install -e '.[gptq]'"
+# Seen to work beside torch 2.13.0+cpu and transformers 5.23 (2026-11-23): gptqmodel without its
+# torch pin, then the packages `import gptqmodel` needs that the project does not already bring.
+# Left out: ninja and maturin (build tools), and torchao (only GPTQModel's FP4/NVFP4 and rotation
+# paths use it; once installed, transformers imports it in every process and prints load errors).
+CPU_DEPS = ("threadpoolctl>=3.7.0", "device-smi>=0.5.7", "pillow>=13.0.0", "pypcre>=0.6.4", "tokenicer>=0.0.14",
+            "logbar>=0.4.15", "defuser>=0.0.28")
+INSTALL_CPU = ("pip install --no-deps gptqmodel==7.7.0 && pip install "
+               + " ".join(f"'{d}'" for d in CPU_DEPS))
+MIN_CPU_WORKERS = 2  # GPTQModel's default on a 2-core machine is 1 worker, which fails there
+
+
+@dataclass
+class GPTQConfig(ParityFields):
+    kind: str = "gptq"
+    inputs: Optional[List[str]] = None     # default: the latest earlier model
+    bits: int = 4                          # 4: W4A16 | 8: W8A16 (weights quantized, activations 16 bit)
+    group_size: int = 128                  # input columns sharing one scale/zero (-1: one group per row)
+    damp_percent: float = 0.01             # Hessian dampening, a fraction of its mean diagonal (GPTQModel's name)
+    desc_act: bool = False                 # quantize columns in order of activation size ("act-order")
+    n_samples: int = 128                   # calibration chats
+    max_seq_len: int = 512                 # tokens per calibration chat (longer ones are cut)
+    calibration: DatasetSpec = field(default=MISSING, metadata={"purpose": "sft"})
+    backend: str = "gptqmodel"
+    model_path: Optional[str] = None       # the chain's model (yaml: ${model.path}): its layer sizes are checked
+                                           # against group_size at plan time
+
+    def validate(self, where: str, earlier: dict) -> None:
+        if self.bits not in BITS:
+            raise ConfigError(f"{where}.bits: {self.bits}; valid: 4 (W4A16), 8 (W8A16)")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"{where}.backend: '{self.backend}'; valid: {', '.join(BACKENDS)} (llmcompressor pins "
+                              f"transformers <= 5.17 and cannot share this environment)")
+        if self.group_size != -1 and self.group_size < 1:
+            raise ConfigError(f"{where}.group_size: {self.group_size}; valid: -1 (one group per row) or a positive "
+                              f"divisor of every layer's input size (e.g. 32, 64, 128)")
+        if not 0 < self.damp_percent < 1:
+            raise ConfigError(f"{where}.damp_percent: {self.damp_percent}; valid: 0 < value < 1 (e.g. 0.01)")
+        if self.n_samples < 1:
+            raise ConfigError(f"{where}.n_samples: {self.n_samples}; must be >= 1")
+        if self.max_seq_len < 16:
+            raise ConfigError(f"{where}.max_seq_len: {self.max_seq_len}; must be >= 16")
+        from .bnb import refuse_quantized_input
+
+        refuse_quantized_input(where, self.inputs, earlier)
+        if self.model_path:
+            config = read_model_config(self.model_path)
+            if config is not None:
+                check_group_size(where, self.group_size, config, self.model_path)
+
+    def check_device(self, where: str, device: str) -> None:
+        problem = gptqmodel_import_error()
+        if problem:
+            raise PlanError(f"{where}: kind gptq needs gptqmodel, which cannot be imported ({problem}). "
+                            f"GPU: {INSTALL_GPU}. CPU with torch 2.13 (gptqmodel 7.7.0 asks for torch >= 2.14.1, a "
+                            f"CUDA build): {INSTALL_CPU}")
+
+    def memory_profile(self) -> str:
+        return "inference"
+
+
+@functools.lru_cache(maxsize=None)
+def gptqmodel_import_error() -> Optional[str]:
+    """None if gptqmodel imports, else why not (imported once: ~10 s, a banner)."""
+    if os.environ.get("GPTQMODEL_CPU_WORKERS") is None:
+        os.environ["GPTQMODEL_CPU_WORKERS"] = str(max(MIN_CPU_WORKERS, (os.cpu_count() or 2) // 2))
+    try:
+        import gptqmodel  # noqa: F401
+    except Exception as e:  # noqa: BLE001  (a missing dependency shows up as any import-time error)
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+    return None
+
+
+def read_model_config(path: str) -> Optional[dict]:
+    """config.json of a local folder or a cached hub model; None when it cannot be read offline."""
+    from pipeline.models import local_folder
+
+    folder = local_folder(path)
+    if folder is not None:
+        file = folder / "config.json"
+        return json.loads(file.read_text()) if file.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json")
+    except Exception:  # noqa: BLE001
+        return None
+    return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
+
+
+def linear_in_features(config: dict) -> dict[str, int]:
+    """The input sizes of a decoder's linear layers, by where they come from in config.json."""
+    config = config.get("text_config") or config
+    hidden = config.get("hidden_size")
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (hidden // heads if hidden and heads else None)
+    sizes = {"hidden_size": hidden, "num_attention_heads*head_dim": heads * head_dim if heads and head_dim else None,
+             "intermediate_size": config.get("intermediate_size"),
+             "moe_intermediate_size": config.get("moe_intermediate_size"),
+             "shared_expert_intermediate_size": config.get("shared_expert_intermediate_size")}
+    return {k: int(v) for k, v in sizes.items() if isinstance(v, int) and v > 0}
+
+
+def check_group_size(where: str, group_size: int, config: dict, source: str) -> None:
+    if group_size == -1:
+        return
+    bad = {k: v for k, v in linear_in_features(config).items() if v % group_size}
+    if bad:
+        sizes = ", ".join(f"{k} {v}" for k, v in bad.items())
+        divisors = [g for g in (32, 64, 128) if all(v % g == 0 for v in linear_in_features(config).values())]
+        hint = f"; {', '.join(map(str, divisors))} divide every layer" if divisors else ""
+        raise ConfigError(f"{where}.group_size: {group_size} does not divide the input size of every linear layer "
+                          f"of {source} ({sizes}); use a divisor of all of them or -1 (one group per row){hint}")
+
+
+def calibration_batches(cfg: GPTQConfig, tokenizer, log) -> list[dict[str, list[int]]]:
+    """The first n_samples chats, rendered with the chat template and cut to max_seq_len tokens."""
+    from pipeline.data import load
+
+    records = load(cfg.calibration, "sft")[:cfg.n_samples]
+    if not tokenizer.chat_template:
+        log("warning: the tokenizer has no chat template; calibrating on the chats' contents joined by newlines")
+    batches = []
+    for record in records:
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template(record["messages"], tokenize=False)
+        else:
+            text = "\n".join(m["content"] for m in record["messages"])
+        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=cfg.max_seq_len)["input_ids"]
+        batches.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    return batches
+
+
+def quant_log_metrics(folder: Path) -> dict[str, float]:
+    """GPTQModel's per-module reconstruction losses (quant_log.csv): mean and worst."""
+    file = folder / "quant_log.csv"
+    if not file.is_file():
+        return {}
+    with open(file) as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle) if row.get("loss") not in (None, "")]
+    if not losses:
+        return {}
+    return {"gptq_loss_mean": round(sum(losses) / len(losses), 6), "gptq_loss_max": round(max(losses), 6),
+            "gptq_modules": len(losses)}
+
+
+@stage("gptq", config=GPTQConfig, consumes={"model"}, produces="model")
+def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
+    """Quantize the input model's linear layers with GPTQ (GPTQModel) on the chain's chats and save it."""
+    import gc
+
+    from transformers import GenerationConfig
+
+    from pipeline.models import load_tokenizer
+    from pipeline.training import save_tokenizer, tokenizer_source
+
+    from .bnb import probe_texts, reload_check, size_metrics
+    from .parity import check
+
+    problem = gptqmodel_import_error()  # sets GPTQMODEL_CPU_WORKERS before the import
+    if problem:
+        raise PlanError(f"stages.{ctx.name}: gptqmodel cannot be imported ({problem}); GPU: {INSTALL_GPU}; "
+                        f"CPU: {INSTALL_CPU}")
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    source = inputs.primary
+    config = read_model_config(source.path)
+    if config is not None:
+        check_group_size(f"stages.{ctx.name}", cfg.group_size, config, source.path)
+    out_dir = Path(ctx.out_dir)
+    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    calibration = calibration_batches(cfg, tokenizer, ctx.log)
+    tokens = sum(len(b["input_ids"]) for b in calibration)
+    ctx.log(f"GPTQ W{cfg.bits}A16, group size {cfg.group_size}, damp {cfg.damp_percent}, desc_act {cfg.desc_act}: "
+            f"{len(calibration)} calibration chats ({tokens} tokens) on {ctx.device}")
+
+    quantize_config = QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, damp_percent=cfg.damp_percent,
+                                     desc_act=cfg.desc_act, offload_to_disk=False)
+    started = time.time()
+    model = GPTQModel.load(source.path, quantize_config, device="cuda:0" if ctx.device == "cuda" else "cpu",
+                           trust_remote_code=ctx.model.trust_remote_code)
+    model.quantize(calibration, batch_size=1, tokenizer=tokenizer)
+    quantize_seconds = round(time.time() - started, 2)
+    model.save(str(out_dir))
+    del model
+    gc.collect()
+    # GPTQModel writes its own tokenizer files and a generation config of its making: keep the source's.
+    save_tokenizer(tokenizer, tokenizer_source(source), out_dir)
+    try:
+        GenerationConfig.from_pretrained(source.path).save_pretrained(str(out_dir))
+    except OSError:
+        pass  # the source has none
+
+    saved = json.loads((out_dir / "config.json").read_text()).get("quantization_config") or {}
+    if saved.get("quant_method") != "gptq":
+        raise PlanError(f"{out_dir}: GPTQModel saved no 'quant_method: gptq' quantization config ({saved})")
+    reload = reload_check(out_dir, source, ctx, lambda m: hasattr(m, "qweight"), "GPTQ layers with a qweight",
+                          probe_texts(cfg, tokenizer))
+    metrics: dict[str, Any] = {**size_metrics(source, out_dir), "quantize_seconds": quantize_seconds,
+                               "calibration_samples": len(calibration), "calibration_tokens": tokens,
+                               **quant_log_metrics(out_dir), **{k: v for k, v in reload.items() if k != "reloaded_layers"}}
+    scheme = f"w{cfg.bits}a16"
+    exported = Artifact(kind="model", path=str(out_dir), fingerprint="", format=f"gptq-{scheme}",
+                        base_model=source.base_model or source.path, stage=ctx.name)
+    metrics.update(check(cfg, source, exported, ctx))
+    ctx.log(f"GPTQ {scheme}: {metrics['size_mb']} MB (source {metrics['source_size_mb']} MB, "
+            f"{metrics['compression_ratio']}x) in {quantize_seconds}s, reloaded from its folder alone "
+            f"({', '.join(reload['reloaded_layers'])}), next-token agreement with the source "
+            f"{reload['reload_top1_agreement']:.1%}")
+    from importlib.metadata import version
+
+    meta = {"quantization": {"method": "gptq", "bits": cfg.bits, "group_size": cfg.group_size,
+                             "damp_percent": cfg.damp_percent, "desc_act": cfg.desc_act, "sym": saved.get("sym"),
+                             "checkpoint_format": saved.get("checkpoint_format") or saved.get("format")},
+            "quantizer": f"gptqmodel {version('gptqmodel')}", "reloaded_layers": reload["reloaded_layers"],
+            "calibration": cfg.calibration.path, "source": source.path}
+    return Artifact(kind="model", path=str(out_dir), fingerprint="", format=f"gptq-{scheme}",
+                    base_model=source.base_model or source.path, metrics=metrics, meta=meta)

@@ -1,0 +1,200 @@
+"""The serve stage: a llama.cpp server of the embedded model's GGUF, checked through the openai
+client (smoke chat, 16 concurrent chats, wrong key -> 401, loopback bind), the key kept out of
+every record, the server gone afterwards; and the plan-time refusal of vLLM on CPU."""
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp.server")
+pytest.importorskip("openai")
+
+from pipeline import registry  # noqa: E402
+from pipeline.artifacts import MANIFEST, Artifact, Store  # noqa: E402
+from pipeline.context import Inputs, StageContext  # noqa: E402
+from pipeline.errors import ConfigError, PlanError  # noqa: E402
+from pipeline.models import ModelConfig  # noqa: E402
+from pipeline.plan import Step  # noqa: E402
+from pipeline.runner import run_stage  # noqa: E402
+from pipeline.stages import serve  # noqa: E402
+from pipeline.tracking import LoggerConfig, Tracker  # noqa: E402
+
+from conftest import EMBEDDED, compose  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory) -> Artifact:
+    """The embedded model as an f16 GGUF (llama.cpp's converter, cached in TUNECHAIN_CACHE)."""
+    from exports.llamacpp import convert
+
+    out = tmp_path_factory.mktemp("gguf") / "m.gguf"
+    convert(EMBEDDED, out, "f16")
+    return Artifact(kind="gguf", path=str(out), fingerprint="gguf-test", format="gguf-f16",
+                    base_model=str(EMBEDDED), meta={"file": out.name})
+
+
+def _context(run_dir: Path) -> StageContext:
+    model = ModelConfig(name="embedded", path=str(EMBEDDED))
+    tracker = Tracker(LoggerConfig(backend="none"), run_dir, {}, name="t", group=None)
+    return StageContext(name="serve", out_dir=run_dir, run_dir=run_dir, model=model, device="cpu", seed=0,
+                        tracker=tracker, hardware={"num_threads": 1})
+
+
+def _serve(cfg: serve.ServeConfig, gguf: Artifact, run_dir: Path) -> Artifact:
+    """Run the stage the way the runner does (cache=False: the record goes to run_dir/<name>)."""
+    spec = registry._REGISTRY["serve"]  # registered by importing pipeline.stages.serve
+    step = Step("serve", spec, cfg, ["gguf"], "serve", fingerprint="f" * 20)
+    artifact, outcome = run_stage(step, Inputs([gguf]), _context(run_dir), Store(run_dir / "store"))
+    assert outcome == "done" and not (run_dir / "store").exists()  # nothing goes to the store
+    return artifact
+
+
+def _gone(artifact: Artifact) -> None:
+    import psutil
+
+    assert not psutil.pid_exists(artifact.meta["server_pid"]) or \
+        psutil.Process(artifact.meta["server_pid"]).status() == psutil.STATUS_ZOMBIE
+    port = int(artifact.metrics["bound_address"].rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_serves_with_a_key_checks_it_and_never_records_it(gguf, tmp_path, monkeypatch, capfd):
+    key = f"tc-{secrets.token_hex(16)}"
+    monkeypatch.setenv("TUNECHAIN_API_KEY", key)
+    monkeypatch.setenv("API_KEY", "a-stray-key-of-the-shell")  # must not become the server's key
+    seen = {}
+
+    def from_outside(server):  # block: true holds here; a client of our own, then Ctrl-C
+        import openai
+
+        good = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+        reply = good.chat.completions.create(model="embedded", max_tokens=4,
+                                             messages=[{"role": "user", "content": "Hi"}])
+        seen["right_key_tokens"] = reply.usage.completion_tokens
+        bad = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="a-stray-key-of-the-shell", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        seen["wrong_key"] = 401
+        raise KeyboardInterrupt
+
+    original_hold = serve.hold
+    monkeypatch.setattr(serve, "hold", lambda server: original_hold(_Interrupting(server, from_outside)))
+    cfg = serve.ServeConfig(max_tokens=16, block=True)
+    cfg.validate("stages.serve", {})
+    artifact = _serve(cfg, gguf, tmp_path)
+
+    m = artifact.metrics
+    assert artifact.kind == "serve" and artifact.format == "openai-server"
+    assert artifact.path == str(tmp_path / "serve")
+    assert artifact.meta["backend"] == "llama.cpp" and artifact.meta["auth"] == "api-key"
+    assert artifact.meta["model"] == "embedded" and artifact.meta["base_url"].startswith("http://127.0.0.1:")
+    assert m["smoke_completion_tokens"] > 0 and m["smoke_tokens_per_s"] > 0
+    assert m["smoke_finish_reason"] in ("stop", "length")  # the untrained base may run to max_tokens
+    assert m["concurrent_n"] == 16 and m["concurrent_ok"] == 16
+    assert m["wrong_key_status"] == 401
+    assert m["bound_address"].startswith("127.0.0.1:") and "," not in m["bound_address"]
+    assert m["ready_seconds"] > 0
+    assert seen == {"right_key_tokens": seen["right_key_tokens"], "wrong_key": 401} and seen["right_key_tokens"] > 0
+
+    out = capfd.readouterr()
+    record = (tmp_path / "serve" / MANIFEST).read_text()
+    log = (tmp_path / "serve" / "server.log").read_text()
+    metrics_file = (tmp_path / "metrics.jsonl").read_text()
+    assert "Invalid API key" in log or "401" in log
+    for text in (record, log, metrics_file, out.out, out.err):
+        assert key not in text
+    assert "serving 'embedded' at http://127.0.0.1:" in out.out and "$TUNECHAIN_API_KEY" in out.out
+    _gone(artifact)
+
+
+class _Interrupting:
+    """A ServerProcess whose first liveness check runs a client and then raises Ctrl-C."""
+
+    def __init__(self, server, action):
+        self._server, self._action, self._done = server, action, False
+
+    def __getattr__(self, name):
+        return getattr(self._server, name)
+
+    def alive(self) -> bool:
+        if not self._done:
+            self._done = True
+            self._action(self._server)
+        return self._server.alive()
+
+
+def test_serves_without_a_key_and_says_so(gguf, tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("TUNECHAIN_API_KEY", raising=False)
+    cfg = serve.ServeConfig(max_tokens=8, concurrency=4, model_alias="tiny")
+    artifact = _serve(cfg, gguf, tmp_path)
+    out = capfd.readouterr().out
+    assert "no API key ($TUNECHAIN_API_KEY is unset)" in out
+    assert artifact.meta["auth"] == "none" and artifact.meta["model"] == "tiny"
+    assert artifact.metrics["concurrent_ok"] == 4 and artifact.metrics["wrong_key_status"] == 200
+    _gone(artifact)
+
+
+def test_a_failing_server_is_reported_and_stopped(gguf, tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNECHAIN_API_KEY", raising=False)
+    cfg = serve.ServeConfig(extra_args=["--no_such_flag", "1"], ready_timeout_s=30)
+    with pytest.raises(RuntimeError, match="exited with code"):
+        _serve(cfg, gguf, tmp_path)
+    assert "no_such_flag" in (tmp_path / "serve" / "server.log").read_text()
+
+
+class _Earlier:
+    def __init__(self, kind: str, output_kind: str):
+        self.kind, self.output_kind = kind, output_kind
+
+
+def test_backend_follows_the_input_and_vllm_is_refused_on_cpu():
+    earlier = {"sft": _Earlier("sft", "adapter"), "merge": _Earlier("merge", "model"),
+               "gguf": _Earlier("gguf", "gguf"), "eval": _Earlier("eval", "eval")}
+    cfg = serve.ServeConfig()
+    cfg.validate("stages.serve", earlier)
+    assert cfg.resolved_backend == "llama.cpp"
+    cfg.check_device("stages.serve", "cpu")
+    cfg = serve.ServeConfig(inputs=["merge"])
+    cfg.validate("stages.serve", earlier)
+    assert cfg.resolved_backend == "vllm"
+    with pytest.raises(PlanError, match=r"stages\.serve\.backend: .*CUDA GPU.*device is cpu.*recipe sft_to_gguf"):
+        cfg.check_device("stages.serve", "cpu")
+    with pytest.raises(ConfigError, match=r"stages\.serve\.backend: llama\.cpp serves GGUF"):
+        serve.ServeConfig(backend="llama.cpp", inputs=["merge"]).validate("stages.serve", earlier)
+    with pytest.raises(ConfigError, match=r"stages\.serve\.backend: 'tgi'.*auto, llama\.cpp, vllm"):
+        serve.ServeConfig(backend="tgi").validate("stages.serve", earlier)
+    with pytest.raises(ConfigError, match=r"stages\.serve\.extra_args: do not put an API key"):
+        serve.ServeConfig(extra_args=["--api_key", "x"]).validate("stages.serve", earlier)
+    with pytest.raises(ConfigError, match=r"stages\.serve\.api_key_env: .*not an environment variable name"):
+        serve.ServeConfig(api_key_env="sk-123").validate("stages.serve", earlier)
+
+
+def test_a_model_fed_to_serve_on_cpu_fails_at_plan_time(tmp_path):
+    from pipeline.plan import build_plan
+
+    cfg = compose(["recipe=lora_merge", "logger=none", "+stage@stages.api=serve"])
+    with pytest.raises(PlanError, match=r"stages\.api\.backend: .*device is cpu.*add a gguf stage"):
+        build_plan(cfg, Store(tmp_path / "store"), recipe="lora_merge", device="cpu")
+
+
+def test_the_stage_default_composes():
+    cfg = compose(["+stage@stages.api=serve"])
+    assert cfg.stages.api.kind == "serve" and cfg.stages.api.api_key_env == "TUNECHAIN_API_KEY"
+
+
+def test_the_key_travels_in_the_environment_only(monkeypatch):
+    from pipeline import serving
+
+    monkeypatch.setenv("api_key", "stray")  # pydantic-settings would read it whatever its case
+    monkeypatch.setenv("HOST", "0.0.0.0")   # uvicorn would bind it in place of --host
+    env = serving.server_env("llama.cpp", "k-123", "127.0.0.1", 8001)
+    assert env["API_KEY"] == "k-123" and "api_key" not in env and env["HOST"] == "127.0.0.1"
+    assert "API_KEY" not in serving.server_env("llama.cpp", None, "127.0.0.1", 8001)
+    assert serving.server_env("vllm", "k-123", "127.0.0.1", 8001)["VLLM_API_KEY"] == "k-123"
+    for command in (serving.llama_cpp_command(Path("m.gguf"), "127.0.0.1", 8001, 2048, "m", None, []),
+                    serving.vllm_command("/models/m", "127.0.0.1", 8001, 2048, "m", [])):
+        assert "k-123" not in command and not any("api" in part for part in command)
