@@ -219,6 +219,7 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     started = time.time()
     model = GPTQModel.load(source.path, quantize_config, device="cuda:0" if ctx.device == "cuda" else "cpu",
                            trust_remote_code=ctx.model.trust_remote_code)
+    _keep_logs_in(out_dir / "gptq_logs")
     model.quantize(calibration, batch_size=1, tokenizer=tokenizer)
     quantize_seconds = round(time.time() - started, 2)
     model.save(str(out_dir))
@@ -256,3 +257,14 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
             "calibration": cfg.calibration.path, "source": source.path}
     return Artifact(kind="model", path=str(out_dir), fingerprint="", format=f"gptq-{scheme}",
                     base_model=source.base_model or source.path, metrics=metrics, meta=meta)
+
+
+def _keep_logs_in(folder: Path) -> None:
+    """GPTQModel 7.7 writes per-layer logs to ./logs of the working folder; keep them with the artifact."""
+    try:
+        from gptqmodel.looper import loop_processor
+    except ImportError:
+        return
+    if hasattr(loop_processor, "_PROJECT_LOG_DIR"):
+        folder.mkdir(parents=True, exist_ok=True)
+        loop_processor._PROJECT_LOG_DIR = folder
