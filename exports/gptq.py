@@ -44,7 +44,7 @@ INSTALL_GPU = "pip install -e '.[gptq]'"
 # Left out: ninja and maturin (build tools), and torchao (only GPTQModel's FP4/NVFP4 and rotation
 # paths use it; once installed, transformers imports it in every process and prints load errors).
 CPU_DEPS = ("threadpoolctl>=3.7.0", "device-smi>=0.5.7", "pillow>=13.0.0", "pypcre>=0.6.4", "tokenicer>=0.0.14",
-            "logbar>=0.4.15", "defuser>=0.0.28")
+            "logbar>=0.4.15", "defuser>=0.0.28", "optimum>=1.24")  # optimum: peft will not import without it
 INSTALL_CPU = ("pip install --no-deps gptqmodel==7.7.0 && pip install "
                + " ".join(f"'{d}'" for d in CPU_DEPS))
 MIN_CPU_WORKERS = 2  # GPTQModel's default on a 2-core machine is 1 worker, which fails there

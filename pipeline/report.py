@@ -6,7 +6,7 @@ from typing import Any
 
 # Metrics shown in tables, in this order, when a stage has them.
 HEADLINE = ("math_accuracy", "perplexity", "eval_reward_margin", "reward_end", "train_loss", "train_runtime", "prompts_per_s")
-PERCENT = {"math_accuracy"}
+PERCENT = {"math_accuracy", "parity_identical", "parity_token_agreement"}
 COMPARED = ("math_accuracy", "perplexity")  # quality metrics that compare_with reports as deltas
 
 

@@ -10,7 +10,7 @@ from hydra.experimental.callback import Callback
 from .report import COMPARED, _fmt
 
 # Quality, not speed: a sweep compares what each setting produced.
-SWEPT = COMPARED + ("train_loss",)
+SWEPT = COMPARED + ("train_loss", "size_mb", "parity_identical")  # exports: size and agreement with the source
 
 
 def summarize(sweep_dir: Path) -> str:

@@ -138,7 +138,11 @@ def _input_kind(inputs: list[str] | None, earlier: dict) -> str | None:
 @stage("serve", config=ServeConfig, consumes=set(SERVABLE), produces="serve", cache=False)
 def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Serve the input over an OpenAI-compatible API, check it, then stop (or keep serving: block)."""
+    import logging
     import os
+
+    for name in ("httpx", "httpx2"):  # the client logs every request at INFO: 18 lines per check
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     source = inputs.primary
     backend = cfg._resolve(f"stages.{ctx.name}", source.kind)
