@@ -14,6 +14,42 @@ from .errors import PlanError
 
 
 @dataclass
+class Timing:
+    first_token_s: float   # prompt in -> first new token out
+    decode_tokens_per_s: float  # the tokens after the first, per second
+    new_tokens: int
+
+
+class _Clock:
+    """A transformers streamer that only notes when tokens arrive (its first call is the prompt)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.arrivals: list[float] = []
+        self.seen_prompt = False
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            return
+        self.arrivals.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def timing(self) -> Timing:
+        return _timing(self.start, self.arrivals)
+
+
+def _timing(start: float, arrivals: list[float]) -> Timing:
+    if not arrivals:
+        return Timing(0.0, 0.0, 0)
+    decode = arrivals[-1] - arrivals[0]
+    rate = (len(arrivals) - 1) / decode if decode > 0 else 0.0
+    return Timing(round(arrivals[0] - start, 4), round(rate, 2), len(arrivals))
+
+
+@dataclass
 class Generation:
     text: str              # the new text, special tokens removed
     token_ids: list[int]   # the new tokens, without the stop token
@@ -28,6 +64,8 @@ class Backend(Protocol):
 
     def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]: ...
 
+    def timed(self, prompt: str, new_tokens: int) -> Timing: ...
+
     def close(self) -> None: ...
 
 
@@ -38,6 +76,19 @@ def open_backend(artifact: Artifact, ctx, dtype: str | None = None, batch_size: 
     if artifact.kind in ("model", "adapter"):
         return HFBackend(artifact, ctx, dtype, batch_size)
     raise PlanError(f"no inference backend for artifact kind '{artifact.kind}' ({artifact.path})")
+
+
+def size_on_disk(artifact: Artifact) -> int:
+    """Bytes of the weights an artifact needs: its GGUF file, its weight files, or an adapter plus its base."""
+    if artifact.kind == "gguf":
+        return gguf_file(artifact).stat().st_size
+    folder = Path(artifact.path)
+    if not folder.is_dir():
+        return 0
+    weights = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin", ".pt"))
+    if artifact.kind == "adapter" and artifact.base_model and Path(artifact.base_model).is_dir():
+        weights += size_on_disk(Artifact(kind="model", path=artifact.base_model, fingerprint=""))
+    return weights
 
 
 def gguf_file(artifact: Artifact) -> Path:
@@ -73,6 +124,17 @@ class HFBackend:
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[Generation]:
         return hf_generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens, self.device,
                            self.stop_ids)
+
+    def timed(self, prompt: str, new_tokens: int) -> Timing:
+        """One streamed greedy generation of exactly `new_tokens` tokens (EOS ignored)."""
+        import torch
+
+        clock = _Clock()
+        batch = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(self.device)
+        with torch.inference_mode():
+            self.model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                pad_token_id=self.tokenizer.pad_token_id, streamer=clock)
+        return clock.timing()
 
     def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]:
         import torch
@@ -171,6 +233,16 @@ class LlamaCppBackend:
             text = self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace")
             results.append(Generation(text, ids, stopped))
         return results
+
+    def timed(self, prompt: str, new_tokens: int) -> Timing:
+        """One streamed greedy generation of exactly `new_tokens` tokens (end-of-generation ignored)."""
+        start, arrivals = time.perf_counter(), []
+        for _ in self.llm.generate(self.tokenize(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
+                                   repeat_penalty=1.0, reset=True):
+            arrivals.append(time.perf_counter())
+            if len(arrivals) >= new_tokens:
+                break
+        return _timing(start, arrivals)
 
     def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]:
         import numpy as np

@@ -34,6 +34,7 @@ class Step:
     cached: Artifact | None = None
     memory_bytes: int | None = None
     data_notes: list[str] = field(default_factory=list)
+    optional: bool = False                     # `optional: true`: skipped (with its dependents) where it cannot run
 
     @property
     def kind(self) -> str:
@@ -49,6 +50,7 @@ class Plan:
     store: Store
     device: str
     n_params: int | None = None
+    skipped: list[str] = field(default_factory=list)
 
     def render(self) -> str:
         params = f", {self.n_params / 1e6:.1f}M params" if self.n_params else ""
@@ -64,6 +66,7 @@ class Plan:
         lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
         for step in self.steps:
             lines += [f"  data  {step.name}: {note}" for note in step.data_notes]
+        lines += [f"  skip  {note}" for note in self.skipped]
         return "\n".join(lines)
 
 
@@ -124,11 +127,12 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
             raise ConfigError(f"stages.{name}: no 'kind'; compose it from a stage default (+stage@stages.{name}=<kind>) "
                               f"or set kind to one of: {', '.join(registry.kinds())}")
         spec = registry.get(str(kind))
-        typed = typed_config(node, spec.config_cls, f"stages.{name}")
+        optional = bool(node.get("optional", False))  # a key of every stage, handled here, not in each dataclass
+        typed = typed_config(node, spec.config_cls, f"stages.{name}", ignore=("optional",))
         if hasattr(typed, "validate"):
             typed.validate(f"stages.{name}", {s.name: s for s in steps})
         inputs = _resolve_inputs(name, spec, getattr(typed, "inputs", None), produced)
-        steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed)))
+        steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=optional))
         produced[name] = steps[-1].output_kind
     # Pass 2: data, record by record, then fingerprints and what the store already has.
     for step in steps:
@@ -147,12 +151,27 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
         from .models import pick_device
 
         plan.device = device or pick_device()
-        for step in steps:  # what only the device can tell (e.g. 4-bit kernels on CPU)
-            if not step.cached and hasattr(step.cfg, "check_device"):
-                step.cfg.check_device(f"stages.{step.name}", plan.device)
+        for step in list(plan.steps):  # what only the device can tell (e.g. 4-bit kernels on CPU)
+            if step in plan.steps and not step.cached and hasattr(step.cfg, "check_device"):
+                try:
+                    step.cfg.check_device(f"stages.{step.name}", plan.device)
+                except PlanError as e:
+                    if not step.optional:
+                        raise
+                    _skip(plan, step, str(e))
         check_available(model)
         _plan_memory(plan)
     return plan
+
+
+def _skip(plan: Plan, step: Step, reason: str) -> None:
+    """Drop an optional stage that cannot run here, and every later stage that reads or compares with it."""
+    dropped = {step.name}
+    for later in plan.steps:
+        if later.name in dropped or dropped & set(later.input_names) or getattr(later.cfg, "compare_with", None) in dropped:
+            dropped.add(later.name)
+    plan.steps = [s for s in plan.steps if s.name not in dropped]
+    plan.skipped.append(f"{', '.join(sorted(dropped))}: skipped (optional) because {reason}")
 
 
 def _plan_memory(plan: Plan) -> None:

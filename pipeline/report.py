@@ -7,7 +7,8 @@ from typing import Any
 # Metrics shown in tables, in this order, when a stage has them.
 HEADLINE = ("math_accuracy", "perplexity", "eval_reward_margin", "reward_end", "train_loss", "train_runtime", "prompts_per_s")
 PERCENT = {"math_accuracy", "parity_identical", "parity_token_agreement"}
-COMPARED = ("math_accuracy", "perplexity")  # quality metrics that compare_with reports as deltas
+COMPARED = ("math_accuracy", "perplexity")
+PLOT = "compression_vs_quality.png"  # quality metrics that compare_with reports as deltas
 
 
 def _fmt(name: str, value: Any) -> str:
@@ -79,6 +80,57 @@ def serving(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+VARIANT_COLUMNS = ("variant", "backend", "size MB", "compression", "math acc", "retained", "perplexity", "load s",
+                   "first token ms", "decode tok/s", "memory MB")
+
+
+def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
+    """The lab table: one row per evaluated artifact, sizes and quality relative to what it is compared with."""
+    evals = [e for e in entries if e["kind"] == "eval" and "size_mb" in e.get("metrics", {})]
+    if len(evals) < 2:
+        return []
+    by_name = {e["name"]: e for e in evals}
+    rows = [list(VARIANT_COLUMNS)]
+    for e in evals:
+        m = e["metrics"]
+        ref = by_name.get(e.get("compare_with") or "", {}).get("metrics", {})
+        ratio = ref["size_mb"] / m["size_mb"] if ref.get("size_mb") and m.get("size_mb") else None
+        retained = (m["math_accuracy"] / ref["math_accuracy"]
+                    if ref.get("math_accuracy") and "math_accuracy" in m else None)
+        ttft = m.get("first_token_s")
+        rows.append([(e.get("inputs") or [e["name"]])[0], str(m.get("backend", "-")), _fmt("size_mb", m.get("size_mb")),
+                     f"{ratio:.2f}x" if ratio else "-", _fmt("math_accuracy", m.get("math_accuracy")),
+                     f"{100 * retained:.1f}%" if retained is not None else "-", _fmt("perplexity", m.get("perplexity")),
+                     _fmt("load_seconds", m.get("load_seconds")), f"{1000 * ttft:.1f}" if ttft else "-",
+                     _fmt("decode_tokens_per_s", m.get("decode_tokens_per_s")), _fmt("memory_mb", m.get("memory_mb"))])
+    return rows
+
+
+def plot_compression(entries: list[dict[str, Any]], path: Path) -> Path | None:
+    """Compression ratio vs quality retained, one point per variant compared with a reference."""
+    rows = variants(entries)
+    points = [(r[0], float(r[3][:-1]), float(r[5][:-1])) for r in rows[1:] if r[3] != "-" and r[5] != "-"]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.scatter([p[1] for p in points], [p[2] for p in points])
+    for name, x, y in points:
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(100, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("compression ratio (reference size / variant size)")
+    ax.set_ylabel("quality retained (% of reference accuracy)")
+    ax.set_title("compression vs quality retained")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def health(entries: list[dict[str, Any]]) -> list[str]:
     """Training-health warnings (pipeline/health.py) of every stage that raised any."""
     return [f"{e['name']}: {w}" for e in entries for w in e.get("metrics", {}).get("health_warnings") or []]
@@ -103,16 +155,36 @@ def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
              f"model `{record['model']}` ({record['model_path']}), status **{record['status']}**", ""]
     lines += _markdown_table(_table(record["stages"])) + [""]
     lines += [f"- {c}" for c in comparisons(record["stages"])] + [""]
+    if variants(record["stages"]):
+        lines += ["## Variants", ""] + _markdown_table(variants(record["stages"])) + [""]
+        if plot_compression(record["stages"], run_dir / PLOT):
+            lines += [f"![compression vs quality retained]({PLOT})", ""]
     if exports(record["stages"]):
         lines += ["## Exports (parity with the source model)", ""] + [f"- {x}" for x in exports(record["stages"])] + [""]
     if serving(record["stages"]):
         lines += ["## Serving", ""] + [f"- {x}" for x in serving(record["stages"])] + [""]
+    if record.get("skipped"):
+        lines += ["## Skipped", ""] + [f"- {x}" for x in record["skipped"]] + [""]
     if health(record["stages"]):
         lines += ["## Training health", ""] + [f"- {w}" for w in health(record["stages"])] + [""]
     lines += ["## Where things are", ""] + [f"- {line}" for line in _locations(run_dir, record, tracker)]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    _html(path)
+    if hasattr(tracker, "log_report"):
+        tracker.log_report(variants(record["stages"]), run_dir / PLOT, path.with_suffix(".html"))
     return path
+
+
+def _html(markdown_path: Path) -> None:
+    """report.html beside report.md (same content; the plot shows inline)."""
+    import markdown
+
+    body = markdown.markdown(markdown_path.read_text(), extensions=["tables"])
+    style = ("body{font-family:sans-serif;max-width:72em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}")
+    markdown_path.with_suffix(".html").write_text(
+        f"<!doctype html><meta charset='utf-8'><title>tunechain report</title><style>{style}</style>\n{body}\n")
 
 
 def terminal_summary(run_dir: Path, record: dict[str, Any], tracker) -> str:
@@ -121,6 +193,10 @@ def terminal_summary(run_dir: Path, record: dict[str, Any], tracker) -> str:
     lines = ["", f"== results: recipe '{record['recipe']}' ({record['status']})"]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines += ["  " + c for c in comparisons(record["stages"])]
+    lab = variants(record["stages"])
+    if lab:
+        lab_widths = [max(len(r[c]) for r in lab) for c in range(len(lab[0]))]
+        lines += ["  variants:"] + ["    " + "  ".join(cell.ljust(w) for cell, w in zip(row, lab_widths)) for row in lab]
     lines += ["  export " + x for x in exports(record["stages"])]
     lines += ["  serve  " + x for x in serving(record["stages"])]
     lines += ["  health: " + w for w in health(record["stages"])]

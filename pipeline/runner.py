@@ -44,7 +44,7 @@ class ChainRecord:
         self.path = run_dir / "chain.json"
         self.data: dict[str, Any] = {
             "recipe": plan.recipe, "model": plan.model.name, "model_path": plan.model.path,
-            "overrides": overrides, "store": str(plan.store.root), "status": "running",
+            "overrides": overrides, "store": str(plan.store.root), "status": "running", "skipped": plan.skipped,
             "started": dt.datetime.now().isoformat(timespec="seconds"),
             "stages": [{"name": s.name, "kind": s.kind, "inputs": s.input_names, "status": "pending",
                         "fingerprint": s.fingerprint, "artifact": None, "metrics": {},

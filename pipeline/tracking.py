@@ -93,6 +93,22 @@ class Tracker:
                 if isinstance(value, (int, float, str)):
                     self.wandb_run.summary[f"{stage}/{key}"] = value
 
+    def log_report(self, table: list[list[str]], plot: Path, html: Path) -> None:
+        """The chain's variant table, compression plot and HTML report, into the W&B run."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        logged: dict[str, Any] = {}
+        if table:
+            logged["report/variants"] = wandb.Table(columns=table[0], data=table[1:])
+        if plot.is_file():
+            logged["report/compression_vs_quality"] = wandb.Image(str(plot))
+        if html.is_file():
+            logged["report/html"] = wandb.Html(html.read_text())
+        if logged:
+            self.wandb_run.log(logged)
+
     def log_artifact(self, stage: str, artifact) -> None:
         """Record lineage in W&B: a reference to the stored folder, with its parent."""
         if self.wandb_run is None:

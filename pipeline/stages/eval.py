@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..metrics import extract_answer, perplexity
 from ..registry import stage
 
-TASKS = ("math", "perplexity")
+TASKS = ("math", "perplexity", "speed")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class EvalConfig:
     max_new_tokens: int = 64
     dtype: Optional[str] = None                 # null: the model config's dtype
     compare_with: Optional[str] = None          # an earlier eval stage: the report shows the deltas
+    speed_new_tokens: int = 64                  # speed: tokens generated in the one streamed, timed generation
 
     def validate(self, where: str, earlier: dict) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -53,16 +54,24 @@ class EvalConfig:
 @stage("eval", config=EvalConfig, consumes={"model", "adapter", "gguf"}, produces="eval")
 def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Score the input (HF model, adapter, bnb/GPTQ checkpoint or GGUF); results.json, predictions.jsonl."""
-    from ..backends import open_backend
+    from ..backends import open_backend, size_on_disk
 
     source = inputs.primary
     started = time.time()
+    memory = MemoryWatch(ctx.device)
     backend = open_backend(source, ctx, cfg.dtype, cfg.batch_size)
-    metrics = {"backend": backend.name, "load_seconds": backend.load_seconds}
+    memory.sample()
+    metrics = {"backend": backend.name, "load_seconds": backend.load_seconds,
+               "size_mb": round(size_on_disk(source) / 2**20, 3)}
+    if "speed" in cfg.tasks:
+        metrics.update(_speed(cfg, backend, ctx))
+        memory.sample()
     if "math" in cfg.tasks:
         metrics.update(_math(cfg, backend, ctx))
+        memory.sample()
     if "perplexity" in cfg.tasks:
         metrics.update(_perplexity(cfg, backend))
+    metrics.update(memory.result())
     backend.close()
     metrics["seconds"] = round(time.time() - started, 2)
     (ctx.out_dir / "results.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -98,6 +107,48 @@ def _math(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     return {"math_accuracy": round(correct / len(records), 4), "math_correct": correct, "math_n": len(records),
             "prompts_per_s": round(len(records) / seconds, 2),
             "stopped_at_eos": round(sum(o.stopped for o in outputs) / len(records), 4)}
+
+
+def _speed(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
+    """First-token latency and decode rate from one streamed generation (after one warm-up)."""
+    from ..backends import chat_prompt
+    from ..models import load_tokenizer
+
+    tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(_template_source(ctx), ctx.model)
+    question = load(cfg.math, "gsm8k")[0]["question"]
+    prompt = chat_prompt(tokenizer, question)
+    backend.timed(prompt, 2)  # warm-up: first-call allocations are not latency
+    timing = backend.timed(prompt, cfg.speed_new_tokens)
+    return {"first_token_s": timing.first_token_s, "decode_tokens_per_s": timing.decode_tokens_per_s,
+            "speed_new_tokens": timing.new_tokens}
+
+
+class MemoryWatch:
+    """Memory the evaluated model takes: the CUDA allocator's peak, or on CPU the growth of the process's
+    RSS from before loading (sampled after each task; earlier stages' peaks do not count)."""
+
+    def __init__(self, device: str):
+        import psutil
+
+        self.device = device
+        self.process = psutil.Process()
+        self.before = self.process.memory_info().rss
+        self.highest = self.before
+        if device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def sample(self) -> None:
+        self.highest = max(self.highest, self.process.memory_info().rss)
+
+    def result(self) -> dict:
+        self.sample()
+        if self.device == "cuda":
+            import torch
+
+            return {"memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory_of": "cuda_max_allocated"}
+        return {"memory_mb": round((self.highest - self.before) / 2**20, 1), "memory_of": "rss_growth"}
 
 
 def _template_source(ctx: StageContext) -> str:

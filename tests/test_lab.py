@@ -1,0 +1,82 @@
+"""The evaluation lab's pieces: the speed task (one streamed generation), the variants table with
+compression and quality retained, the plot and report.html, and optional stages that are skipped
+with their reason (and their dependents) where they cannot run."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import compose, tiny_overrides
+from pipeline import report
+from pipeline.artifacts import Store
+from pipeline.errors import PlanError
+from pipeline.plan import build_plan
+from pipeline.runner import run_chain
+
+
+def _eval(name, source, size, accuracy, compare_with=None, **extra):
+    return {"name": name, "kind": "eval", "status": "done", "inputs": [source], "compare_with": compare_with,
+            "metrics": {"size_mb": size, "math_accuracy": accuracy, "backend": "transformers", **extra}}
+
+
+def test_variants_table_plot_and_html(tmp_path):
+    entries = [_eval("eval_reference", "merge", 16.0, 0.80, first_token_s=0.04, decode_tokens_per_s=50.0),
+               _eval("eval_q8", "gguf_q8", 4.0, 0.80, "eval_reference"),
+               _eval("eval_q4", "gguf_q4", 2.0, 0.60, "eval_reference")]
+    rows = report.variants(entries)
+    assert rows[0][:6] == ["variant", "backend", "size MB", "compression", "math acc", "retained"]
+    assert rows[2][3:6] == ["4.00x", "80.0%", "100.0%"]
+    assert rows[3][3:6] == ["8.00x", "60.0%", "75.0%"]
+    assert rows[1][8] == "40.0"  # first token in ms
+    record = {"recipe": "lab", "model": "m", "model_path": "p", "status": "done", "store": "s", "stages": entries}
+    report.write(tmp_path, record, SimpleNamespace())
+    png = tmp_path / report.PLOT
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (tmp_path / "report.html").read_text()
+    assert "<table>" in html and report.PLOT in html and "gguf_q4" in html
+
+
+def test_speed_task_measures_one_streamed_generation(tiny_llama, tmp_path):
+    cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", f"paths.store={tmp_path / 's'}",
+                   "stages.eval_base.tasks=[speed]", "stages.eval_base.speed_new_tokens=12"])
+    record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
+    metrics = record["stages"][0]["metrics"]
+    assert metrics["speed_new_tokens"] == 12
+    assert 0 < metrics["first_token_s"] < 5 and metrics["decode_tokens_per_s"] > 1
+    assert metrics["size_mb"] > 0 and metrics["memory_of"] == "rss_growth" and metrics["memory_mb"] >= 0
+
+
+def test_optional_stage_that_cannot_run_is_skipped_with_its_dependents(tmp_path, monkeypatch):
+    from exports.gptq import GPTQConfig
+
+    def unavailable(self, where, device):
+        raise PlanError(f"{where}: gptqmodel cannot be imported")
+
+    monkeypatch.setattr(GPTQConfig, "check_device", unavailable)
+    cfg = compose(["recipe=quant_lab", "logger=none"])
+    plan = build_plan(cfg, Store(tmp_path))
+    names = [s.name for s in plan.steps]
+    assert "gptq" not in names and "eval_gptq" not in names and "eval_gguf_q8_0" in names
+    assert plan.skipped == ["eval_gptq, gptq: skipped (optional) because stages.gptq: gptqmodel cannot be imported"]
+    assert "skip  eval_gptq, gptq" in plan.render()
+
+    cfg = compose(["recipe=quant_lab", "logger=none", "stages.gptq.optional=false"])
+    with pytest.raises(PlanError, match="stages.gptq: gptqmodel cannot be imported"):
+        build_plan(cfg, Store(tmp_path))
+
+
+def test_quant_lab_sources_every_variant_from_one_stage():
+    cfg = compose(["recipe=quant_lab", "lab.source=base", "~stages.sft", "~stages.merge"])
+    variants = [n for n in cfg.stages if not n.startswith("eval_")]
+    assert variants == ["int8", "nf4", "gptq", "gguf_f16", "gguf_q8_0", "gguf_q4_k_m"]
+    assert all(list(cfg.stages[n].inputs) == ["base"] for n in variants)
+    assert json.loads(json.dumps(list(cfg.stages.eval_nf4.tasks))) == ["math", "perplexity", "speed"]
+
+
+def test_chain_record_lists_skipped_stages(tmp_path):
+    entries = [_eval("a", "base", 1.0, 0.5)]
+    record = {"recipe": "r", "model": "m", "model_path": "p", "status": "done", "store": "s", "stages": entries,
+              "skipped": ["gptq: skipped (optional) because no gptqmodel"]}
+    report.write(Path(tmp_path), record, SimpleNamespace())
+    assert "## Skipped" in (tmp_path / "report.md").read_text()
