@@ -30,7 +30,7 @@ from .fingerprint import file_digest
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 FORMATS = ("messages", "alpaca", "sharegpt", "preference", "prompt", "gsm8k", "text")
-PURPOSES = ("sft", "preference", "prompt", "gsm8k", "text")
+PURPOSES = ("sft", "preference", "prompt", "gsm8k", "text", "instruct")
 ROLES = ("system", "user", "assistant", "tool")
 MAX_LISTED_ERRORS = 5  # a file with thousands of bad lines needs its first few, not all
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -195,6 +195,7 @@ _NEEDS = {
     "prompt": "prompts (formats: prompt, gsm8k, messages)",
     "gsm8k": "question/answer with a '#### <number>' final answer",
     "text": "text",
+    "instruct": "prompt plus a verifiable check {type, ...} (format: prompt)",
 }
 
 
@@ -531,10 +532,26 @@ def _text(record: dict) -> dict:
     return {"text": _string(record, "text")}
 
 
+def _instruct(record: dict) -> dict:
+    """A prompt with a verifiable check (pipeline/checks.py) and an optional reference answer."""
+    from .checks import validate_spec
+
+    _require(record, "prompt", "check")
+    prompt = _string(record, "prompt")
+    if not isinstance(record["check"], dict):
+        raise _Invalid(f"'check' must be an object {{type, ...}}, got {_kind(record['check'])}")
+    problem = validate_spec(record["check"])
+    if problem:
+        raise _Invalid(f"check: {problem}")
+    reference = _optional_string(record, "reference") if "reference" in record else None
+    return {**record, "prompt": prompt, "reference": reference}
+
+
 _CONVERTERS: dict[str, dict[str, Callable[[dict], dict]]] = {
     "sft": {"messages": _sft_from_messages, "alpaca": _sft_from_alpaca, "sharegpt": _sft_from_sharegpt},
     "preference": {"preference": _preference},
     "prompt": {"prompt": _prompt_from_prompt, "gsm8k": _prompt_from_gsm8k, "messages": _prompt_from_messages},
     "gsm8k": {"gsm8k": _gsm8k},
     "text": {"text": _text},
+    "instruct": {"prompt": _instruct},
 }
