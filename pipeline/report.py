@@ -81,7 +81,7 @@ def serving(entries: list[dict[str, Any]]) -> list[str]:
 
 
 VARIANT_COLUMNS = ("variant", "backend", "size MB", "compression", "math acc", "retained", "perplexity", "load s",
-                   "first token ms", "decode tok/s", "memory MB")
+                   "first token ms", "decode tok/s", "memory MB", "instruct pass", "chrF", "judge")
 
 
 def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
@@ -102,7 +102,9 @@ def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
                      f"{ratio:.2f}x" if ratio else "-", _fmt("math_accuracy", m.get("math_accuracy")),
                      f"{100 * retained:.1f}%" if retained is not None else "-", _fmt("perplexity", m.get("perplexity")),
                      _fmt("load_seconds", m.get("load_seconds")), f"{1000 * ttft:.1f}" if ttft else "-",
-                     _fmt("decode_tokens_per_s", m.get("decode_tokens_per_s")), _fmt("memory_mb", m.get("memory_mb"))])
+                     _fmt("decode_tokens_per_s", m.get("decode_tokens_per_s")), _fmt("memory_mb", m.get("memory_mb")),
+                     _fmt("math_accuracy", m.get("instruct_pass_rate")), _fmt("gen_chrf", m.get("gen_chrf")),
+                     _fmt("judge_score", m.get("judge_score"))])
     return rows
 
 

@@ -1,7 +1,6 @@
 """The evaluation lab's pieces: the speed task (one streamed generation), the variants table with
 compression and quality retained, the plot and report.html, and optional stages that are skipped
 with their reason (and their dependents) where they cannot run."""
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,7 +70,7 @@ def test_quant_lab_sources_every_variant_from_one_stage():
     variants = [n for n in cfg.stages if not n.startswith("eval_")]
     assert variants == ["int8", "nf4", "gptq", "gguf_f16", "gguf_q8_0", "gguf_q4_k_m"]
     assert all(list(cfg.stages[n].inputs) == ["base"] for n in variants)
-    assert json.loads(json.dumps(list(cfg.stages.eval_nf4.tasks))) == ["math", "perplexity", "speed"]
+    assert list(cfg.stages.eval_nf4.tasks) == ["math", "instruct", "perplexity", "speed"]
 
 
 def test_chain_record_lists_skipped_stages(tmp_path):
@@ -80,3 +79,45 @@ def test_chain_record_lists_skipped_stages(tmp_path):
               "skipped": ["gptq: skipped (optional) because no gptqmodel"]}
     report.write(Path(tmp_path), record, SimpleNamespace())
     assert "## Skipped" in (tmp_path / "report.md").read_text()
+
+
+def test_instruct_and_judge_tasks_in_a_chain(tiny_llama, tmp_path, monkeypatch):
+    from test_judge import FakeJudgeEndpoint
+
+    replies = iter(["Rating: 7/10", "no verdict here", "Rating: 3/10"] * 10)
+    monkeypatch.setenv("TUNECHAIN_JUDGE_API_KEY", "sk-judge-secret")
+    with FakeJudgeEndpoint(lambda prompt: (200, next(replies), 0)) as judge:
+        monkeypatch.setenv("TUNECHAIN_JUDGE_URL", judge.url)
+        cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", f"paths.store={tmp_path / 's'}",
+                       "stages.eval_base.tasks=[instruct,judge]", "stages.eval_base.limit=6", "logger=none"])
+        record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
+    metrics = record["stages"][0]["metrics"]
+    assert metrics["instruct_n"] == 6 and 0 <= metrics["instruct_pass_rate"] <= 1
+    assert 0 <= metrics["gen_bleu"] <= 100 and 0 <= metrics["gen_rougeL"] <= 1
+    assert metrics["judge_parsed"] == 4 and metrics["judge_unparsable"] == 2 and metrics["judge_failed"] == 0
+    assert metrics["judge_score"] == 5.0  # 7, 3, 7, 3: unparsable verdicts are counted, never scored
+    assert all(r["auth"] == "Bearer sk-judge-secret" for r in judge.requests)
+    folder = Path(record["stages"][0]["artifact"])
+    assert len((folder / "judge.jsonl").read_text().splitlines()) == 6
+    for path in [folder / "artifact.json", folder / "judge.jsonl", tmp_path / "run" / "chain.json"]:
+        assert "sk-judge-secret" not in path.read_text()
+
+
+def test_judge_without_an_endpoint_fails_at_plan_time(tmp_path, monkeypatch):
+    from pipeline.errors import ConfigError
+
+    monkeypatch.delenv("TUNECHAIN_JUDGE_URL", raising=False)
+    cfg = compose(["stages.eval_tuned.tasks=[math,judge]", "logger=none"])
+    with pytest.raises(ConfigError, match=r"^stages\.eval_tuned\.judge\.base_url_env: \$TUNECHAIN_JUDGE_URL is unset"):
+        build_plan(cfg, Store(tmp_path))
+
+
+def test_malformed_instruct_data_fails_at_plan_time_with_path_and_line(tmp_path):
+    from pipeline.data import DataError
+
+    bad = tmp_path / "instruct.jsonl"
+    bad.write_text('{"prompt": "Say hi", "check": {"type": "question"}}\n'
+                   '{"prompt": "Count", "check": {"type": "word_count"}}\n')
+    cfg = compose([f"data.test_instruct.path={bad}", "logger=none"])
+    with pytest.raises(DataError, match=r"instruct\.jsonl:2: check: "):
+        build_plan(cfg, Store(tmp_path))

@@ -16,10 +16,11 @@ from ..artifacts import Artifact
 from ..context import Inputs, StageContext
 from ..data import DatasetSpec, load
 from ..errors import ConfigError
+from ..judge import JudgeConfig
 from ..metrics import extract_answer, perplexity
 from ..registry import stage
 
-TASKS = ("math", "perplexity", "speed")
+TASKS = ("math", "perplexity", "speed", "instruct", "judge")
 
 
 @dataclass
@@ -29,6 +30,8 @@ class EvalConfig:
     tasks: List[str] = field(default_factory=lambda: ["math", "perplexity"])
     math: DatasetSpec = field(default=MISSING, metadata={"purpose": "gsm8k"})
     text: DatasetSpec = field(default=MISSING, metadata={"purpose": "text"})
+    instruct: DatasetSpec = field(default=MISSING, metadata={"purpose": "instruct"})
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # grades the instruct answers (task judge)
     limit: Optional[int] = None                 # evaluate the first N records of each task
     batch_size: int = 32
     max_new_tokens: int = 64
@@ -40,6 +43,10 @@ class EvalConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ConfigError(f"{where}.tasks: unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
+        if "judge" in self.tasks:  # the endpoint must be known before anything runs
+            from ..judge import check_config
+
+            check_config(self.judge, f"{where}.judge")
         if self.compare_with is not None:
             other = earlier.get(self.compare_with)
             if other is None or other.kind != "eval":
@@ -68,6 +75,9 @@ def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         memory.sample()
     if "math" in cfg.tasks:
         metrics.update(_math(cfg, backend, ctx))
+        memory.sample()
+    if "instruct" in cfg.tasks or "judge" in cfg.tasks:
+        metrics.update(_instruct(cfg, backend, ctx))
         memory.sample()
     if "perplexity" in cfg.tasks:
         metrics.update(_perplexity(cfg, backend))
@@ -107,6 +117,45 @@ def _math(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     return {"math_accuracy": round(correct / len(records), 4), "math_correct": correct, "math_n": len(records),
             "prompts_per_s": round(len(records) / seconds, 2),
             "stopped_at_eos": round(sum(o.stopped for o in outputs) / len(records), 4)}
+
+
+def _instruct(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
+    """Instruction following with verifiable checks, overlap with the reference answers (BLEU, chrF,
+    ROUGE, METEOR), and with task judge the LLM judge's 1-10 grades of the same answers."""
+    from ..backends import chat_prompt
+    from ..checks import check
+    from ..models import load_tokenizer
+
+    records = _limited(load(cfg.instruct, "instruct"), cfg.limit)
+    tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(_template_source(ctx), ctx.model)
+    outputs = [o.text.strip() for o in backend.generate([chat_prompt(tokenizer, r["prompt"]) for r in records],
+                                                       cfg.max_new_tokens)]
+    passed = [check(o, r["check"]) for r, o in zip(records, outputs)]
+    metrics: dict = {"instruct_pass_rate": round(sum(passed) / len(records), 4), "instruct_n": len(records)}
+    with_reference = [(o, r["reference"]) for r, o in zip(records, outputs) if r.get("reference")]
+    if with_reference:
+        from ..textmetrics import score_generation
+
+        scores = score_generation([o for o, _ in with_reference], [ref for _, ref in with_reference])
+        metrics.update({f"gen_{k}": v for k, v in scores.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"})
+    with open(ctx.out_dir / "instruct_predictions.jsonl", "w") as handle:
+        handle.writelines(json.dumps({"prompt": r["prompt"], "check": r["check"], "output": o, "passed": ok},
+                                     ensure_ascii=False) + "\n" for r, o, ok in zip(records, outputs, passed))
+    if "judge" in cfg.tasks:
+        from ..judge import grade
+
+        items = [{"question": r["prompt"], "answer": o, "reference": r.get("reference") or None}
+                 for r, o in zip(records, outputs)]
+        verdicts = grade(cfg.judge, items)
+        verdicts.write_jsonl(ctx.out_dir / "judge.jsonl", items)
+        summary = verdicts.summary()
+        metrics.update({"judge_score": summary["mean_score"], "judge_parsed": summary["n_parsed"],
+                        "judge_unparsable": summary["n_unparsable"], "judge_failed": summary["n_failed"],
+                        "judge_distribution": summary["distribution"]})
+        ctx.log(f"judge: {summary['n_parsed']} graded (mean {summary['mean_score']}), {summary['n_unparsable']} "
+                f"unparsable, {summary['n_failed']} failed requests")
+    return metrics
 
 
 def _speed(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
