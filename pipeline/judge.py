@@ -228,8 +228,18 @@ def pairwise_prompt(question: str, answer_a: str, answer_b: str, reference: Opti
 
 # ---------------------------------------------------------------------------------------------- results
 
+class _Records:
+    """What both result kinds share: one JSON line per item (texts included), and the whole as a dict."""
+
+    def write_jsonl(self, path: Path, items: Optional[list[dict]] = None) -> Path:
+        return _write_jsonl(Path(path), self.records(items))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
-class JudgeResult:
+class JudgeResult(_Records):
     scores: list[Optional[int]]              # per item: 1..10, None when unparsable or failed
     verdicts: list[Optional[str]]            # the judge's raw text (None when the request failed)
     errors: list[Optional[str]]              # why a request failed (scrubbed of the URL and key)
@@ -260,15 +270,10 @@ class JudgeResult:
             rows.append(row)
         return rows
 
-    def write_jsonl(self, path: Path, items: Optional[list[dict]] = None) -> Path:
-        return _write_jsonl(Path(path), self.records(items))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
-class PairwiseResult:
+class PairwiseResult(_Records):
     outcomes: list[str]                      # per item: a | b | tie | inconsistent | unparsable | failed
     picks: list[list[Optional[str]]]         # per item: [verdict with a first, verdict with b first] (A/B/C/None)
     verdicts: list[list[Optional[str]]]      # the judge's raw texts, same order
@@ -303,11 +308,6 @@ class PairwiseResult:
             rows.append(row)
         return rows
 
-    def write_jsonl(self, path: Path, items: Optional[list[dict]] = None) -> Path:
-        return _write_jsonl(Path(path), self.records(items))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
