@@ -52,7 +52,7 @@ def exports(entries: list[dict[str, Any]]) -> list[str]:
     lines = []
     for e in entries:
         m = e.get("metrics", {})
-        if "parity_identical" not in m and "size_mb" not in m:
+        if e["kind"] == "eval" or ("parity_identical" not in m and "size_mb" not in m):
             continue
         parts = []
         if "size_mb" in m:

@@ -121,3 +121,33 @@ def test_malformed_instruct_data_fails_at_plan_time_with_path_and_line(tmp_path)
     cfg = compose([f"data.test_instruct.path={bad}", "logger=none"])
     with pytest.raises(DataError, match=r"instruct\.jsonl:2: check: "):
         build_plan(cfg, Store(tmp_path))
+
+
+def test_tools_mcq_code_and_reasoning_tasks_in_a_chain(tiny_llama, tmp_path):
+    data = Path(__file__).parent / "data"
+    cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", f"paths.store={tmp_path / 's'}",
+                   "stages.eval_base.tasks=[reasoning,tools,mcq,code]", "stages.eval_base.limit=3",
+                   f"stages.eval_base.mcq_path={data / 'mcq_sample.jsonl'}",
+                   f"stages.eval_base.code_path={data / 'code_sample.jsonl'}", "logger=none"])
+    record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
+    metrics = record["stages"][0]["metrics"]
+    assert metrics["tools_n"] == 3 and 0 <= metrics["tools_choice_accuracy"] <= 1
+    assert metrics["mcq_n"] == 3 and 0 <= metrics["mcq_accuracy"] <= 1
+    assert metrics["code_n_problems"] == 3 and metrics["code_pass@1"] == 0.0  # a random model writes no code
+    assert metrics["reasoning_n"] == 3 and "math_accuracy" in metrics
+    folder = Path(record["stages"][0]["artifact"])
+    assert (folder / "tools_episodes.jsonl").is_file() and (folder / "mcq_predictions.jsonl").is_file()
+
+
+def test_file_based_tasks_fail_at_plan_time(tmp_path):
+    from pipeline.data import DataError
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^stages\.eval_base\.mcq_path: task 'mcq' needs a file"):
+        build_plan(compose(["stages.eval_base.tasks=[mcq]", "logger=none"]), Store(tmp_path))
+    bad = tmp_path / "tools.jsonl"
+    bad.write_text('{"prompt": "2+2?", "tool": "calculator", "arguments": {"expression": "2+2"}, "answer": "4"}\n'
+                   '{"prompt": "weather?", "tool": "teleport", "arguments": {}, "answer": "x"}\n')
+    with pytest.raises(DataError, match=r"tools\.jsonl:2: "):
+        build_plan(compose(["stages.eval_base.tasks=[tools]", f"stages.eval_base.tools_path={bad}", "logger=none"]),
+                   Store(tmp_path))

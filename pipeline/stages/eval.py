@@ -20,7 +20,7 @@ from ..judge import JudgeConfig
 from ..metrics import extract_answer, perplexity
 from ..registry import stage
 
-TASKS = ("math", "perplexity", "speed", "instruct", "judge")
+TASKS = ("math", "perplexity", "speed", "instruct", "judge", "tools", "mcq", "code", "reasoning")
 
 
 @dataclass
@@ -38,11 +38,18 @@ class EvalConfig:
     dtype: Optional[str] = None                 # null: the model config's dtype
     compare_with: Optional[str] = None          # an earlier eval stage: the report shows the deltas
     speed_new_tokens: int = 64                  # speed: tokens generated in the one streamed, timed generation
+    tools_path: Optional[str] = None            # tools: cases {prompt, tool, arguments, answer} for the agent loop
+    tools_max_turns: int = 3
+    mcq_path: Optional[str] = None              # mcq: MMLU / C-Eval style file (question, A, B, C, D, answer)
+    mcq_style: str = "letter"                   # letter: score " A".." D"; text: score the option texts per token
+    code_path: Optional[str] = None             # code: HumanEval-like problems {task_id, prompt, test}
+    code_timeout_s: float = 5.0
 
     def validate(self, where: str, earlier: dict) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ConfigError(f"{where}.tasks: unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
+        self._check_task_files(where)
         if "judge" in self.tasks:  # the endpoint must be known before anything runs
             from ..judge import check_config
 
@@ -53,6 +60,21 @@ class EvalConfig:
                 evals = [n for n, s in earlier.items() if s.kind == "eval"]
                 raise ConfigError(f"{where}.compare_with: '{self.compare_with}' is not an earlier eval stage; "
                                   f"choose from: {', '.join(evals) or '(none)'}")
+
+    def _check_task_files(self, where: str) -> None:
+        """Each file-based task's file, record by record, at plan time (errors name path:line)."""
+        from ..agent import load_tool_cases
+        from ..codeexec import load_code_problems
+        from ..mcq import load_mcq
+
+        for task, key, loader in (("tools", "tools_path", load_tool_cases), ("mcq", "mcq_path", load_mcq),
+                                  ("code", "code_path", load_code_problems)):
+            if task in self.tasks:
+                if not getattr(self, key):
+                    raise ConfigError(f"{where}.{key}: task '{task}' needs a file; set {where}.{key}=PATH")
+                loader(getattr(self, key))
+        if self.mcq_style not in ("letter", "text"):
+            raise ConfigError(f"{where}.mcq_style: '{self.mcq_style}'; valid: letter, text")
 
     def memory_profile(self) -> str:
         return "inference"
@@ -73,12 +95,18 @@ def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     if "speed" in cfg.tasks:
         metrics.update(_speed(cfg, backend, ctx))
         memory.sample()
-    if "math" in cfg.tasks:
+    if "math" in cfg.tasks or "reasoning" in cfg.tasks:
         metrics.update(_math(cfg, backend, ctx))
         memory.sample()
     if "instruct" in cfg.tasks or "judge" in cfg.tasks:
         metrics.update(_instruct(cfg, backend, ctx))
         memory.sample()
+    if "tools" in cfg.tasks:
+        metrics.update(_tools(cfg, backend, ctx))
+    if "mcq" in cfg.tasks:
+        metrics.update(_mcq(cfg, backend, ctx))
+    if "code" in cfg.tasks:
+        metrics.update(_code(cfg, backend, ctx))
     if "perplexity" in cfg.tasks:
         metrics.update(_perplexity(cfg, backend))
     metrics.update(memory.result())
@@ -114,7 +142,12 @@ def _math(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
             handle.write(json.dumps({"question": record["question"], "target": record["target"], "output": output.text,
                                      "predicted": predicted, "correct": ok, "stopped": output.stopped},
                                     ensure_ascii=False) + "\n")
-    return {"math_accuracy": round(correct / len(records), 4), "math_correct": correct, "math_n": len(records),
+    extra = {}
+    if "reasoning" in cfg.tasks:  # features of the same answers: think blocks, self-checks, backtracking
+        from ..reasoning import summarise
+
+        extra = summarise([o.text for o in outputs])
+    return {**extra, "math_accuracy": round(correct / len(records), 4), "math_correct": correct, "math_n": len(records),
             "prompts_per_s": round(len(records) / seconds, 2),
             "stopped_at_eos": round(sum(o.stopped for o in outputs) / len(records), 4)}
 
@@ -156,6 +189,47 @@ def _instruct(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
         ctx.log(f"judge: {summary['n_parsed']} graded (mean {summary['mean_score']}), {summary['n_unparsable']} "
                 f"unparsable, {summary['n_failed']} failed requests")
     return metrics
+
+
+def _tools(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
+    """Tool calling in an agent loop (calculator / weather / knowledge): tool choice, arguments, final answer."""
+    from ..agent import backend_generate, evaluate_tools, load_tool_cases
+    from ..models import load_tokenizer
+
+    records = _limited(load_tool_cases(cfg.tools_path), cfg.limit)
+    tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(_template_source(ctx), ctx.model)
+    metrics, episodes = evaluate_tools(backend_generate(backend, tokenizer, cfg.max_new_tokens), records,
+                                       cfg.tools_max_turns)
+    with open(ctx.out_dir / "tools_episodes.jsonl", "w") as handle:
+        handle.writelines(json.dumps({k: e.get(k) for k in ("calls", "final_answer", "error", "turns")},
+                                     ensure_ascii=False, default=str) + "\n" for e in episodes)
+    return metrics
+
+
+def _mcq(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
+    """Multiple choice by log-likelihood of each option (needs logits: the transformers backend)."""
+    from ..mcq import load_mcq, score_mcq
+
+    if not hasattr(backend, "model"):
+        ctx.log(f"mcq: skipped, the {backend.name} backend gives no per-token log-likelihoods here")
+        return {"mcq_skipped": f"{backend.name} backend"}
+    records = _limited(load_mcq(cfg.mcq_path), cfg.limit)
+    result = score_mcq(backend.model, backend.tokenizer, records, ctx.device, cfg.batch_size, cfg.mcq_style)
+    with open(ctx.out_dir / "mcq_predictions.jsonl", "w") as handle:
+        handle.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in result.pop("predictions"))
+    return result
+
+
+def _code(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
+    """pass@1 of greedy completions, each run with its tests in a limited subprocess."""
+    from ..codeexec import evaluate, load_code_problems
+
+    problems = _limited(load_code_problems(cfg.code_path), cfg.limit)
+    completions = backend.generate([p["prompt"] for p in problems], cfg.max_new_tokens)
+    result = evaluate(problems, [[c.text] for c in completions], k_values=(1,), timeout_s=cfg.code_timeout_s)
+    with open(ctx.out_dir / "code_results.jsonl", "w") as handle:
+        handle.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in result.pop("per_problem", []))
+    return {(f"code_{k}" if k.startswith("pass@") else k): v for k, v in result.items()}
 
 
 def _speed(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
