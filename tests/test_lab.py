@@ -151,3 +151,18 @@ def test_file_based_tasks_fail_at_plan_time(tmp_path):
     with pytest.raises(DataError, match=r"tools\.jsonl:2: "):
         build_plan(compose(["stages.eval_base.tasks=[tools]", f"stages.eval_base.tools_path={bad}", "logger=none"]),
                    Store(tmp_path))
+
+
+def test_lm_eval_task_is_checked_at_plan_time(tmp_path, monkeypatch):
+    import importlib.util
+
+    from pipeline.errors import ConfigError
+    from pipeline.lmeval import model_args
+    from pipeline.artifacts import Artifact
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^stages\.eval_base\.tasks: task 'lm_eval' needs lm-evaluation-harness"):
+        build_plan(compose(["stages.eval_base.tasks=[lm_eval]", "logger=none"]), Store(tmp_path))
+    adapter = Artifact(kind="adapter", path="/a", fingerprint="", base_model="/base")
+    assert model_args(adapter, "float32") == {"pretrained": "/base", "peft": "/a", "dtype": "float32"}

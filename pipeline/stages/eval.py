@@ -20,7 +20,7 @@ from ..judge import JudgeConfig
 from ..metrics import extract_answer, perplexity
 from ..registry import stage
 
-TASKS = ("math", "perplexity", "speed", "instruct", "judge", "tools", "mcq", "code", "reasoning")
+TASKS = ("math", "perplexity", "speed", "instruct", "judge", "tools", "mcq", "code", "reasoning", "lm_eval")
 
 
 @dataclass
@@ -44,6 +44,8 @@ class EvalConfig:
     mcq_style: str = "letter"                   # letter: score " A".." D"; text: score the option texts per token
     code_path: Optional[str] = None             # code: HumanEval-like problems {task_id, prompt, test}
     code_timeout_s: float = 5.0
+    lm_eval_tasks: List[str] = field(default_factory=list)  # lm_eval: lm-evaluation-harness task names
+    lm_eval_num_fewshot: Optional[int] = None
 
     def validate(self, where: str, earlier: dict) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -73,6 +75,10 @@ class EvalConfig:
                 if not getattr(self, key):
                     raise ConfigError(f"{where}.{key}: task '{task}' needs a file; set {where}.{key}=PATH")
                 loader(getattr(self, key))
+        if "lm_eval" in self.tasks:
+            from ..lmeval import check_available
+
+            check_available(where, self.lm_eval_tasks)
         if self.mcq_style not in ("letter", "text"):
             raise ConfigError(f"{where}.mcq_style: '{self.mcq_style}'; valid: letter, text")
 
@@ -109,6 +115,13 @@ def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         metrics.update(_code(cfg, backend, ctx))
     if "perplexity" in cfg.tasks:
         metrics.update(_perplexity(cfg, backend))
+    if "lm_eval" in cfg.tasks:
+        from .. import lmeval
+        from ..models import torch_dtype
+
+        dtype = str(torch_dtype(cfg.dtype or ctx.model.dtype, ctx.device)).replace("torch.", "")
+        metrics.update(lmeval.run(source, cfg.lm_eval_tasks, ctx.device, dtype, cfg.batch_size,
+                                  cfg.lm_eval_num_fewshot, cfg.limit))
     metrics.update(memory.result())
     backend.close()
     metrics["seconds"] = round(time.time() - started, 2)
