@@ -133,6 +133,58 @@ def plot_compression(entries: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+CURVES = "training_curves.png"
+CURVE_KEYS = ("loss", "reward")  # what the training stages log per step (sft/dpo/distill: loss; grpo: reward)
+
+
+def plot_curves(run_dir: Path, path: Path) -> Path | None:
+    """Loss and reward per step of every training stage, from the run's metrics.jsonl."""
+    import json
+
+    source = run_dir / "metrics.jsonl"
+    if not source.is_file():
+        return None
+    curves: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for line in source.read_text().splitlines():
+        row = json.loads(line)
+        for key in CURVE_KEYS:
+            if isinstance(row.get(key), (int, float)) and isinstance(row.get("step"), int):
+                curves.setdefault((row["stage"], key), []).append((row["step"], row[key]))
+    curves = {k: v for k, v in curves.items() if len(v) > 1}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for _, k in curves})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), dpi=110, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for (stage, k), points in sorted(curves.items()):
+            if k == key:
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=stage)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def judge_distributions(entries: list[dict[str, Any]]) -> list[str]:
+    """Each judged eval's score histogram as a text bar chart (counts per score 1..10)."""
+    lines = []
+    for e in entries:
+        dist = e.get("metrics", {}).get("judge_distribution")
+        if dist:
+            counts = [int(dist.get(str(i), dist.get(i, 0))) for i in range(1, 11)]
+            lines.append(f"{e['name']}: " + " ".join(f"{i}:{c}" for i, c in zip(range(1, 11), counts))
+                         + f" (unparsable {e['metrics'].get('judge_unparsable')}, failed {e['metrics'].get('judge_failed')})")
+    return lines
+
+
 def health(entries: list[dict[str, Any]]) -> list[str]:
     """Training-health warnings (pipeline/health.py) of every stage that raised any."""
     return [f"{e['name']}: {w}" for e in entries for w in e.get("metrics", {}).get("health_warnings") or []]
@@ -165,6 +217,10 @@ def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
         lines += ["## Exports (parity with the source model)", ""] + [f"- {x}" for x in exports(record["stages"])] + [""]
     if serving(record["stages"]):
         lines += ["## Serving", ""] + [f"- {x}" for x in serving(record["stages"])] + [""]
+    if judge_distributions(record["stages"]):
+        lines += ["## Judge scores", ""] + [f"- {x}" for x in judge_distributions(record["stages"])] + [""]
+    if plot_curves(run_dir, run_dir / CURVES):
+        lines += ["## Training curves", "", f"![loss and reward per step]({CURVES})", ""]
     if record.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {x}" for x in record["skipped"]] + [""]
     if health(record["stages"]):

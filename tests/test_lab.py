@@ -1,6 +1,7 @@
 """The evaluation lab's pieces: the speed task (one streamed generation), the variants table with
 compression and quality retained, the plot and report.html, and optional stages that are skipped
 with their reason (and their dependents) where they cannot run."""
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -166,3 +167,16 @@ def test_lm_eval_task_is_checked_at_plan_time(tmp_path, monkeypatch):
         build_plan(compose(["stages.eval_base.tasks=[lm_eval]", "logger=none"]), Store(tmp_path))
     adapter = Artifact(kind="adapter", path="/a", fingerprint="", base_model="/base")
     assert model_args(adapter, "float32") == {"pretrained": "/base", "peft": "/a", "dtype": "float32"}
+
+
+def test_report_draws_training_curves_and_judge_scores(tmp_path):
+    rows = [{"stage": "sft", "step": i, "loss": 4.0 / i} for i in range(1, 6)]
+    rows += [{"stage": "grpo", "step": i, "reward": 0.1 * i} for i in range(1, 4)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judged = _eval("eval", "base", 1.0, 0.5, judge_distribution={"7": 2, "3": 1}, judge_unparsable=1, judge_failed=0)
+    record = {"recipe": "r", "model": "m", "model_path": "p", "status": "done", "store": "s", "stages": [judged]}
+    report.write(tmp_path, record, SimpleNamespace())
+    text = (tmp_path / "report.md").read_text()
+    assert (tmp_path / report.CURVES).read_bytes()[:4] == b"\x89PNG"
+    assert "## Training curves" in text
+    assert "eval: 1:0 2:0 3:1 4:0 5:0 6:0 7:2 8:0 9:0 10:0 (unparsable 1, failed 0)" in text
