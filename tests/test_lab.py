@@ -180,3 +180,26 @@ def test_report_draws_training_curves_and_judge_scores(tmp_path):
     assert (tmp_path / report.CURVES).read_bytes()[:4] == b"\x89PNG"
     assert "## Training curves" in text
     assert "eval: 1:0 2:0 3:1 4:0 5:0 6:0 7:2 8:0 9:0 10:0 (unparsable 1, failed 0)" in text
+
+
+def test_a_gguf_stage_of_the_chain_judges_on_loopback(tiny_llama, tmp_path):
+    pytest.importorskip("llama_cpp.server")
+    cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", "~stages.eval_base",
+                   f"paths.store={tmp_path / 's'}", "logger=none", "+stage@stages.judge_gguf=gguf",
+                   "stages.judge_gguf.inputs=[base]", "stages.judge_gguf.quant=f16", "stages.judge_gguf.parity=false",
+                   "+stage@stages.judged=eval", "stages.judged.inputs=[base,judge_gguf]",
+                   "stages.judged.judge_stage=judge_gguf", "stages.judged.tasks=[instruct,judge]",
+                   "stages.judged.limit=3", "stages.judged.max_new_tokens=8", "stages.judged.judge.max_tokens=16"])
+    record = run_chain(cfg, tmp_path / "run", "judge", [], None)
+    metrics = record["stages"][-1]["metrics"]
+    assert metrics["judge_failed"] == 0
+    assert metrics["judge_parsed"] + metrics["judge_unparsable"] == 3
+
+
+def test_judge_stage_must_be_an_input(tmp_path):
+    from pipeline.errors import ConfigError
+
+    cfg = compose(["recipe=sft_to_gguf", "logger=none", "stages.eval_merged.judge_stage=gguf",
+                   "stages.eval_merged.tasks=[judge]"])
+    with pytest.raises(ConfigError, match=r"^stages\.eval_merged\.judge_stage: 'gguf' must be an earlier gguf stage"):
+        build_plan(cfg, Store(tmp_path))

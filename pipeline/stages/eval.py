@@ -32,6 +32,8 @@ class EvalConfig:
     text: DatasetSpec = field(default=MISSING, metadata={"purpose": "text"})
     instruct: DatasetSpec = field(default=MISSING, metadata={"purpose": "instruct"})
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # grades the instruct answers (task judge)
+    judge_stage: Optional[str] = None           # a GGUF stage of this chain as the judge (served on loopback);
+                                                # list it in inputs too, so the judge is part of the fingerprint
     limit: Optional[int] = None                 # evaluate the first N records of each task
     batch_size: int = 32
     max_new_tokens: int = 64
@@ -52,7 +54,14 @@ class EvalConfig:
         if unknown:
             raise ConfigError(f"{where}.tasks: unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
         self._check_task_files(where)
-        if "judge" in self.tasks:  # the endpoint must be known before anything runs
+        if self.judge_stage is not None:
+            judge = earlier.get(self.judge_stage)
+            if judge is None or judge.output_kind != "gguf" or self.judge_stage not in (self.inputs or [])[1:]:
+                ggufs = [n for n, st in earlier.items() if st.output_kind == "gguf"]
+                raise ConfigError(f"{where}.judge_stage: '{self.judge_stage}' must be an earlier gguf stage "
+                                  f"(choose from: {', '.join(ggufs) or '(none)'}) listed after the evaluated model in "
+                                  f"{where}.inputs, e.g. inputs: [<model>, {self.judge_stage}]")
+        elif "judge" in self.tasks:  # the endpoint must be known before anything runs
             from ..judge import check_config
 
             check_config(self.judge, f"{where}.judge")
@@ -193,7 +202,10 @@ def _instruct(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
 
         items = [{"question": r["prompt"], "answer": o, "reference": r.get("reference") or None}
                  for r, o in zip(records, outputs)]
-        verdicts = grade(cfg.judge, items)
+        if cfg.judge_stage:
+            verdicts = _grade_with_stage(cfg, items, ctx)
+        else:
+            verdicts = grade(cfg.judge, items)
         verdicts.write_jsonl(ctx.out_dir / "judge.jsonl", items)
         summary = verdicts.summary()
         metrics.update({"judge_score": summary["mean_score"], "judge_parsed": summary["n_parsed"],
@@ -202,6 +214,34 @@ def _instruct(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
         ctx.log(f"judge: {summary['n_parsed']} graded (mean {summary['mean_score']}), {summary['n_unparsable']} "
                 f"unparsable, {summary['n_failed']} failed requests")
     return metrics
+
+
+def _grade_with_stage(cfg: EvalConfig, items: list[dict], ctx: StageContext):
+    """Serve the chain's judge GGUF on loopback with a one-off key, grade, stop the server."""
+    import dataclasses
+    import os
+    import secrets
+
+    from .. import serving
+    from ..backends import gguf_file
+    from ..judge import grade
+
+    judge = ctx.chain[cfg.judge_stage]
+    key = secrets.token_urlsafe(16)
+    port = serving.free_port("127.0.0.1")
+    command = serving.llama_cpp_command(gguf_file(judge), "127.0.0.1", port, 4096, "judge", os.cpu_count() or 1, [])
+    server = serving.start(command, serving.server_env("llama.cpp", key, "127.0.0.1", port),
+                           ctx.out_dir / "judge_server.log", "127.0.0.1", port)
+    variable = "TUNECHAIN_STAGE_JUDGE_KEY"
+    try:
+        serving.wait_ready(server, key, 120)
+        os.environ[variable] = key
+        local = dataclasses.replace(cfg.judge, base_url=f"http://127.0.0.1:{port}/v1", api_key_env=variable,
+                                    model="judge")
+        return grade(local, items)
+    finally:
+        os.environ.pop(variable, None)
+        serving.stop(server)
 
 
 def _tools(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
