@@ -203,3 +203,11 @@ def test_judge_stage_must_be_an_input(tmp_path):
                    "stages.eval_merged.tasks=[judge]"])
     with pytest.raises(ConfigError, match=r"^stages\.eval_merged\.judge_stage: 'gguf' must be an earlier gguf stage"):
         build_plan(cfg, Store(tmp_path))
+
+
+def test_the_seed_labs_math_problems_ship_with_corrected_answers():
+    from pipeline.data import DatasetSpec, load
+
+    records = load(DatasetSpec(path="embedded/seed_lab/math.jsonl", format="gsm8k"), "gsm8k")
+    assert len(records) == 13
+    assert records[-1]["target"] == "30"  # the seed says 32: (8+2)*(5+2) - 8*5 = 30
