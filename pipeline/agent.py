@@ -117,7 +117,8 @@ def _bounded(value: Any) -> int | float:
 
 
 # ---------------------------------------------------------------------------------------------
-# The stand-in weather table and knowledge base (same values as scripts/embedded_data.py)
+# The stand-in weather table (the readings scripts/embedded_data.py generated) and the knowledge base
+# (scripts/embedded_data.py reads it from here to make the data)
 
 # city -> (temperature °C, condition, humidity %): canned readings, not real weather.
 WEATHER: dict[str, tuple[int, str, int]] = {

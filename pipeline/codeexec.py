@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .data import MAX_LISTED_ERRORS, DataError
+from .data import DataError, _summarise
 
 STATUSES = ("passed", "failed", "timeout", "error", "memory")
 STDERR_TAIL = 2000        # characters of the candidate's stderr kept in results
@@ -192,10 +192,7 @@ def load_code_problems(path: str | Path) -> list[dict]:
         except ValueError as e:
             errors.append(f"{location}: {e}")
     if errors:
-        shown = errors[:MAX_LISTED_ERRORS]
-        if len(errors) > len(shown):
-            shown.append(f"... and {len(errors) - len(shown)} more")
-        raise DataError("\n".join(shown))
+        raise DataError(_summarise(errors))
     if not problems:
         raise DataError(f"{where}: empty file (no records)")
     return problems

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from .data import MAX_LISTED_ERRORS, DataError
+from .data import DataError, _summarise
 
 PROMPT_STYLES = ("letter", "text")
 LETTERS = string.ascii_uppercase
@@ -62,10 +62,7 @@ def load_mcq(path: str | Path) -> list[dict]:
         except _Invalid as e:
             errors.append(f"{location}: {e}")
     if errors:
-        shown = errors[:MAX_LISTED_ERRORS]
-        if len(errors) > len(shown):
-            shown.append(f"... and {len(errors) - len(shown)} more")
-        raise DataError("\n".join(shown))
+        raise DataError(_summarise(errors))
     if not records:
         raise DataError(f"{where}: empty file (no records)")
     return records

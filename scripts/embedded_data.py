@@ -20,9 +20,14 @@ import json
 import os
 import random
 import re
+import sys
 import unicodedata
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project, for pipeline.agent
+from pipeline import agent as _agent  # noqa: E402
 
 SEED = 1234
 
@@ -86,33 +91,9 @@ CATEGORIES = [("fruits", "种水果", EN_FRUITS, ZH_FRUITS), ("colors", "种颜�
 
 JSON_KEYS = ["name", "city", "age", "color", "food", "animal", "job", "country", "score", "year", "price", "item"]
 
-# Knowledge base of the mock search_knowledge tool: query -> (en answer, zh answer, zh query)
-KNOWLEDGE = {
-    "LoRA": ("LoRA trains two small low-rank matrices beside each frozen weight matrix.",
-             "LoRA在冻结的权重旁训练两个低秩小矩阵。", "LoRA微调"),
-    "QLoRA": ("QLoRA trains LoRA adapters on top of a 4-bit NF4 quantized model.",
-              "QLoRA在4位NF4量化的模型上训练LoRA适配器。", "QLoRA微调"),
-    "DPO": ("DPO aligns a model on pairs of chosen and rejected answers without a reward model.",
-            "DPO用选中和拒绝的回答对来对齐模型，不需要奖励模型。", "直接偏好优化"),
-    "GRPO": ("GRPO samples a group of answers per prompt and uses their normalized rewards as advantages.",
-             "GRPO对每个提示采样一组回答，用组内标准化的奖励作为优势。", "GRPO算法"),
-    "SFT": ("SFT is supervised fine-tuning on example conversations.",
-            "SFT是在示例对话上的监督微调。", "监督微调"),
-    "quantization": ("Quantization stores weights with fewer bits to save memory.",
-                     "量化用更少的位数存储权重来节省显存。", "量化"),
-    "GGUF": ("GGUF is the model file format used by llama.cpp.",
-             "GGUF是llama.cpp使用的模型文件格式。", "GGUF格式"),
-    "perplexity": ("Perplexity is the exponential of the average negative log-likelihood per token.",
-                   "困惑度是每个词元平均负对数似然的指数。", "困惑度"),
-    "distillation": ("Distillation trains a small student model to match a large teacher model.",
-                     "蒸馏训练一个小的学生模型去模仿大的教师模型。", "蒸馏"),
-    "KV cache": ("The KV cache keeps past keys and values so decoding does not recompute them.",
-                 "KV缓存保存之前的键和值，解码时不用重新计算。", "KV缓存"),
-    "RAG": ("RAG retrieves documents and puts them in the prompt before generation.",
-            "RAG先检索文档，再把它们放进提示里生成。", "检索增强生成"),
-    "tokenizer": ("A tokenizer splits text into tokens and maps them to ids.",
-                  "分词器把文本切成词元并映射成编号。", "分词器"),
-}
+# Knowledge base of the search_knowledge tool: query -> (en answer, zh answer, zh query). One table
+# for the data and the tool that evaluates it: pipeline/agent.py.
+KNOWLEDGE = _agent.KNOWLEDGE
 ZH_QUERY_TO_KEY = {v[2]: k for k, v in KNOWLEDGE.items()}
 
 EN_CONDITIONS = ["sunny", "cloudy", "rainy", "windy", "foggy", "snowy"]
