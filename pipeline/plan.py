@@ -97,11 +97,12 @@ def _resolve_inputs(name: str, spec: registry.StageSpec, requested: list[str] | 
 
 
 def _dataset_fields(cfg: Any) -> list[tuple[str, data.DatasetSpec, str]]:
-    """(field name, spec, purpose) for every DatasetSpec field of a stage config."""
+    """(field name, spec, purpose) for every DatasetSpec field of a stage config that its settings use."""
+    unused = cfg.unused_datasets() if hasattr(cfg, "unused_datasets") else set()
     found = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if isinstance(value, data.DatasetSpec):
+        if isinstance(value, data.DatasetSpec) and f.name not in unused:
             found.append((f.name, value, f.metadata.get("purpose", "sft")))
     return found
 

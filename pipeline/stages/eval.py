@@ -91,6 +91,11 @@ class EvalConfig:
         if self.mcq_style not in ("letter", "text"):
             raise ConfigError(f"{where}.mcq_style: '{self.mcq_style}'; valid: letter, text")
 
+    def unused_datasets(self) -> set[str]:
+        """Data the chosen tasks never read: not checked at plan time, not in the fingerprint."""
+        uses = {"math": {"math", "reasoning", "speed"}, "text": {"perplexity"}, "instruct": {"instruct", "judge"}}
+        return {name for name, tasks in uses.items() if not tasks & set(self.tasks)}
+
     def memory_profile(self) -> str:
         return "inference"
 
