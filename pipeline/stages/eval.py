@@ -153,10 +153,9 @@ def _limited(records: list, limit: int | None) -> list:
 
 def _math(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     from ..backends import chat_prompt
-    from ..models import load_tokenizer
 
     records = _limited(load(cfg.math, "gsm8k"), cfg.limit)
-    tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(_template_source(ctx), ctx.model)
+    tokenizer = _prompt_tokenizer(backend, ctx)
     started = time.time()
     outputs = backend.generate([chat_prompt(tokenizer, r["question"]) for r in records], cfg.max_new_tokens)
     seconds = time.time() - started
@@ -184,10 +183,9 @@ def _instruct(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     ROUGE, METEOR), and with task judge the LLM judge's 1-10 grades of the same answers."""
     from ..backends import chat_prompt
     from ..checks import check
-    from ..models import load_tokenizer
 
     records = _limited(load(cfg.instruct, "instruct"), cfg.limit)
-    tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(_template_source(ctx), ctx.model)
+    tokenizer = _prompt_tokenizer(backend, ctx)
     outputs = [o.text.strip() for o in backend.generate([chat_prompt(tokenizer, r["prompt"]) for r in records],
                                                        cfg.max_new_tokens)]
     passed = [check(o, r["check"]) for r, o in zip(records, outputs)]
@@ -252,10 +250,9 @@ def _grade_with_stage(cfg: EvalConfig, items: list[dict], ctx: StageContext):
 def _tools(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     """Tool calling in an agent loop (calculator / weather / knowledge): tool choice, arguments, final answer."""
     from ..agent import backend_generate, evaluate_tools, load_tool_cases
-    from ..models import load_tokenizer
 
     records = _limited(load_tool_cases(cfg.tools_path), cfg.limit)
-    tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(_template_source(ctx), ctx.model)
+    tokenizer = _prompt_tokenizer(backend, ctx)
     metrics, episodes = evaluate_tools(backend_generate(backend, tokenizer, cfg.max_new_tokens), records,
                                        cfg.tools_max_turns)
     with open(ctx.out_dir / "tools_episodes.jsonl", "w") as handle:
@@ -293,9 +290,8 @@ def _code(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
 def _speed(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     """First-token latency and decode rate from one streamed generation (after one warm-up)."""
     from ..backends import chat_prompt
-    from ..models import load_tokenizer
 
-    tokenizer = getattr(backend, "tokenizer", None) or load_tokenizer(_template_source(ctx), ctx.model)
+    tokenizer = _prompt_tokenizer(backend, ctx)
     question = load(cfg.math, "gsm8k")[0]["question"]
     prompt = chat_prompt(tokenizer, question)
     backend.timed(prompt, 2)  # warm-up: first-call allocations are not latency
@@ -332,9 +328,14 @@ class MemoryWatch:
         return {"memory_mb": round((self.highest - self.before) / 2**20, 1), "memory_of": "rss_growth"}
 
 
-def _template_source(ctx: StageContext) -> str:
-    """A GGUF carries its own template, but prompts are rendered here from the chain's tokenizer."""
-    return ctx.chain["base"].path if "base" in ctx.chain else ctx.model.path
+def _prompt_tokenizer(backend, ctx: StageContext):
+    """The tokenizer that renders chat prompts: the backend's own, or for a GGUF (which carries its template
+    inside the file) the chain's base tokenizer, so every backend sees the same prompt text."""
+    from ..models import load_tokenizer
+
+    if getattr(backend, "tokenizer", None) is not None:
+        return backend.tokenizer
+    return load_tokenizer(ctx.chain["base"].path if "base" in ctx.chain else ctx.model.path, ctx.model)
 
 
 def _perplexity(cfg: EvalConfig, backend) -> dict:
