@@ -62,7 +62,7 @@ def merge_adapter(adapter: Artifact, ctx, out_dir: Path, dtype: Optional[str] = 
     if merge_into == "dequantized" and not quantized:
         raise ConfigError(f"merge_into 'dequantized': adapter {adapter.path} was not trained on a quantized base")
     if quantized and merge_into in ("auto", "dequantized"):
-        target = torch_dtype(dtype or ctx.model.dtype, ctx.device)
+        target = torch_dtype(dtype or ctx.model.dtype, ctx.device, ctx.model.path)
         base = _dequantized_base(adapter.base_model, quantized, ctx, target)
         merged = PeftModel.from_pretrained(base, adapter.path).merge_and_unload()
         merged_into = f"dequantized {quantized.get('bnb_4bit_quant_type', '4-bit')} base"

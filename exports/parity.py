@@ -40,10 +40,10 @@ def check(cfg: ParityFields, source: Artifact, exported: Artifact, ctx, dtype: O
     records = records[:cfg.parity_limit] if cfg.parity_limit else records
     reference = open_backend(source, ctx, dtype)
     prompts = [chat_prompt(reference.tokenizer, r["question"]) for r in records]
-    want = reference.generate(prompts, cfg.parity_max_new_tokens)
+    want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
     reference.close()
     candidate = open_backend(exported, ctx, dtype)
-    got = candidate.generate(prompts, cfg.parity_max_new_tokens)
+    got = candidate.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: export")
     candidate.close()
     metrics = compare(records, want, got)
     metrics["parity_backend"] = candidate.name

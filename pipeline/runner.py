@@ -19,6 +19,7 @@ from . import report
 from .artifacts import MANIFEST, Artifact, Store, write_json_atomic
 from .context import Inputs, StageContext
 from .errors import PlanError
+from .memory import PeakMemory
 from .plan import BASE, Plan, Step, build_plan, memory_warnings
 from .tracking import LoggerConfig, Tracker, redact
 from .validate import typed_config
@@ -44,6 +45,7 @@ class ChainRecord:
         self.path = run_dir / "chain.json"
         self.data: dict[str, Any] = {
             "recipe": plan.recipe, "model": plan.model.name, "model_path": plan.model.path,
+            "model_source": plan.model.source,
             "overrides": overrides, "store": str(plan.store.root), "status": "running", "skipped": plan.skipped,
             "started": dt.datetime.now().isoformat(timespec="seconds"),
             "stages": [{"name": s.name, "kind": s.kind, "inputs": s.input_names, "status": "pending",
@@ -86,7 +88,7 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
     if not step.spec.cache:  # e.g. serve: runs every time, its record stays in the run folder
         ctx.out_dir = ctx.run_dir / step.name
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
-        artifact = step.spec.run(step.cfg, inputs, ctx)
+        artifact = _measured_run(step, inputs, ctx)
         _stamp(artifact, step, inputs)
         artifact.path = str(ctx.out_dir)
         write_json_atomic(ctx.out_dir / MANIFEST, artifact.to_json())
@@ -97,9 +99,21 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
             return found, "reused"
         ctx.out_dir = store.new_tmp_dir(step.fingerprint)
         seed_everything(ctx.seed)
-        artifact = step.spec.run(step.cfg, inputs, ctx)
+        artifact = _measured_run(step, inputs, ctx)
         _stamp(artifact, step, inputs)
         return store.commit(ctx.out_dir, artifact), "done"
+
+
+def _measured_run(step: Step, inputs: Inputs, ctx: StageContext) -> Artifact:
+    """Run the stage and put its measured peak memory beside the plan's estimate in its metrics."""
+    with PeakMemory(ctx.device) as peak:
+        artifact = step.spec.run(step.cfg, inputs, ctx)
+    found = peak.result()
+    on_gpu = "peak_cuda_mb" in found
+    artifact.metrics.update(peak_memory_mb=found["peak_cuda_mb"] if on_gpu else found["peak_rss_mb"],
+                            peak_memory_of="cuda" if on_gpu else "process_rss", peak_rss_mb=found["peak_rss_mb"],
+                            planned_memory_mb=round(step.memory_bytes / 2**20, 1) if step.memory_bytes else None)
+    return artifact
 
 
 def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:

@@ -77,25 +77,6 @@ def tokenizer_source(artifact) -> str:
     return artifact.base_model or artifact.path
 
 
-def peak_memory(device: str) -> dict[str, float | str]:
-    """Peak memory of this stage's work: CUDA allocator peak on a GPU, process peak RSS on CPU."""
-    if device == "cuda":
-        import torch
-
-        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "peak_memory_of": "cuda"}
-    import resource
-
-    return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_memory_of": "process_rss"}
-
-
-def reset_peak_memory(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-
-
 def save_policy(trainer, out_dir: Path, lora: bool) -> None:
     """Save what an RL/preference trainer trained: for LoRA only the "default" adapter, not the
     frozen "ref" copy that trl adds when it continues an input adapter."""

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.configstore import register
+
+register()  # the conf/model schema, as main.py's import of pipeline.cli does
+
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "embedded" / "model"
 CONF = ROOT / "conf"
@@ -69,8 +73,8 @@ def compose(overrides: list[str]):
 def tiny_overrides(model: Path) -> list[str]:
     return [f"model.path={model}", "model.name=tiny", "logger=none", "hardware.num_threads=1",
             "stages.sft.max_steps=4", "stages.sft.per_device_train_batch_size=4", "stages.sft.logging_steps=1",
-            "stages.eval_base.limit=8", "stages.eval_tuned.limit=8", "stages.eval_base.max_new_tokens=8",
-            "stages.eval_tuned.max_new_tokens=8"]
+            "stages.eval_base.limit=8", "stages.eval_tuned.limit=8", "stages.eval_base.max_new_tokens.math=8",
+            "stages.eval_tuned.max_new_tokens.math=8"]
 
 
 def run_main(args: list[str], tmp: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -130,7 +130,7 @@ def test_nf4_in_a_chain_is_stored_evaluated_and_reused(tmp_path):
     overrides = ["logger=none", "hardware.num_threads=1", "~stages.eval_base", "~stages.sft", "~stages.eval_tuned",
                  "+stage@stages.quantize=bnb_nf4", "stages.quantize.parity_limit=4",
                  "stages.quantize.parity_max_new_tokens=8", "+stage@stages.eval_nf4=eval", "stages.eval_nf4.limit=4",
-                 "stages.eval_nf4.max_new_tokens=8", "stages.eval_nf4.tasks=[math]", f"paths.store={tmp_path / 'store'}"]
+                 "stages.eval_nf4.max_new_tokens.math=8", "stages.eval_nf4.tasks=[math]", f"paths.store={tmp_path / 'store'}"]
     record = run_chain(compose(overrides), tmp_path / "run", "quickstart", overrides, None)
     quantize, evaluated = record["stages"]
     assert record["status"] == "done" and quantize["inputs"] == ["base"] and evaluated["inputs"] == ["quantize"]

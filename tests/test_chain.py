@@ -72,7 +72,7 @@ def test_wandb_offline_writes_run_files_and_local_metrics(tiny_llama, tmp_path):
 def test_kill_during_eval_then_rerun_resumes(tiny_llama, tmp_path):
     """kill -9 while the last eval runs: the re-run reuses SFT and finishes eval."""
     args = tiny_overrides(tiny_llama) + ["data.sft.limit=32", "stages.eval_tuned.limit=null",
-                                          "stages.eval_tuned.max_new_tokens=64", "stages.eval_tuned.batch_size=2"]
+                                          "stages.eval_tuned.max_new_tokens.math=64", "stages.eval_tuned.batch_size=2"]
     env = {**os.environ, "TUNECHAIN_STORE": str(tmp_path / "store"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, f"hydra.run.dir={tmp_path / 'run'}"],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -36,8 +36,9 @@ def test_every_recipe_plans_on_the_embedded_model(recipe, tmp_path):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_config_is_valid(model):
-    cfg = typed_config(compose([f"model={model}"]).model, ModelConfig, "model")
-    assert cfg.name == model and cfg.trust_remote_code is False
+    extra = ["model.path=/models/my-llama"] if model == "custom" else []  # custom: a model given by path alone
+    cfg = typed_config(compose([f"model={model}", *extra]).model, ModelConfig, "model")
+    assert cfg.name == (None if model == "custom" else model) and cfg.trust_remote_code is False
     assert cfg.lora_target_modules and cfg.dtype in ("float32", "bfloat16", "float16", "auto")
 
 

@@ -42,9 +42,11 @@ def test_speed_task_measures_one_streamed_generation(tiny_llama, tmp_path):
                    "stages.eval_base.tasks=[speed]", "stages.eval_base.speed_new_tokens=12"])
     record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
     metrics = record["stages"][0]["metrics"]
-    assert metrics["speed_new_tokens"] == 12
+    assert metrics["speed_new_tokens"] == 12 and metrics["speed_repeats"] == 3
+    # a prompt of realistic length (worked examples before the question), within the model's 512 positions
+    assert 200 < metrics["speed_prompt_tokens"] <= 512 - 12
     assert 0 < metrics["first_token_s"] < 5 and metrics["decode_tokens_per_s"] > 1
-    assert metrics["size_mb"] > 0 and metrics["memory_of"] == "rss_growth" and metrics["memory_mb"] >= 0
+    assert metrics["size_mb"] > 0 and metrics["memory_of"] == "peak_rss_growth" and metrics["memory_mb"] >= 0
 
 
 def test_optional_stage_that_cannot_run_is_skipped_with_its_dependents(tmp_path, monkeypatch):
@@ -189,7 +191,7 @@ def test_a_gguf_stage_of_the_chain_judges_on_loopback(tiny_llama, tmp_path):
                    "stages.judge_gguf.inputs=[base]", "stages.judge_gguf.quant=f16", "stages.judge_gguf.parity=false",
                    "+stage@stages.judged=eval", "stages.judged.inputs=[base,judge_gguf]",
                    "stages.judged.judge_stage=judge_gguf", "stages.judged.tasks=[instruct,judge]",
-                   "stages.judged.limit=3", "stages.judged.max_new_tokens=8", "stages.judged.judge.max_tokens=16"])
+                   "stages.judged.limit=3", "stages.judged.max_new_tokens.instruct=8", "stages.judged.judge.max_tokens=16"])
     record = run_chain(cfg, tmp_path / "run", "judge", [], None)
     metrics = record["stages"][-1]["metrics"]
     assert metrics["judge_failed"] == 0

@@ -31,8 +31,8 @@ from ..data import DataError, DatasetSpec, check, load
 from ..errors import ConfigError
 from ..health import HealthMonitor
 from ..registry import stage
-from ..training import (LoraSpec, device_args, lora_config, loss_curve, peak_memory, policy_artifact,
-                        reset_peak_memory, save_policy, save_tokenizer, tokenizer_source)
+from ..training import (LoraSpec, device_args, lora_config, loss_curve, policy_artifact,
+                        save_policy, save_tokenizer, tokenizer_source)
 from .sft import Method
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
@@ -194,7 +194,6 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, peft_config=peft_config,
                          callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
-    reset_peak_memory(ctx.device)
     started = time.time()
     result = trainer.train()
     runtime = round(time.time() - started, 2)
@@ -205,7 +204,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": runtime, "train_records": len(train_set),
                **loss_curve(trainer.state.log_history), **first_step(trainer.state.log_history), **evaluated,
-               "eval_records": len(eval_set) if eval_set is not None else 0, **peak_memory(ctx.device),
+               "eval_records": len(eval_set) if eval_set is not None else 0,
                "health_warnings": health.warnings}
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} in "
             f"{metrics['train_steps']} steps; held-out reward margin {metrics.get('eval_reward_margin', float('nan'))}, "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -21,6 +21,11 @@ from ..metrics import extract_answer, perplexity
 from ..registry import stage
 
 TASKS = ("math", "perplexity", "speed", "instruct", "judge", "tools", "mcq", "code", "reasoning", "lm_eval")
+# Tasks that generate open answers, each with its own budget (reasoning and judge read math's and instruct's).
+GENERATING = ("math", "instruct", "tools", "code")
+DEFAULT_BUDGETS = {"math": 256, "instruct": 256, "tools": 128, "code": 256}
+# Below this share of answers ending at an end-of-generation token, most answers were cut by the budget.
+EOS_WARNING_SHARE = 0.5
 
 
 @dataclass
@@ -35,11 +40,15 @@ class EvalConfig:
     judge_stage: Optional[str] = None           # a GGUF stage of this chain as the judge (served on loopback);
                                                 # list it in inputs too, so the judge is part of the fingerprint
     limit: Optional[int] = None                 # evaluate the first N records of each task
-    batch_size: int = 32
-    max_new_tokens: int = 64
+    batch_size: int = 32                        # prompts per generate call
+    max_new_tokens: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))  # budget per task
     dtype: Optional[str] = None                 # null: the model config's dtype
     compare_with: Optional[str] = None          # an earlier eval stage: the report shows the deltas
-    speed_new_tokens: int = 64                  # speed: tokens generated in the one streamed, timed generation
+    speed_new_tokens: int = 64                  # speed: tokens generated in each streamed, timed generation
+    speed_prompt_tokens: int = 512              # speed: prompt length (worked examples before the question)
+    speed_repeats: int = 3                      # speed: timed generations; the median is reported
+    perplexity_max_length: int = 1024           # perplexity: window length (capped at the model's context)
+    perplexity_stride: int = 512                # perplexity: window step; each token is scored once
     tools_path: Optional[str] = None            # tools: cases {prompt, tool, arguments, answer} for the agent loop
     tools_max_turns: int = 3
     mcq_path: Optional[str] = None              # mcq: MMLU / C-Eval style file (question, A, B, C, D, answer)
@@ -53,6 +62,16 @@ class EvalConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ConfigError(f"{where}.tasks: unknown task(s) {unknown}; valid: {', '.join(TASKS)}")
+        for task, budget in self.max_new_tokens.items():
+            if task not in GENERATING:
+                raise ConfigError(f"{where}.max_new_tokens.{task}: not a generating task; budgets are per task: "
+                                  f"{', '.join(GENERATING)}")
+            if budget < 1:
+                raise ConfigError(f"{where}.max_new_tokens.{task}: {budget}; must be >= 1")
+        for key in ("speed_new_tokens", "speed_prompt_tokens", "speed_repeats", "perplexity_max_length",
+                    "perplexity_stride", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: {getattr(self, key)}; must be >= 1")
         self._check_task_files(where)
         if self.judge_stage is not None:
             judge = earlier.get(self.judge_stage)
@@ -99,6 +118,9 @@ class EvalConfig:
     def memory_profile(self) -> str:
         return "inference"
 
+    def budget(self, task: str) -> int:
+        return self.max_new_tokens.get(task, DEFAULT_BUDGETS[task])
+
 
 @stage("eval", config=EvalConfig, consumes={"model", "adapter", "gguf"}, produces="eval")
 def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
@@ -109,18 +131,14 @@ def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     started = time.time()
     memory = MemoryWatch(ctx.device)
     backend = open_backend(source, ctx, cfg.dtype, cfg.batch_size)
-    memory.sample()
     metrics = {"backend": backend.name, "load_seconds": backend.load_seconds,
                "size_mb": round(size_on_disk(source) / 2**20, 3)}
     if "speed" in cfg.tasks:
         metrics.update(_speed(cfg, backend, ctx))
-        memory.sample()
     if "math" in cfg.tasks or "reasoning" in cfg.tasks:
         metrics.update(_math(cfg, backend, ctx))
-        memory.sample()
     if "instruct" in cfg.tasks or "judge" in cfg.tasks:
         metrics.update(_instruct(cfg, backend, ctx))
-        memory.sample()
     if "tools" in cfg.tasks:
         metrics.update(_tools(cfg, backend, ctx))
     if "mcq" in cfg.tasks:
@@ -128,12 +146,12 @@ def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     if "code" in cfg.tasks:
         metrics.update(_code(cfg, backend, ctx))
     if "perplexity" in cfg.tasks:
-        metrics.update(_perplexity(cfg, backend))
+        metrics.update(_perplexity(cfg, backend, ctx))
     if "lm_eval" in cfg.tasks:
         from .. import lmeval
         from ..models import torch_dtype
 
-        dtype = str(torch_dtype(cfg.dtype or ctx.model.dtype, ctx.device)).replace("torch.", "")
+        dtype = str(torch_dtype(cfg.dtype or ctx.model.dtype, ctx.device, ctx.model.path)).replace("torch.", "")
         metrics.update(lmeval.run(source, cfg.lm_eval_tasks, ctx.device, dtype, cfg.batch_size,
                                   cfg.lm_eval_num_fewshot, cfg.limit))
     metrics.update(memory.result())
@@ -157,7 +175,9 @@ def _math(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     records = _limited(load(cfg.math, "gsm8k"), cfg.limit)
     tokenizer = _prompt_tokenizer(backend, ctx)
     started = time.time()
-    outputs = backend.generate([chat_prompt(tokenizer, r["question"]) for r in records], cfg.max_new_tokens)
+    budget = cfg.budget("math")
+    outputs = backend.generate([chat_prompt(tokenizer, r["question"]) for r in records], budget,
+                               progress=f"[{ctx.name}] math")
     seconds = time.time() - started
     correct = 0
     with open(ctx.out_dir / "predictions.jsonl", "w") as handle:
@@ -173,9 +193,18 @@ def _math(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
         from ..reasoning import summarise
 
         extra = summarise([o.text for o in outputs])
+    stopped = sum(o.stopped for o in outputs) / len(records)
+    warn_if_cut(ctx, "math", stopped, budget)
     return {**extra, "math_accuracy": round(correct / len(records), 4), "math_correct": correct, "math_n": len(records),
-            "prompts_per_s": round(len(records) / seconds, 2),
-            "stopped_at_eos": round(sum(o.stopped for o in outputs) / len(records), 4)}
+            "prompts_per_s": round(len(records) / seconds, 2), "stopped_at_eos": round(stopped, 4),
+            "math_max_new_tokens": budget}
+
+
+def warn_if_cut(ctx: StageContext, task: str, stopped: float, budget: int) -> None:
+    """Most answers ending at the budget means the score measures the budget, not the model."""
+    if stopped < EOS_WARNING_SHARE:
+        ctx.log(f"warning: only {stopped:.0%} of the {task} answers ended at an end-of-generation token; the rest hit "
+                f"the {budget}-token budget (raise stages.{ctx.name}.max_new_tokens.{task})")
 
 
 def _instruct(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
@@ -186,10 +215,14 @@ def _instruct(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
 
     records = _limited(load(cfg.instruct, "instruct"), cfg.limit)
     tokenizer = _prompt_tokenizer(backend, ctx)
-    outputs = [o.text.strip() for o in backend.generate([chat_prompt(tokenizer, r["prompt"]) for r in records],
-                                                       cfg.max_new_tokens)]
+    generations = backend.generate([chat_prompt(tokenizer, r["prompt"]) for r in records], cfg.budget("instruct"),
+                                   progress=f"[{ctx.name}] instruct")
+    outputs = [o.text.strip() for o in generations]
+    stopped = sum(o.stopped for o in generations) / len(records)
+    warn_if_cut(ctx, "instruct", stopped, cfg.budget("instruct"))
     passed = [check(o, r["check"]) for r, o in zip(records, outputs)]
-    metrics: dict = {"instruct_pass_rate": round(sum(passed) / len(records), 4), "instruct_n": len(records)}
+    metrics: dict = {"instruct_pass_rate": round(sum(passed) / len(records), 4), "instruct_n": len(records),
+                     "instruct_stopped_at_eos": round(stopped, 4)}
     with_reference = [(o, r["reference"]) for r, o in zip(records, outputs) if r.get("reference")]
     if with_reference:
         from ..textmetrics import score_generation
@@ -253,7 +286,7 @@ def _tools(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
 
     records = _limited(load_tool_cases(cfg.tools_path), cfg.limit)
     tokenizer = _prompt_tokenizer(backend, ctx)
-    metrics, episodes = evaluate_tools(backend_generate(backend, tokenizer, cfg.max_new_tokens), records,
+    metrics, episodes = evaluate_tools(backend_generate(backend, tokenizer, cfg.budget("tools")), records,
                                        cfg.tools_max_turns)
     with open(ctx.out_dir / "tools_episodes.jsonl", "w") as handle:
         handle.writelines(json.dumps({k: e.get(k) for k in ("calls", "final_answer", "error", "turns")},
@@ -280,7 +313,7 @@ def _code(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     from ..codeexec import evaluate, load_code_problems
 
     problems = _limited(load_code_problems(cfg.code_path), cfg.limit)
-    completions = backend.generate([p["prompt"] for p in problems], cfg.max_new_tokens)
+    completions = backend.generate([p["prompt"] for p in problems], cfg.budget("code"), progress=f"[{ctx.name}] code")
     result = evaluate(problems, [[c.text] for c in completions], k_values=(1,), timeout_s=cfg.code_timeout_s)
     with open(ctx.out_dir / "code_results.jsonl", "w") as handle:
         handle.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in result.pop("per_problem", []))
@@ -288,44 +321,63 @@ def _code(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
 
 
 def _speed(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
-    """First-token latency and decode rate from one streamed generation (after one warm-up)."""
-    from ..backends import chat_prompt
+    """First-token latency and decode rate, each the median of `speed_repeats` streamed generations (after one
+    warm-up) of a prompt about `speed_prompt_tokens` long: worked examples, then a question."""
+    import statistics
 
     tokenizer = _prompt_tokenizer(backend, ctx)
-    question = load(cfg.math, "gsm8k")[0]["question"]
-    prompt = chat_prompt(tokenizer, question)
+    room = backend.context_length - cfg.speed_new_tokens - 8 if backend.context_length else cfg.speed_prompt_tokens
+    prompt, prompt_tokens = speed_prompt(tokenizer, load(cfg.math, "gsm8k"), min(cfg.speed_prompt_tokens, room))
     backend.timed(prompt, 2)  # warm-up: first-call allocations are not latency
-    timing = backend.timed(prompt, cfg.speed_new_tokens)
-    return {"first_token_s": timing.first_token_s, "decode_tokens_per_s": timing.decode_tokens_per_s,
-            "speed_new_tokens": timing.new_tokens}
+    runs = [backend.timed(prompt, cfg.speed_new_tokens) for _ in range(cfg.speed_repeats)]
+    return {"first_token_s": round(statistics.median(r.first_token_s for r in runs), 4),
+            "decode_tokens_per_s": round(statistics.median(r.decode_tokens_per_s for r in runs), 2),
+            "speed_new_tokens": runs[0].new_tokens, "speed_prompt_tokens": prompt_tokens,
+            "speed_repeats": len(runs)}
+
+
+def speed_prompt(tokenizer, records: list[dict], target_tokens: int) -> tuple[str, int]:
+    """A chat prompt of about `target_tokens` tokens: solved problems as earlier turns, then one question."""
+    from ..backends import chat_prompt
+
+    question, solved = records[0]["question"], records[1:]
+    messages: list[dict] = []
+    for record in solved:
+        candidate = messages + [{"role": "user", "content": record["question"]},
+                                {"role": "assistant", "content": record["answer"]}]
+        text = tokenizer.apply_chat_template(candidate + [{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+        if len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) > target_tokens:
+            break
+        messages = candidate
+    prompt = tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}], tokenize=False,
+                                           add_generation_prompt=True) if messages else chat_prompt(tokenizer, question)
+    return prompt, len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
 class MemoryWatch:
-    """Memory the evaluated model takes: the CUDA allocator's peak, or on CPU the growth of the process's
-    RSS from before loading (sampled after each task; earlier stages' peaks do not count)."""
+    """Memory the evaluated model takes: the CUDA allocator's peak, or on CPU the process's peak RSS during this
+    eval (Linux VmHWM, reset by the runner at the stage's start) above its RSS before the model was loaded."""
 
     def __init__(self, device: str):
-        import psutil
+        from ..memory import vm_status
 
         self.device = device
-        self.process = psutil.Process()
-        self.before = self.process.memory_info().rss
-        self.highest = self.before
+        self.before = vm_status("VmRSS") or 0
         if device == "cuda":
             import torch
 
             torch.cuda.reset_peak_memory_stats()
 
-    def sample(self) -> None:
-        self.highest = max(self.highest, self.process.memory_info().rss)
-
     def result(self) -> dict:
-        self.sample()
         if self.device == "cuda":
             import torch
 
             return {"memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory_of": "cuda_max_allocated"}
-        return {"memory_mb": round((self.highest - self.before) / 2**20, 1), "memory_of": "rss_growth"}
+        from ..memory import PeakMemory
+
+        peak = PeakMemory(self.device).peak_rss()
+        return {"memory_mb": round((peak - self.before) / 2**20, 1), "memory_of": "peak_rss_growth"}
 
 
 def _prompt_tokenizer(backend, ctx: StageContext):
@@ -338,7 +390,8 @@ def _prompt_tokenizer(backend, ctx: StageContext):
     return load_tokenizer(ctx.chain["base"].path if "base" in ctx.chain else ctx.model.path, ctx.model)
 
 
-def _perplexity(cfg: EvalConfig, backend) -> dict:
+def _perplexity(cfg: EvalConfig, backend, ctx: StageContext) -> dict:
     texts = [r["text"] for r in _limited(load(cfg.text, "text"), cfg.limit)]
-    total_nll, n_tokens = backend.nll(texts)
+    total_nll, n_tokens = backend.nll(texts, cfg.perplexity_max_length, cfg.perplexity_stride,
+                                      progress=f"[{ctx.name}] perplexity")
     return {"perplexity": round(perplexity(total_nll, n_tokens), 4), "perplexity_tokens": n_tokens}

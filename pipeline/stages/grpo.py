@@ -28,7 +28,7 @@ from ..data import DatasetSpec, load
 from ..errors import ConfigError, PlanError
 from ..health import HealthMonitor
 from ..registry import stage
-from ..training import (LoraSpec, device_args, lora_config, peak_memory, policy_artifact, reset_peak_memory,
+from ..training import (LoraSpec, device_args, lora_config, policy_artifact,
                         save_policy, save_tokenizer, tokenizer_source)
 from .sft import Method
 
@@ -196,7 +196,6 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config,
                           callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
-    reset_peak_memory(ctx.device)
     started = time.time()
     result = trainer.train()
     save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
@@ -205,7 +204,7 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         shutil.rmtree(ctx.out_dir / scratch, ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
-               "generation": generation, **reward_curve(trainer.state.log_history), **peak_memory(ctx.device),
+               "generation": generation, **reward_curve(trainer.state.log_history),
                "health_warnings": health.warnings}
     ctx.log(f"mean reward {metrics.get('reward_start', float('nan')):.3f} -> {metrics.get('reward_end', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")

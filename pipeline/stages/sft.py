@@ -2,8 +2,9 @@
 
     python main.py recipe=quickstart stages.sft.method=full
 
-Each chat record becomes trl's conversational prompt/completion pair (the last assistant turn is
-the completion), so the loss covers completion tokens only and works with any chat template.
+Each chat is rendered with the model's chat template and trained on every assistant turn (the
+reply and its end-of-turn token; `assistant_turns: last` trains the final reply only), whatever
+the template: pipeline/chat_tokens.py finds the turns, trl's SFTTrainer masks everything else.
 """
 from __future__ import annotations
 
@@ -19,13 +20,18 @@ from ..context import Inputs, StageContext
 from ..data import DatasetSpec, load
 from ..registry import stage
 from ..health import HealthMonitor
-from ..training import (LoraSpec, device_args, lora_config, loss_curve, peak_memory, reset_peak_memory,
+from ..training import (LoraSpec, device_args, lora_config, loss_curve,
                         save_tokenizer, tokenizer_source)
 
 
 class Method(str, Enum):
     full = "full"
     lora = "lora"
+
+
+class AssistantTurns(str, Enum):
+    all = "all"     # every assistant reply of a chat is trained (LLaMA-Factory, Axolotl default)
+    last = "last"   # only the final reply; earlier turns are context (LLaMA-Factory's mask_history)
 
 
 @dataclass
@@ -47,6 +53,7 @@ class SFTConfig:
     logging_steps: int = 10
     gradient_checkpointing: bool = False
     packing: bool = False
+    assistant_turns: AssistantTurns = AssistantTurns.all
     lora: LoraSpec = field(default_factory=LoraSpec)
 
     def memory_profile(self) -> str:
@@ -55,10 +62,6 @@ class SFTConfig:
 
 def _produces(cfg: SFTConfig) -> str:
     return "model" if cfg.method == Method.full else "adapter"
-
-
-def to_prompt_completion(records: list[dict]) -> list[dict]:
-    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
 
 
 @stage("sft", config=SFTConfig, consumes={"model"}, produces=_produces)
@@ -82,16 +85,19 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
 
     from ..models import load_tokenizer
 
+    from ..chat_tokens import tokenize_chats
+
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
-    dataset = Dataset.from_list(to_prompt_completion(records if records is not None else load(cfg.dataset, "sft")))
+    chats = records if records is not None else load(cfg.dataset, "sft")
+    dataset = Dataset.from_list(tokenize_chats(tokenizer, chats, cfg.assistant_turns.value))
     args = TrlSFTConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
         warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
-        packing=cfg.packing, completion_only_loss=True, seed=ctx.seed,
+        packing=cfg.packing, seed=ctx.seed,
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing), **_optimizer_args(cfg),
     )
     peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules) if cfg.method == Method.lora else None
@@ -99,7 +105,6 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
     trainer = (trainer_cls or SFTTrainer)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()], **(trainer_kwargs or {}))
-    reset_peak_memory(ctx.device)
     started = time.time()
     result = trainer.train()
     trainer.save_model(str(ctx.out_dir))
@@ -107,7 +112,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
     _remove_trainer_dir(ctx.out_dir / "trainer")
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
-               **loss_curve(trainer.state.log_history, ("loss", *logged)), **peak_memory(ctx.device),
+               **loss_curve(trainer.state.log_history, ("loss", *logged)),
                "health_warnings": health.warnings}
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")

@@ -1,0 +1,57 @@
+"""Per-model settings the shipped recipes and stage defaults read (`model.tuning.*`).
+
+A 4M-parameter toy and an 8B model want different learning rates, step counts and generation
+budgets; a recipe should not have to know which one it runs on. Each conf/model entry therefore
+carries a `tuning` block, and the stage defaults (conf/stage/*.yaml) and recipes interpolate it,
+e.g. `learning_rate: ${model.tuning.sft.learning_rate}`. Every recipe that trains SFT thus uses the
+same settings for a model, and the stored adapter is reused across recipes. Values here are the
+defaults for a real model on a GPU; conf/model/embedded.yaml and smollm2-135m.yaml set what was
+measured to work on a 2-core CPU. Any of them is a normal override: `model.tuning.sft.max_steps=50`,
+or `stages.sft.max_steps=50` for one stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class SFTTuning:
+    learning_rate: float = 2e-4        # LoRA / QLoRA (seed 002: 1e-4..2e-4; full fine-tuning wants 1e-5..5e-5)
+    max_steps: int = 200
+    short_steps: int = 100             # recipes that leave room for a later stage (sft_grpo, distill's student)
+    batch_size: int = 8
+    max_length: int = 1024
+
+
+@dataclass
+class DPOTuning:
+    learning_rate: float = 5e-6
+    max_steps: int = 100
+    batch_size: int = 8
+    max_length: int = 1024
+
+
+@dataclass
+class GRPOTuning:
+    learning_rate: float = 1e-6
+    max_steps: int = 100
+    num_generations: int = 8
+    batch_size: int = 32               # completions per step: batch_size / num_generations prompts
+    max_completion_length: int = 256
+    top_k: int = 0                     # 0: no top-k cut (small vocabularies may need one)
+
+
+@dataclass
+class EvalTuning:
+    limit: Optional[int] = None        # records per eval task (null: all)
+    max_new_tokens: int = 256          # generation budget of open answers (math, instruct)
+    batch_size: int = 32
+
+
+@dataclass
+class Tuning:
+    sft: SFTTuning = field(default_factory=SFTTuning)
+    dpo: DPOTuning = field(default_factory=DPOTuning)
+    grpo: GRPOTuning = field(default_factory=GRPOTuning)
+    eval: EvalTuning = field(default_factory=EvalTuning)
