@@ -72,8 +72,6 @@ class BnbConfig(ParityFields):
                 f"Run this stage on a GPU, install bitsandbytes>=0.50.2, or for CPU inference export with the gguf "
                 f"stage instead (+stage@stages.gguf=gguf, quant q4_k_m or q8_0: llama.cpp runs those on CPU)")
 
-    def memory_profile(self) -> str:
-        return "inference"
 
 
 QUANTIZED_KINDS = ("bnb", "gptq")

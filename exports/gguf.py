@@ -75,8 +75,6 @@ class GGUFConfig(ParityFields):
         except PlanError as e:
             raise PlanError(f"{where}: {e}") from None
 
-    def memory_profile(self) -> str:
-        return "inference"
 
 
 def is_k_quant(quant: str) -> bool:
@@ -143,9 +141,11 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         from .modelfile import template_style, write
 
         meta["template_style"] = template_style(expected["chat_template"])
+        meta["default_system"] = expected["default_system"]
         if cfg.modelfile:
             write(ctx.out_dir, out_file.name, expected["chat_template"], meta["stop_tokens"],
-                  title=f"{ctx.model.name} ({cfg.quant})")
+                  title=f"{ctx.model.name} ({cfg.quant})", system=expected["default_system"],
+                  generation_prompt=expected["generation_prompt"])
 
         gguf_bytes, source_bytes = out_file.stat().st_size, safetensors_bytes(hf_dir)
         metrics.update(size_mb=round(gguf_bytes / 2**20, 2), source_size_mb=round(source_bytes / 2**20, 2),
@@ -193,7 +193,7 @@ def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageCo
     out_file = ctx.out_dir / f"model-{cfg.quant}.gguf"
     if cfg.quant in llamacpp.CONVERTER_TYPES:
         meta["converter_outtype"] = cfg.quant
-        llamacpp.convert(hf_dir, out_file, cfg.quant)
+        llamacpp.convert(hf_dir, out_file, cfg.quant, ctx.model.name)
         return out_file
     outtype = intermediate_type(meta["source_dtype"])
     meta["converter_outtype"] = outtype
@@ -205,7 +205,7 @@ def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageCo
             ctx.log(f"warning: {sizes}: not multiples of {llamacpp.K_QUANT_BLOCK}: llama.cpp quantizes those "
                     f"tensors with a fallback type instead of {cfg.quant} (a larger file, other quality)")
     intermediate = ctx.out_dir / f"model-{outtype}.gguf"
-    llamacpp.convert(hf_dir, intermediate, outtype)
+    llamacpp.convert(hf_dir, intermediate, outtype, ctx.model.name)
     llamacpp.quantize(intermediate, out_file, cfg.quant)
     if cfg.keep_intermediate:
         meta["intermediate"] = intermediate.name
@@ -242,9 +242,36 @@ def hf_expectations(hf_dir: Path, ctx: StageContext) -> dict:
                       "single_word": t.single_word, "special": t.special}
              for i, t in sorted(tok.added_tokens_decoder.items())}
     return {"chat_template": template, "eos_id": tok.eos_token_id, "eos_text": tok.eos_token,
+            **turn_texts(tok),
             "add_bos": bool(add_bos), "stop_ids": [int(i) for i in stop_ids],
             "tokens": {int(i): tok.convert_ids_to_tokens(int(i)) for i in stop_ids},
             "added_tokens": added, "probe": probe, "probe_ids": tok(probe, add_special_tokens=False)["input_ids"]}
+
+
+USER, SYSTEM = "\x1eUSER\x1e", "\x1eSYSTEM\x1e"  # messages no template rewrites, to see what it adds around them
+
+
+def turn_texts(tok) -> dict:
+    """What the chat template writes around one user message: the system prompt it adds when a chat has
+    none (SmolLM2's) and the generation prompt (Qwen3 with thinking off opens an empty think block there).
+    The Ollama Modelfile needs both; None where the template adds no such text."""
+    found = {"default_system": None, "generation_prompt": None}
+    if not isinstance(tok.chat_template, str):
+        return found
+    render = tok.apply_chat_template
+    try:
+        chat = [{"role": "user", "content": USER}]
+        plain, prompted = render(chat, tokenize=False), render(chat, tokenize=False, add_generation_prompt=True)
+        framed = render([{"role": "system", "content": SYSTEM}] + chat, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that refuses a lone user turn or a system turn
+        return found
+    if prompted.startswith(plain):
+        found["generation_prompt"] = prompted[len(plain):]
+    # framed = before + SYSTEM + after; a template with a default system prompt renders plain as before + D + after
+    before, _, after = framed.partition(SYSTEM)
+    if before and plain.startswith(before) and plain.endswith(after) and len(plain) > len(before) + len(after):
+        found["default_system"] = plain[len(before):len(plain) - len(after)]
+    return found
 
 
 def converter_folder(hf_dir: Path, expected: dict, staging: Path) -> tuple[Path, list[str]]:

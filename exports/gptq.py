@@ -95,8 +95,6 @@ class GPTQConfig(ParityFields):
                             f"GPU: {INSTALL_GPU}. CPU with torch 2.13 (gptqmodel 7.7.0 asks for torch >= 2.14.1, a "
                             f"CUDA build): {INSTALL_CPU}")
 
-    def memory_profile(self) -> str:
-        return "inference"
 
 
 @functools.lru_cache(maxsize=None)

@@ -75,13 +75,14 @@ def _fetch_converter(version: str, folder: Path) -> None:
         os.replace(staging, folder) if not folder.exists() else None
 
 
-def convert(hf_dir: Path, out_file: Path, outtype: str = "f16") -> None:
-    """HF folder -> GGUF with llama.cpp's own converter (tokenizer, chat template, special tokens)."""
+def convert(hf_dir: Path, out_file: Path, outtype: str = "f16", model_name: str | None = None) -> None:
+    """HF folder -> GGUF with llama.cpp's own converter (tokenizer, chat template, special tokens).
+    `model_name` becomes general.name (else the converter names it after the folder)."""
     folder = converter_dir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder / "gguf-py"), str(folder)]),
                NO_LOCAL_GGUF="")
     cmd = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(hf_dir), "--outfile", str(out_file),
-           "--outtype", outtype]
+           "--outtype", outtype] + (["--model-name", model_name] if model_name else [])
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out_file.is_file():
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])

@@ -36,8 +36,10 @@ class MergeConfig:
         if self.merge_into not in MERGE_TARGETS:
             raise ConfigError(f"{where}.merge_into: '{self.merge_into}'; valid: {', '.join(MERGE_TARGETS)}")
 
-    def memory_profile(self) -> str:
-        return "inference"
+    def memory_profile(self):
+        from pipeline.memory import Workload
+
+        return Workload(kind="inference")
 
 
 @stage("merge", config=MergeConfig, consumes={"adapter"}, produces="model")

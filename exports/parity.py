@@ -31,6 +31,12 @@ class ParityFields:
     parity_max_new_tokens: int = 64
     parity_min_identical: Optional[float] = None  # fail the stage when fewer prompts match token for token
 
+    def memory_profile(self):
+        from pipeline.memory import Workload
+
+        # the source generates in batches of 32 (the transformers backend's default), then the export does
+        return Workload(kind="generate", batch=32, new_tokens=self.parity_max_new_tokens if self.parity else 1)
+
 
 def check(cfg: ParityFields, source: Artifact, exported: Artifact, ctx, dtype: Optional[str] = None) -> dict:
     """Compare greedy outputs of `exported` with `source`; returns metrics prefixed `parity_`."""

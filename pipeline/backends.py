@@ -125,8 +125,23 @@ class HFBackend:
         self.load_seconds = round(time.time() - started, 3)
 
     def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None) -> list[Generation]:
-        return hf_generate(self.model, self.tokenizer, prompts, self.batch_size, max_new_tokens, self.device,
-                           self.stop_ids, progress)
+        return hf_generate(self.model, self.tokenizer, prompts, self._fitting_batch(prompts, max_new_tokens),
+                           max_new_tokens, self.device, self.stop_ids, progress)
+
+    def _fitting_batch(self, prompts: list[str], max_new_tokens: int) -> int:
+        """The configured batch, lowered where its KV cache would not fit (pipeline.memory)."""
+        from .memory import ModelShape, generation_batch
+
+        if not prompts:
+            return self.batch_size
+        longest = max(len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        value_bytes = self.model.dtype.itemsize if hasattr(self.model, "dtype") else 4
+        batch = generation_batch(ModelShape.from_config(self.model.config.to_dict()), longest + max_new_tokens,
+                                 self.batch_size, self.device, value_bytes)
+        if batch < self.batch_size:
+            print(f"[eval] batch {self.batch_size} -> {batch}: the KV cache of {longest + max_new_tokens} tokens per "
+                  f"prompt must fit in the memory available", flush=True)
+        return batch
 
     def timed(self, prompt: str, new_tokens: int) -> Timing:
         """One streamed greedy generation of exactly `new_tokens` tokens (EOS ignored)."""
@@ -226,7 +241,7 @@ class LlamaCppBackend:
         started = time.time()
         self.path, self.device = Path(path), device
         self.llm = open_llama(path, device, n_ctx=n_ctx, seed=seed, logits_all=False, n_threads=n_threads)
-        self.context_length = min(n_ctx, self.llm.n_ctx_train() or n_ctx)
+        self.context_length = min(n_ctx, self.llm._model.n_ctx_train() or n_ctx)
         self.load_seconds = round(time.time() - started, 3)
 
     def _is_end(self, token: int) -> bool:
@@ -277,7 +292,7 @@ class LlamaCppBackend:
         from .llama_runtime import open_llama
         from .perplexity import windows
 
-        trained = self.llm.n_ctx_train()
+        trained = self.llm._model.n_ctx_train()
         length = min(max_length, trained) if trained > 0 else max_length
         scorer = open_llama(self.path, self.device, n_ctx=length + 8, logits_all=True)
         total, count = 0.0, 0

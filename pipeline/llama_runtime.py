@@ -14,8 +14,9 @@ AMX, unless TUNECHAIN_LLAMA_REPACK says otherwise:
     TUNECHAIN_LLAMA_REPACK=on     always repack (the library's default; crashes on AMX builds)
 
 Every way tunechain runs llama.cpp goes through here: the in-process backend (eval, parity,
-perplexity) through `open_llama`, the OpenAI-compatible server through `server_command` (which
-starts `python -m pipeline.llama_server`, this same rule applied in the server's process). The
+perplexity) through `open_llama`, the OpenAI-compatible server through pipeline.serving's
+`llama_cpp_command` (which starts `python -m pipeline.llama_server`: this same rule applied in the
+server's process). The
 quantizer never allocates backend weight buffers (it reads tensors through the file loader), and
 vocab-only loads hold no weights, so neither needs it.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -108,17 +108,3 @@ def open_llama(path: str | Path, device: str = "cpu", **kwargs):
         return Llama(model_path=str(path), **kwargs)
     with _default_params_without_repack():
         return Llama(model_path=str(path), **kwargs)
-
-
-def server_command(model_file: Path, host: str, port: int, n_ctx: int, alias: str, n_threads: int | None,
-                   extra_args: list[str], device: str = "cpu") -> list[str]:
-    """The llama.cpp OpenAI-compatible server (llama-cpp-python[server]) started through
-    pipeline.llama_server, which applies the repacking rule in the server's own process."""
-    command = [sys.executable, "-m", "pipeline.llama_server", "--model", str(model_file), "--host", host,
-               "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias]
-    if n_threads and "--n_threads" not in extra_args:
-        command += ["--n_threads", str(n_threads)]
-    layers = gpu_layers(device)
-    if layers and "--n_gpu_layers" not in extra_args:
-        command += ["--n_gpu_layers", str(layers)]
-    return command + list(extra_args)

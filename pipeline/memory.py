@@ -1,28 +1,95 @@
-"""Memory planning: will a stage fit, and what to change if it does not.
+"""Memory: what a stage will need (planned before anything loads) and what it took (measured).
 
-Estimates follow seed 001's rules of thumb (bytes per parameter by dtype; memory as a multiple
-of the weights' size per kind of work). They are coarse on purpose: the plan shows them next to
-what the machine has, and warns with the usual remedies before anything is loaded.
+The estimate is built from the model's shape (config.json) and the stage's workload, the terms
+memory actually follows from (seed 001's per-parameter rules of thumb are the weights and
+optimizer lines; the rest is what they leave out):
+
+    runtime      the Python process with torch and transformers imported (CPU RSS only)
+    weights      parameters x bytes of the compute dtype (NF4 + scales for QLoRA's frozen base)
+    optimizer    trainable parameters x (gradient + two AdamW moments [+ fp32 master copy])
+    activations  tokens x layers x (~10 hidden + ~4 intermediate + heads x length) values, kept
+                 for the backward pass (training only; gradient checkpointing keeps ~1 layer's)
+    logits       tokens x vocabulary x 4 bytes x 3 (fp32 logits, log-softmax, their gradient)
+    kv cache     prompts x (prompt + new tokens) x layers x 2 x kv heads x head dim (generation)
+
+Training peaks in the backward pass at about 1.5x the saved activations. Tokens per step are the
+batch times the padded length the plan measures on a sample of the stage's data (pipeline.plan),
+not max_length, since chats are usually much shorter. Measured against it: pipeline.runner
+records each stage's `peak_memory_mb` beside `planned_memory_mb`.
 """
 from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "nf4": 0.5}
-
-# Peak memory as a multiple of the weights' size (upper end of seed 001's ranges, where
-# they are not pinned by a formula below).
-WORK_MULTIPLE = {
-    "inference": 1.2,   # weights + KV cache for short generations
-    "lora_train": 1.5,  # frozen weights + adapter, its optimizer state and activations
-}
-# Full fine-tuning with AdamW: weights, gradients, two moments (+ fp32 master copy in mixed precision).
-FULL_TRAIN_BYTES_PER_PARAM = {"float32": 16, "bfloat16": 16, "float16": 16}
+NF4_OVERHEAD = 1.15              # seed 001's k: scales and zero points beside the 4-bit values
+RUNTIME_CPU_BYTES = 550 * 2**20  # measured: RSS after importing torch, transformers, peft, trl (2-core CPU)
+BACKWARD_FACTOR = 1.5            # peak / saved activations: the backward pass's transient gradients
+LOGIT_COPIES = 3
+GENERATION_TRANSIENT = 1.2       # prefill attention and sampling buffers over the KV cache
+LOGITS_CHUNK_BYTES = 256 * 2**20  # pipeline.perplexity's bound on live logits
 
 REMEDIES = ("batch size 1 with gradient accumulation, gradient checkpointing (~30% slower), "
             "bf16, a shorter max_length, LoRA/QLoRA instead of full tuning, or hardware=deepspeed_zero3")
+
+
+@dataclass
+class ModelShape:
+    """The dimensions memory depends on, from a config.json (or guessed from a parameter count)."""
+
+    n_params: int
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "ModelShape | None":
+        path = Path(folder) / "config.json"
+        n_params = count_parameters(folder)
+        if not path.is_file() or not n_params:
+            return None
+        return cls.from_config(json.loads(path.read_text()), n_params)
+
+    @classmethod
+    def from_config(cls, config: dict, n_params: int = 0) -> "ModelShape":
+        config = config.get("text_config", config)  # multimodal configs nest the language model's
+        hidden = int(config.get("hidden_size", 0)) or 1
+        heads = int(config.get("num_attention_heads", 1))
+        return cls(n_params=n_params, layers=int(config.get("num_hidden_layers", 1)), hidden=hidden,
+                   intermediate=int(config.get("intermediate_size", 4 * hidden)), heads=heads,
+                   kv_heads=int(config.get("num_key_value_heads", heads)),
+                   head_dim=int(config.get("head_dim") or hidden // heads), vocab=int(config.get("vocab_size", 32000)))
+
+    @classmethod
+    def guess(cls, n_params: int) -> "ModelShape":
+        """A Llama-like shape of that size (hub models not downloaded yet)."""
+        hidden = max(256, int((n_params / 12 / 32) ** 0.5 / 128) * 128)
+        return cls(n_params=n_params, layers=32, hidden=hidden, intermediate=int(hidden * 3.5), heads=hidden // 128,
+                   kv_heads=max(1, hidden // 512), head_dim=128, vocab=128_000)
+
+
+@dataclass
+class Workload:
+    """What a stage does with the model, in the terms its memory follows from."""
+
+    kind: str = "inference"         # train | generate | inference (load, convert, save: weights only)
+    method: str = "lora"            # train: full | lora | qlora
+    batch: int = 1                  # train: sequences per step; generate: prompts per call
+    length: int = 512               # train: tokens per sequence (the plan lowers it to the data's)
+    new_tokens: int = 0             # generate: tokens generated per prompt
+    prompt_length: int = 128        # generate: prompt tokens (the plan measures it on the data)
+    lora_rank: int = 16
+    gradient_checkpointing: bool = False
+    extra_weights: float = 0.0      # further models held, in units of this model (distill's teacher, a reference)
+    generate_batch: int = 0         # train stages that also generate (GRPO): completions per call
+    generate_tokens: int = 0
 
 
 def count_parameters(folder: Path) -> int | None:
@@ -42,20 +109,68 @@ def count_parameters(folder: Path) -> int | None:
     return total or None
 
 
-def estimate_bytes(profile: str, n_params: int, dtype: str) -> int:
-    weights = n_params * BYTES_PER_PARAM.get(dtype, 4)
-    if profile == "qlora_train":  # NF4 weights (x1.15 for scales, seed 001's k) + adapter work
-        return int(n_params * BYTES_PER_PARAM["nf4"] * 1.15 * WORK_MULTIPLE["lora_train"])
-    if profile == "full_train":
-        return int(n_params * FULL_TRAIN_BYTES_PER_PARAM.get(dtype, 16) * 1.2)
-    return int(weights * WORK_MULTIPLE.get(profile, 1.2))
+def lora_parameters(shape: ModelShape, rank: int) -> int:
+    """A LoRA of this rank on every attention and MLP projection: r x (in + out) per matrix."""
+    attention = 2 * (shape.hidden + shape.heads * shape.head_dim) + 2 * (shape.hidden + shape.kv_heads * shape.head_dim)
+    mlp = 3 * (shape.hidden + shape.intermediate)
+    return shape.layers * rank * (attention + mlp)
+
+
+def activation_bytes_per_token(shape: ModelShape, length: int, value_bytes: int) -> int:
+    per_layer = 10 * shape.hidden + 4 * shape.intermediate + shape.heads * length
+    return shape.layers * per_layer * value_bytes
+
+
+def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int, value_bytes: int) -> int:
+    return sequences * tokens * shape.layers * 2 * shape.kv_heads * shape.head_dim * value_bytes
+
+
+def estimate(work: Workload, shape: ModelShape, dtype: str, device: str) -> int:
+    """Peak bytes of a stage: the process's RSS on CPU, the CUDA allocator's peak on a GPU."""
+    value_bytes = BYTES_PER_PARAM.get(dtype, 4)
+    runtime = RUNTIME_CPU_BYTES if device != "cuda" else 0
+    if work.kind == "train" and work.method == "qlora":
+        weights = shape.n_params * BYTES_PER_PARAM["nf4"] * NF4_OVERHEAD
+    else:
+        weights = shape.n_params * value_bytes
+    weights *= 1 + work.extra_weights
+    if work.kind == "inference":
+        return int(runtime + weights * GENERATION_TRANSIENT)
+    generation = 0
+    if work.kind == "generate" or work.generate_batch:
+        batch, new = (work.batch, work.new_tokens) if work.kind == "generate" else (work.generate_batch,
+                                                                                   work.generate_tokens)
+        kv = kv_cache_bytes(shape, batch, work.prompt_length + new, value_bytes)
+        generation = int(kv * GENERATION_TRANSIENT + batch * shape.vocab * 4)
+    if work.kind == "generate":
+        return int(runtime + weights + max(generation, LOGITS_CHUNK_BYTES))
+    trainable = shape.n_params if work.method == "full" else lora_parameters(shape, work.lora_rank)
+    optimizer = trainable * (4 + 8 + (4 if value_bytes < 4 else 0))  # gradient, AdamW moments, fp32 master
+    tokens = work.batch * work.length
+    per_token = activation_bytes_per_token(shape, work.length, value_bytes)
+    if work.gradient_checkpointing:  # layer inputs only, plus one layer recomputed at a time
+        per_token = per_token // shape.layers * 2 + shape.layers * shape.hidden * value_bytes
+    saved = tokens * (per_token + LOGIT_COPIES * shape.vocab * 4)
+    return int(runtime + weights + optimizer + max(BACKWARD_FACTOR * saved, generation))
+
+
+GENERATION_SHARE = 0.5  # of the memory available when a generation batch starts
+
+
+def generation_batch(shape: ModelShape, tokens_per_sequence: int, requested: int, device: str,
+                     value_bytes: int) -> int:
+    """The largest batch up to `requested` whose KV cache and logits fit in half the available memory."""
+    per_sequence = (kv_cache_bytes(shape, 1, tokens_per_sequence, value_bytes) * GENERATION_TRANSIENT
+                    + shape.vocab * 4)
+    return max(1, min(requested, int(available_bytes(device) * GENERATION_SHARE // per_sequence)))
 
 
 def available_bytes(device: str) -> int:
     if device == "cuda":
         import torch
 
-        return torch.cuda.get_device_properties(0).total_memory
+        free, _ = torch.cuda.mem_get_info()
+        return free
     import psutil
 
     return psutil.virtual_memory().available

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 from .errors import ModelUnavailable
 
 PYPI_PREFIX = "pypi:"
+UNQUANTIZED = ("F32", "F16", "BF16")
 SOURCE_RECORD = "tunechain_source.json"
 GGUF_INSTALL = "pip install gguf   (transformers reads GGUF files with it; it is in tunechain's core dependencies)"
 
@@ -161,13 +162,25 @@ def convert_gguf(source: Path, folder: Path, record: dict, log: Callable[[str], 
         import gguf  # noqa: F401  (transformers' GGUF reader)
     except ImportError:
         raise ModelUnavailable(f"reading {source.name} needs the gguf package: {GGUF_INSTALL}") from None
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as hf_logging
 
     started = time.time()
     kind = _gguf_type(source)
-    log(f"model: converting {source.name} into an HF folder (weights dequantized from {kind}; once, ~1 min) "
-        f"-> {folder}")
+    dequantized = kind not in UNQUANTIZED
+    weights = f"weights dequantized from {kind}" if dequantized else f"weights as stored ({kind})"
+    log(f"model: converting {source.name} into an HF folder ({weights}; once, ~1 min) -> {folder}")
+    hf_logging.disable_progress_bar()  # one line above says what happens; per-tensor bars add nothing
+    try:
+        _convert(source, folder, record, kind, dequantized, started)
+    finally:
+        hf_logging.enable_progress_bar()
+    log(f"model: {folder.name} ready in {time.time() - started:.0f}s")
+
+
+def _convert(source: Path, folder: Path, record: dict, kind: str, dequantized: bool, started: float) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
     config = loaded.config
@@ -188,14 +201,13 @@ def convert_gguf(source: Path, folder: Path, record: dict, log: Callable[[str], 
         staging = Path(tmp) / "hf"
         model.to(torch.bfloat16).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        info = {**record, "gguf_file": source.name, "gguf_type": kind, "dequantized": kind not in ("F32", "F16", "BF16"),
+        info = {**record, "gguf_file": source.name, "gguf_type": kind, "dequantized": dequantized,
                 "transformers": importlib.metadata.version("transformers"),
                 "seconds": round(time.time() - started, 1)}
         (staging / SOURCE_RECORD).write_text(json.dumps(info, indent=2) + "\n")
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
-    log(f"model: {folder.name} ready in {time.time() - started:.0f}s")
 
 
 def _gguf_type(path: Path) -> str:
@@ -204,6 +216,7 @@ def _gguf_type(path: Path) -> str:
         from gguf import GGUFReader, LlamaFileType
 
         field = GGUFReader(str(path)).get_field("general.file_type")
-        return LlamaFileType(int(field.contents())).name.replace("MOSTLY_", "") if field else "unknown"
+        return LlamaFileType(int(field.contents())).name.replace("MOSTLY_", "").replace("ALL_", "") if field \
+            else "unknown"
     except Exception:  # noqa: BLE001 - the type is only for the message and the record
         return "unknown"

@@ -33,6 +33,7 @@ def windows(ids: list[int], max_length: int, stride: int) -> list[Window]:
     token of a text has no context and is never scored)."""
     if len(ids) < 2:
         return []
+    stride = max(1, min(stride, max_length - 1))  # a window's first token has no context in it: overlap by one
     found, scored_until = [], 1
     begin = 0
     while True:
@@ -49,7 +50,7 @@ def chunk_rows(vocab_size: int, budget_bytes: int = LOGITS_BUDGET_BYTES) -> int:
     return max(16, budget_bytes // (vocab_size * 4 * 3))
 
 
-def _head_and_scale(model):
+def output_head(model):
     """The output head, and the post-processing some architectures apply to its logits."""
     config = model.config
     cap = getattr(config, "final_logit_softcapping", None)
@@ -73,7 +74,7 @@ def hf_nll(model, tokenizer, texts: list[str], device: str, max_length: int, str
     import torch
 
     body = model.get_decoder()
-    head = _head_and_scale(model)
+    head = output_head(model)
     rows = chunk_rows(model.get_output_embeddings().weight.shape[0])
     all_windows = [w for text in texts for w in windows(tokenizer(text)["input_ids"], max_length, stride)]
     all_windows.sort(key=lambda w: len(w.ids))  # similar lengths batch with little padding

@@ -126,6 +126,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
     fingerprints: dict[str, str] = {BASE: base.fingerprint}
     model_extra = hash_json({k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_KEYS_NOT_HASHED})
     steps: list[Step] = []
+    unrunnable: list[tuple[Step, str]] = []
     # Pass 1: every config and every input, so a typo anywhere fails before any file is read.
     for name, node in _stage_nodes(cfg):
         if name == BASE:
@@ -137,11 +138,24 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
         spec = registry.get(str(kind))
         optional = bool(node.get("optional", False))  # a key of every stage, handled here, not in each dataclass
         typed = typed_config(node, spec.config_cls, f"stages.{name}", ignore=("optional",))
+        cannot_run = None
         if hasattr(typed, "validate"):
-            typed.validate(f"stages.{name}", {s.name: s for s in steps})
+            try:
+                typed.validate(f"stages.{name}", {s.name: s for s in steps})
+            except (ConfigError, PlanError) as e:
+                if not optional:  # an optional stage that cannot run here is skipped below, with the reason
+                    raise
+                cannot_run = str(e)
         inputs = _resolve_inputs(name, spec, getattr(typed, "inputs", None), produced)
         steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=optional))
         produced[name] = steps[-1].output_kind
+        if cannot_run:
+            unrunnable.append((steps[-1], cannot_run))
+    plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device or "-")
+    for step, reason in unrunnable:
+        if step in plan.steps:
+            _skip(plan, step, reason)
+    steps = plan.steps
     # Pass 2: data, record by record, then fingerprints and what the store already has.
     for step in steps:
         data_fps = []
@@ -154,7 +168,6 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
         step.cached = store.find(step.output_kind, step.fingerprint) if step.spec.cache else None
         fingerprints[step.name] = step.fingerprint
 
-    plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device or "-")
     if any(not s.cached for s in steps):
         from .models import pick_device
 
@@ -183,15 +196,54 @@ def _skip(plan: Plan, step: Step, reason: str) -> None:
 
 
 def _plan_memory(plan: Plan) -> None:
+    """Each stage's estimate (pipeline.memory), with training lengths and prompt lengths measured on its data."""
+    from .models import resolve_dtype
+
     folder = local_folder(plan.model.path)
-    plan.n_params = memory.count_parameters(folder) if folder else (
-        int(plan.model.params_b * 1e9) if plan.model.params_b else None)
-    if not plan.n_params:
+    shape = memory.ModelShape.from_folder(folder) if folder else None
+    if shape is None and plan.model.params_b:
+        shape = memory.ModelShape.guess(int(plan.model.params_b * 1e9))
+    if shape is None:
         return
-    dtype = plan.model.dtype if plan.model.dtype != "auto" else ("bfloat16" if plan.device == "cuda" else "float32")
+    plan.n_params = shape.n_params
+    dtype = resolve_dtype(plan.model.dtype, plan.device, plan.model.path)
+    tokenizer = _plan_tokenizer(plan, folder)
     for step in plan.steps:
-        profile = step.cfg.memory_profile() if hasattr(step.cfg, "memory_profile") else "inference"
-        step.memory_bytes = memory.estimate_bytes(profile, plan.n_params, dtype)
+        work = step.cfg.memory_profile() if hasattr(step.cfg, "memory_profile") else memory.Workload()
+        if tokenizer is not None:
+            _measure_lengths(step, work, tokenizer)
+        step.memory_bytes = memory.estimate(work, shape, dtype, plan.device)
+
+
+def _plan_tokenizer(plan: Plan, folder):
+    if folder is None or not any(not s.cached for s in plan.steps):
+        return None
+    from .models import load_tokenizer
+
+    try:
+        return load_tokenizer(str(folder), plan.model)
+    except Exception:  # noqa: BLE001 - the estimate then uses max_length; loading fails later with its own error
+        return None
+
+
+def _measure_lengths(step: Step, work: memory.Workload, tokenizer) -> None:
+    """Replace the workload's worst-case lengths by what the stage's data has."""
+    from .data_lengths import longest_of, sample_lengths
+
+    fields = _dataset_fields(step.cfg)
+    if work.kind == "train" and fields:
+        _, spec, purpose = fields[0]
+        draws = max(getattr(step.cfg, "max_steps", 0), 1) * work.batch
+        found = longest_of(sample_lengths(spec, purpose, tokenizer), draws, work.length)
+        if found:
+            completion = getattr(step.cfg, "max_completion_length", 0) if purpose == "prompt" else 0
+            work.length = min(work.length, found + completion)
+            work.prompt_length = found
+    elif work.kind == "generate":
+        prompts = [(spec, purpose) for _, spec, purpose in fields if purpose in ("gsm8k", "instruct")]
+        if prompts:
+            found = longest_of(sample_lengths(prompts[0][0], prompts[0][1], tokenizer), work.batch)
+            work.prompt_length = found or work.prompt_length
 
 
 def memory_warnings(plan: Plan) -> list[str]:

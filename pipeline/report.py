@@ -4,10 +4,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Metrics shown in tables, in this order, when a stage has them.
-HEADLINE = ("math_accuracy", "perplexity", "eval_reward_margin", "reward_end", "train_loss", "train_runtime", "prompts_per_s")
-PERCENT = {"math_accuracy", "parity_identical", "parity_token_agreement"}
+# Metrics shown in tables, in this order, when a stage has them: every eval task's headline (the
+# eval stage's TASK_HEADLINES), then the training stages'.
+TRAINING_HEADLINE = ("eval_reward_margin", "reward_end", "train_loss", "train_runtime")
+PERCENT = {"math_accuracy", "stopped_at_eos", "parity_identical", "parity_token_agreement", "instruct_pass_rate",
+           "tools_call_match", "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "reasoning_has_think"}
 COMPARED = ("math_accuracy", "perplexity")
+# Stage kinds whose output is another form of the same model: the Variants table compares those.
+VARIANT_KINDS = ("bnb", "gptq", "gguf")
+
+
+def headline_metrics() -> tuple[str, ...]:
+    from .stages.eval import TASK_HEADLINES
+
+    return tuple(m for metrics in TASK_HEADLINES.values() for m in metrics) + TRAINING_HEADLINE
 PLOT = "compression_vs_quality.png"  # quality metrics that compare_with reports as deltas
 
 
@@ -22,7 +32,9 @@ def _fmt(name: str, value: Any) -> str:
 
 
 def _table(entries: list[dict[str, Any]]) -> list[list[str]]:
-    columns = [m for m in HEADLINE if any(m in e.get("metrics", {}) for e in entries)]
+    found = {k for e in entries for k in e.get("metrics", {})}
+    lm_eval = sorted(k for k in found if k.startswith("lmeval_") and "stderr" not in k)
+    columns = [m for m in headline_metrics() if m in found] + lm_eval
     rows = [["stage", "kind", "status", "time"] + columns]
     for e in entries:
         seconds = e.get("seconds")
@@ -80,27 +92,78 @@ def serving(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-VARIANT_COLUMNS = ("variant", "backend", "size MB", "compression", "math acc", "retained", "perplexity", "load s",
-                   "first token ms", "decode tok/s", "memory MB", "instruct pass", "chrF", "judge")
+VARIANT_COLUMNS = ("variant", "backend", "size MB", "compression", "math acc (n)", "retained [95% CI]",
+                   "stops at EOS", "perplexity", "load s", "first token ms", "decode tok/s", "memory MB",
+                   "instruct pass", "chrF", "judge")
+
+
+def variant_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evals of one model's forms: each eval whose input is an export (bnb, GPTQ, GGUF) and compares
+    with an earlier eval, and those references. A trained adapter against its base is not a variant."""
+    kinds = {e["name"]: e["kind"] for e in entries}
+    evals = [e for e in entries if e["kind"] == "eval" and "size_mb" in e.get("metrics", {})]
+    variants = [e for e in evals if e.get("compare_with") and
+                kinds.get((e.get("inputs") or [""])[0], "").startswith(VARIANT_KINDS)]
+    references = {e["compare_with"] for e in variants}
+    return [e for e in evals if e in variants or e["name"] in references]
+
+
+def retained_interval(variant: dict[str, Any], reference: dict[str, Any], draws: int = 2000,
+                      seed: int = 0) -> tuple[float, float] | None:
+    """95% interval of accuracy retained (variant / reference), a paired bootstrap over the prompts both
+    answered (their predictions.jsonl), so the n of a small prompt set shows in the figure."""
+    import random
+
+    def correct(entry):
+        path = Path(entry.get("artifact") or "") / "predictions.jsonl"
+        if not path.is_file():
+            return None
+        import json
+
+        return {r["question"]: bool(r["correct"]) for r in map(json.loads, path.read_text().splitlines())}
+
+    ours, theirs = correct(variant), correct(reference)
+    if not ours or not theirs:
+        return None
+    pairs = [(ours[q], theirs[q]) for q in ours if q in theirs]
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        base = sum(b for _, b in sample)
+        if base:
+            ratios.append(sum(a for a, _ in sample) / base)
+    if len(ratios) < draws // 2:
+        return None
+    ratios.sort()
+    return ratios[int(0.025 * len(ratios))], ratios[int(0.975 * len(ratios)) - 1]
 
 
 def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
-    """The lab table: one row per evaluated artifact, sizes and quality relative to what it is compared with."""
-    evals = [e for e in entries if e["kind"] == "eval" and "size_mb" in e.get("metrics", {})]
+    """The lab table: one row per form of the model, sizes and quality relative to what it is compared with."""
+    evals = variant_entries(entries)
     if len(evals) < 2:
         return []
     by_name = {e["name"]: e for e in evals}
     rows = [list(VARIANT_COLUMNS)]
     for e in evals:
         m = e["metrics"]
-        ref = by_name.get(e.get("compare_with") or "", {}).get("metrics", {})
+        reference = by_name.get(e.get("compare_with") or "")
+        ref = reference["metrics"] if reference else {}
         ratio = ref["size_mb"] / m["size_mb"] if ref.get("size_mb") and m.get("size_mb") else None
         retained = (m["math_accuracy"] / ref["math_accuracy"]
                     if ref.get("math_accuracy") and "math_accuracy" in m else None)
+        interval = retained_interval(e, reference) if retained is not None else None
+        shown = f"{100 * retained:.1f}%" if retained is not None else "-"
+        if interval:
+            shown += f" [{100 * interval[0]:.0f}-{100 * interval[1]:.0f}]"
+        accuracy = _fmt("math_accuracy", m.get("math_accuracy"))
+        if m.get("math_n"):
+            accuracy += f" (n={m['math_n']})"
         ttft = m.get("first_token_s")
         rows.append([(e.get("inputs") or [e["name"]])[0], str(m.get("backend", "-")), _fmt("size_mb", m.get("size_mb")),
-                     f"{ratio:.2f}x" if ratio else "-", _fmt("math_accuracy", m.get("math_accuracy")),
-                     f"{100 * retained:.1f}%" if retained is not None else "-", _fmt("perplexity", m.get("perplexity")),
+                     f"{ratio:.2f}x" if ratio else "-", accuracy, shown, _fmt("stopped_at_eos", m.get("stopped_at_eos")),
+                     _fmt("perplexity", m.get("perplexity")),
                      _fmt("load_seconds", m.get("load_seconds")), f"{1000 * ttft:.1f}" if ttft else "-",
                      _fmt("decode_tokens_per_s", m.get("decode_tokens_per_s")), _fmt("memory_mb", m.get("memory_mb")),
                      _fmt("math_accuracy", m.get("instruct_pass_rate")), _fmt("gen_chrf", m.get("gen_chrf")),
@@ -108,10 +171,19 @@ def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def _percent_and_interval(cell: str) -> tuple[float, float | None, float | None]:
+    """'98.5% [90-104]' -> (98.5, 90, 104)."""
+    value, _, rest = cell.partition("%")
+    if "[" in rest:
+        low, high = rest.strip(" []").split("-")
+        return float(value), float(low), float(high)
+    return float(value), None, None
+
+
 def plot_compression(entries: list[dict[str, Any]], path: Path) -> Path | None:
-    """Compression ratio vs quality retained, one point per variant compared with a reference."""
+    """Compression ratio vs quality retained (with its 95% interval), one point per variant."""
     rows = variants(entries)
-    points = [(r[0], float(r[3][:-1]), float(r[5][:-1])) for r in rows[1:] if r[3] != "-" and r[5] != "-"]
+    points = [(r[0], float(r[3][:-1]), *_percent_and_interval(r[5])) for r in rows[1:] if r[3] != "-" and r[5] != "-"]
     if not points:
         return None
     import matplotlib
@@ -120,12 +192,13 @@ def plot_compression(entries: list[dict[str, Any]], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.scatter([p[1] for p in points], [p[2] for p in points])
-    for name, x, y in points:
+    for name, x, y, low, high in points:
+        yerr = [[y - low], [high - y]] if low is not None else None
+        ax.errorbar([x], [y], yerr=yerr, fmt="o", capsize=3, color="tab:blue")
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(100, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xlabel("compression ratio (reference size / variant size)")
-    ax.set_ylabel("quality retained (% of reference accuracy)")
+    ax.set_ylabel("quality retained (% of reference accuracy, 95% CI)")
     ax.set_title("compression vs quality retained")
     fig.tight_layout()
     fig.savefig(path)

@@ -66,6 +66,10 @@ class ChainRecord:
         for entry in self.data["stages"]:
             if entry["status"] == "running":
                 entry["status"] = "failed"
+        # the process's peak over the stages it ran (each stage resets Linux's peak counter, so a whole-process
+        # figure such as /usr/bin/time's maximum RSS shows only the last stage's)
+        peaks = [e["metrics"].get("peak_rss_mb") for e in self.data["stages"] if e["status"] == "done"]
+        self.data["peak_rss_mb"] = max([p for p in peaks if p] or [None], key=lambda p: p or 0)
         self.data["finished"] = dt.datetime.now().isoformat(timespec="seconds")
         self.save()
 
@@ -112,6 +116,7 @@ def _measured_run(step: Step, inputs: Inputs, ctx: StageContext) -> Artifact:
     on_gpu = "peak_cuda_mb" in found
     artifact.metrics.update(peak_memory_mb=found["peak_cuda_mb"] if on_gpu else found["peak_rss_mb"],
                             peak_memory_of="cuda" if on_gpu else "process_rss", peak_rss_mb=found["peak_rss_mb"],
+                            start_rss_mb=found["start_rss_mb"],
                             planned_memory_mb=round(step.memory_bytes / 2**20, 1) if step.memory_bytes else None)
     return artifact
 

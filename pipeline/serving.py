@@ -90,11 +90,18 @@ def free_port(host: str) -> int:
 
 
 def llama_cpp_command(model_file: Path, host: str, port: int, n_ctx: int, alias: str,
-                      n_threads: int | None, extra_args: list[str]) -> list[str]:
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_file), "--host", host,
+                      n_threads: int | None, extra_args: list[str], device: str = "cpu") -> list[str]:
+    """llama-cpp-python's server, started through pipeline.llama_server (llama.cpp's weight repacking off
+    where it crashes: pipeline.llama_runtime), with every layer on the GPU when there is one."""
+    from .llama_runtime import gpu_layers
+
+    command = [sys.executable, "-m", "pipeline.llama_server", "--model", str(model_file), "--host", host,
                "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias]
     if n_threads and "--n_threads" not in extra_args:
         command += ["--n_threads", str(n_threads)]
+    layers = gpu_layers(device)
+    if layers and "--n_gpu_layers" not in extra_args:
+        command += ["--n_gpu_layers", str(layers)]
     return command + list(extra_args)
 
 

@@ -81,6 +81,45 @@ def test_mixed_loss_and_token_normalisation():
 
 # --- training on tiny models -----------------------------------------------------------------
 
+def test_chunked_loss_and_gradient_equal_one_pass():
+    """The KL in chunks of 3 rows (activation-checkpointed) gives the loss and gradient of one pass, and
+    logit columns past the tokenizer's vocabulary (embedding padding) are left out."""
+    torch.manual_seed(0)
+    student = torch.randn(10, 7, requires_grad=True)
+    teacher, labels = torch.randn(10, 7), torch.randint(0, 5, (10,))
+    whole, _, _ = distillation_loss(student[:, :5], teacher[:, :5], labels, 2.0, 0.3, chunk_rows=10)
+    (want,) = torch.autograd.grad(whole, student)
+    chunked, _, _ = distillation_loss(student, teacher, labels, 2.0, 0.3, vocab=5, chunk_rows=3)
+    (got,) = torch.autograd.grad(chunked, student)
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert torch.allclose(got, want, atol=1e-7) and got[:, 5:].abs().sum() == 0
+
+
+def test_a_stage_teacher_of_another_vocabulary_is_refused(tiny_llama, tmp_path):
+    """Checked for every teacher kind when the stage runs (a stage's teacher is only known by then)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.artifacts import Artifact
+    from pipeline.models import ModelConfig
+    from pipeline.stages.distill import DistillConfig, TeacherSpec, _shared_vocabulary
+
+    other = tmp_path / "other"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.add_tokens(["<extra_token>"])
+    tokenizer.save_pretrained(other)
+    student = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    ctx = SimpleNamespace(name="distill", model=ModelConfig(name="tiny", path=str(tiny_llama)),
+                          chain={"teacher": Artifact(kind="model", path=str(other), fingerprint="t")})
+    cfg = DistillConfig(teacher=TeacherSpec(stage="teacher"))
+    inputs = SimpleNamespace(primary=Artifact(kind="model", path=str(tiny_llama), fingerprint="s"))
+    with pytest.raises(ConfigError, match=r"stages.distill.teacher: the teacher's tokenizer \(\d+ tokens"):
+        _shared_vocabulary(cfg, student, student, inputs, ctx)
+    ctx.chain["teacher"] = Artifact(kind="model", path=str(tiny_llama), fingerprint="t")
+    assert _shared_vocabulary(cfg, student, student, inputs, ctx) == len(AutoTokenizer.from_pretrained(tiny_llama))
+
+
 def test_logit_distillation_trains_and_alpha_one_matches_sft(tiny_llama, tmp_path):
     stages = _run(_tiny_distill(tiny_llama), tmp_path)
     distill = stages["distill"]

@@ -20,21 +20,66 @@ def _eval(name, source, size, accuracy, compare_with=None, **extra):
             "metrics": {"size_mb": size, "math_accuracy": accuracy, "backend": "transformers", **extra}}
 
 
+def _predictions(folder: Path, correct: list[bool]) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "predictions.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "correct": c}) + "\n"
+                                                      for i, c in enumerate(correct)))
+    return str(folder)
+
+
 def test_variants_table_plot_and_html(tmp_path):
-    entries = [_eval("eval_reference", "merge", 16.0, 0.80, first_token_s=0.04, decode_tokens_per_s=50.0),
-               _eval("eval_q8", "gguf_q8", 4.0, 0.80, "eval_reference"),
-               _eval("eval_q4", "gguf_q4", 2.0, 0.60, "eval_reference")]
+    exports = [{"name": n, "kind": "gguf", "status": "done", "inputs": ["merge"], "metrics": {}}
+               for n in ("gguf_q8", "gguf_q4")]
+    entries = [*exports, _eval("eval_reference", "merge", 16.0, 0.80, first_token_s=0.04, decode_tokens_per_s=50.0,
+                               math_n=10, stopped_at_eos=0.9),
+               _eval("eval_q8", "gguf_q8", 4.0, 0.80, "eval_reference", math_n=10),
+               _eval("eval_q4", "gguf_q4", 2.0, 0.60, "eval_reference", math_n=10)]
+    entries[2]["artifact"] = _predictions(tmp_path / "ref", [True] * 8 + [False] * 2)
+    entries[4]["artifact"] = _predictions(tmp_path / "q4", [True] * 6 + [False] * 4)
     rows = report.variants(entries)
-    assert rows[0][:6] == ["variant", "backend", "size MB", "compression", "math acc", "retained"]
-    assert rows[2][3:6] == ["4.00x", "80.0%", "100.0%"]
-    assert rows[3][3:6] == ["8.00x", "60.0%", "75.0%"]
-    assert rows[1][8] == "40.0"  # first token in ms
+    assert rows[0][:7] == ["variant", "backend", "size MB", "compression", "math acc (n)", "retained [95% CI]",
+                           "stops at EOS"]
+    assert rows[1][4:7] == ["80.0% (n=10)", "-", "90.0%"]
+    assert rows[2][3:6] == ["4.00x", "80.0% (n=10)", "100.0%"]  # no predictions: no interval
+    ratio, interval = rows[3][5].split(" ", 1)
+    low, high = map(float, interval.strip("[]").split("-"))
+    assert rows[3][3] == "8.00x" and ratio == "75.0%" and low < 75 < high and high - low > 20  # n=10 is wide
+    assert rows[1][9] == "40.0"  # first token in ms
     record = {"recipe": "lab", "model": "m", "model_path": "p", "status": "done", "store": "s", "stages": entries}
     report.write(tmp_path, record, SimpleNamespace())
     png = tmp_path / report.PLOT
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (tmp_path / "report.html").read_text()
     assert "<table>" in html and report.PLOT in html and "gguf_q4" in html
+
+
+def test_a_trained_adapter_is_no_variant_of_its_base(tmp_path):
+    """quickstart compares the SFT adapter with the base model: that is a comparison, not a Variants table
+    (which would show the adapter as a '0.93x' model with '2883% retained')."""
+    entries = [_eval("eval_base", "base", 15.0, 0.03),
+               {"name": "sft", "kind": "sft", "status": "done", "inputs": ["base"], "metrics": {}},
+               _eval("eval_tuned", "sft", 16.0, 0.865, "eval_base")]
+    assert report.variants(entries) == []
+    record = {"recipe": "quickstart", "model": "m", "model_path": "p", "status": "done", "store": "s",
+              "stages": entries}
+    report.write(tmp_path, record, SimpleNamespace())
+    text = (tmp_path / "report.md").read_text()
+    assert "## Variants" not in text and "eval_tuned vs eval_base: math_accuracy 3.0% -> 86.5% (+83.5 points)" in text
+    assert not (tmp_path / report.PLOT).exists()
+
+
+def test_every_tasks_headline_is_in_the_tables(tmp_path):
+    entries = [{"name": "eval_code", "kind": "eval", "status": "done", "inputs": ["base"], "seconds": 3.0,
+                "metrics": {"code_pass@1": 0.25, "code_n": 4}},
+               {"name": "eval_mcq", "kind": "eval", "status": "done", "inputs": ["base"], "seconds": 2.0,
+                "metrics": {"mcq_accuracy": 0.5, "lmeval_gsm8k_exact_match": 0.1, "lmeval_gsm8k_stderr": 0.01}}]
+    record = {"recipe": "r", "model": "m", "model_path": "p", "status": "done", "store": "s", "stages": entries}
+    report.write(tmp_path, record, SimpleNamespace())
+    text = (tmp_path / "report.md").read_text()
+    assert "code_pass@1" in text and "25.0%" in text and "mcq_accuracy" in text and "lmeval_gsm8k_exact_match" in text
+    assert "stderr" not in text
+    terminal = report.terminal_summary(tmp_path, record, SimpleNamespace())
+    assert "code_pass@1" in terminal and "25.0%" in terminal
 
 
 def test_speed_task_measures_one_streamed_generation(tiny_llama, tmp_path):
@@ -66,6 +111,17 @@ def test_optional_stage_that_cannot_run_is_skipped_with_its_dependents(tmp_path,
     cfg = compose(["recipe=quant_lab", "logger=none", "stages.gptq.optional=false"])
     with pytest.raises(PlanError, match="stages.gptq: gptqmodel cannot be imported"):
         build_plan(cfg, Store(tmp_path))
+
+
+def test_an_optional_stage_that_fails_its_plan_checks_is_skipped(tiny_llama, tmp_path):
+    """The ready-model lab on a model whose layer sizes (64) GPTQ's group size (128) does not divide: the
+    optional GPTQ stage is skipped with the reason, the other variants still plan."""
+    cfg = compose(["recipe=quant_lab", "logger=none", "lab.source=base", "~stages.sft", "~stages.merge",
+                   f"model.path={tiny_llama}", "model.name=tiny"])
+    plan = build_plan(cfg, Store(tmp_path), device="cpu")
+    names = [s.name for s in plan.steps]
+    assert "gptq" not in names and "eval_gptq" not in names and "gguf_q8_0" in names
+    assert len(plan.skipped) == 1 and "stages.gptq.group_size: 128 does not divide" in plan.skipped[0]
 
 
 def test_quant_lab_sources_every_variant_from_one_stage():

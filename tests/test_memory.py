@@ -1,8 +1,15 @@
-"""The memory planner: seed 001's rules of thumb, and a warning with remedies before a run."""
-from conftest import EMBEDDED, compose
+"""The memory planner: the terms a stage's memory follows from (weights, optimizer, activations, logits,
+KV cache), lengths measured on the stage's data, the measured peak beside the estimate, and a warning
+with remedies before a run that will not fit."""
+from conftest import EMBEDDED, compose, tiny_overrides
 from pipeline import memory
 from pipeline.artifacts import Store
+from pipeline.memory import ModelShape, Workload, estimate
 from pipeline.plan import build_plan, memory_warnings
+
+# SmolLM2-135M's shape (conf/model/smollm2-135m.yaml): what the README's planner figures are for
+SMOL = ModelShape(n_params=134_515_008, layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64,
+                  vocab=49_152)
 
 
 def test_parameter_count_from_safetensors_headers_matches_torch():
@@ -10,13 +17,62 @@ def test_parameter_count_from_safetensors_headers_matches_torch():
 
     model = AutoModelForCausalLM.from_pretrained(EMBEDDED)
     assert memory.count_parameters(EMBEDDED) == sum(p.numel() for p in model.parameters())
+    shape = ModelShape.from_folder(EMBEDDED)
+    assert (shape.layers, shape.hidden, shape.vocab, shape.kv_heads) == (4, 256, 3072, 2)
 
 
-def test_estimates_follow_seed_001():
-    n = 8_000_000_000
-    assert memory.estimate_bytes("inference", n, "bfloat16") == int(n * 2 * 1.2)   # 19.2 GB
-    assert memory.estimate_bytes("lora_train", n, "bfloat16") == int(n * 2 * 1.5)
-    assert memory.estimate_bytes("full_train", n, "bfloat16") > 150e9               # 16 B/param + activations
+def test_lora_parameter_count_matches_peft():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(EMBEDDED), LoraConfig(
+        r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert memory.lora_parameters(ModelShape.from_folder(EMBEDDED), 16) == trainable
+
+
+def test_training_memory_grows_with_tokens_and_vocabulary():
+    small = estimate(Workload(kind="train", batch=8, length=128), SMOL, "float32", "cpu")
+    double = estimate(Workload(kind="train", batch=16, length=128), SMOL, "float32", "cpu")
+    per_token = (double - small) / (8 * 128)
+    logits = memory.LOGIT_COPIES * SMOL.vocab * 4 * memory.BACKWARD_FACTOR
+    assert per_token > logits  # activations on top of the logits
+    wider = estimate(Workload(kind="train", batch=8, length=128), ModelShape(**{**SMOL.__dict__, "vocab": 151_936}),
+                     "float32", "cpu")
+    assert wider - small == int(8 * 128 * memory.LOGIT_COPIES * (151_936 - 49_152) * 4 * memory.BACKWARD_FACTOR)
+    full = estimate(Workload(kind="train", method="full", batch=8, length=128), SMOL, "float32", "cpu")
+    assert full - small > 11 * SMOL.n_params  # fp32: a gradient and two AdamW moments (12 bytes) per weight
+    checkpointed = estimate(Workload(kind="train", batch=8, length=128, gradient_checkpointing=True), SMOL,
+                            "float32", "cpu")
+    assert checkpointed < small
+
+
+def test_generation_memory_is_weights_and_kv_cache():
+    work = Workload(kind="generate", batch=32, new_tokens=256, prompt_length=128)
+    got = estimate(work, SMOL, "float32", "cuda")  # on a GPU: the allocator's peak, no process runtime
+    kv = memory.kv_cache_bytes(SMOL, 32, 384, 4)
+    assert got == SMOL.n_params * 4 + int(kv * memory.GENERATION_TRANSIENT + 32 * SMOL.vocab * 4)
+    assert estimate(work, SMOL, "float32", "cpu") - got == memory.RUNTIME_CPU_BYTES
+
+
+def test_plan_measures_training_lengths_on_the_data(tmp_path):
+    """The shipped chats are far shorter than max_length: the plan's SFT estimate uses their length."""
+    cfg = compose(["logger=none", "stages.sft.max_length=4096"])
+    measured = build_plan(cfg, Store(tmp_path), recipe="quickstart", device="cpu").steps[1].memory_bytes
+    worst = estimate(Workload(kind="train", batch=16, length=4096), ModelShape.from_folder(EMBEDDED), "float32", "cpu")
+    assert measured < worst / 5
+
+
+def test_runner_records_the_measured_peak_beside_the_estimate(tiny_llama, tmp_path):
+    from pipeline.runner import run_chain
+
+    cfg = compose([*tiny_overrides(tiny_llama), f"paths.store={tmp_path / 's'}"])
+    record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
+    for entry in record["stages"]:
+        m = entry["metrics"]
+        assert m["peak_memory_of"] == "process_rss" and m["peak_rss_mb"] >= m["start_rss_mb"] > 0
+        assert m["planned_memory_mb"] > 0
+    assert record["peak_rss_mb"] == max(e["metrics"]["peak_rss_mb"] for e in record["stages"])
 
 
 def test_plan_warns_when_a_stage_cannot_fit(tmp_path, monkeypatch):

@@ -60,6 +60,11 @@ class DistillConfig(SFTConfig):
     # student's; compared with a teacher model's at plan time in logit mode.
     student_tokenizer: Optional[str] = None
 
+    def memory_profile(self):
+        from dataclasses import replace
+
+        return replace(super().memory_profile(), extra_weights=1.0)  # the teacher, usually the student's size
+
     def validate(self, where: str, earlier: dict) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"{where}.temperature: must be > 0, got {self.temperature}")
@@ -156,23 +161,47 @@ def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
 
 
 def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float,
-                      num_tokens=None):
+                      num_tokens=None, vocab: int | None = None, chunk_rows: int | None = None):
     """(loss, ce, kl) over aligned rows of logits (one row per completion token, labels its targets).
 
     CE and KL are summed over tokens and divided by `num_tokens` (default: the rows), so gradient
-    accumulation sees a per-token mean as trl's SFT loss does.
+    accumulation sees a per-token mean as trl's SFT loss does. `vocab`: the tokenizer's size; logit
+    columns beyond it are embedding padding and hold no token. The terms are computed `chunk_rows`
+    rows at a time under activation checkpointing, so the fp32 copies and log-softmaxes of only one
+    chunk exist at once (full-vocabulary logits of 8 x 512 tokens of a 152k vocabulary are ~2.5 GB
+    per copy), in the forward and in the backward pass.
     """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    from ..perplexity import chunk_rows as default_rows
+
+    vocab = vocab or student_logits.shape[-1]
+    rows = student_logits.shape[0]
+    step = chunk_rows or default_rows(vocab)
+    denominator = num_tokens if num_tokens is not None else max(labels.numel(), 1)
+    ce = kl = student_logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        args = (student_logits[part, :vocab], teacher_logits[part, :vocab], labels[part], temperature)
+        if student_logits.requires_grad:
+            chunk_ce, chunk_kl = checkpoint(_chunk_terms, *args, use_reentrant=False)
+        else:
+            chunk_ce, chunk_kl = _chunk_terms(*args)
+        ce, kl = ce + chunk_ce, kl + chunk_kl
+    ce, kl = ce / denominator, kl / denominator
+    return alpha * ce + (1 - alpha) * temperature ** 2 * kl, ce, kl
+
+
+def _chunk_terms(student, teacher, labels, temperature: float):
+    """Summed CE(student, labels) and KL(p_teacher || p_student) at temperature T over a chunk of rows."""
     import torch.nn.functional as F
 
-    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])  # padded embedding rows hold no tokens
-    student_logits, teacher_logits = student_logits[..., :vocab].float(), teacher_logits[..., :vocab].float()
-    denominator = num_tokens if num_tokens is not None else max(labels.numel(), 1)
-    ce = F.cross_entropy(student_logits, labels, reduction="sum") / denominator
-    # KL(p_teacher || p_student) = sum p_t (log p_t - log p_s), per token, summed over the vocabulary
-    kl = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),
-                  F.log_softmax(teacher_logits / temperature, dim=-1),
-                  reduction="sum", log_target=True) / denominator
-    return alpha * ce + (1 - alpha) * temperature ** 2 * kl, ce, kl
+    student, teacher = student.float(), teacher.float()
+    ce = F.cross_entropy(student, labels, reduction="sum")
+    kl = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
+                  reduction="sum", log_target=True)
+    return ce, kl
 
 
 def _trainer_class():
@@ -181,10 +210,13 @@ def _trainer_class():
     from trl import SFTTrainer
 
     class DistillationSFTTrainer(SFTTrainer):
-        def __init__(self, *args, teacher, temperature: float, alpha: float, **kwargs):
+        def __init__(self, *args, teacher, temperature: float, alpha: float, vocab: int, **kwargs):
+            from ..perplexity import output_head
+
             super().__init__(*args, **kwargs)
             self.teacher = teacher.eval().requires_grad_(False)
-            self.temperature, self.alpha = temperature, alpha
+            self.teacher_head = output_head(self.teacher)
+            self.temperature, self.alpha, self.vocab = temperature, alpha, vocab
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if model.training else "eval"
@@ -194,12 +226,14 @@ def _trainer_class():
             mask = labels != -100  # completion tokens only (prompt and padding are -100)
             outputs = model(**forward)
             student = outputs.logits[:, :-1][mask]
-            with torch.no_grad():
-                teacher = self.teacher(**forward).logits[:, :-1][mask]
+            with torch.no_grad():  # the teacher's head runs on completion positions only, not on every token
+                hidden = self.teacher.get_decoder()(input_ids=forward["input_ids"],
+                                                    attention_mask=forward.get("attention_mask")).last_hidden_state
+                teacher = self.teacher_head(hidden[:, :-1][mask])
             if num_items_in_batch is not None:
                 num_items_in_batch = torch.as_tensor(num_items_in_batch, device=student.device).clamp(min=1)
             loss, ce, kl = distillation_loss(student, teacher, labels[mask], self.temperature, self.alpha,
-                                             num_items_in_batch)
+                                             num_items_in_batch, vocab=self.vocab)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as SFTTrainer: DDP averages the gradients
             # logged per micro-batch token, whatever the normalisation above
@@ -216,6 +250,30 @@ def _trainer_class():
             return (loss, outputs) if return_outputs else loss
 
     return DistillationSFTTrainer
+
+
+def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx: StageContext) -> int:
+    """The vocabulary size both models score over, after checking that they share it (any teacher kind:
+    a stage's or a model's). Logit columns past the tokenizer's size are embedding padding."""
+    from ..models import load_tokenizer
+    from ..training import tokenizer_source
+
+    student_tok = load_tokenizer(tokenizer_source(inputs.primary), ctx.model)
+    teacher_source = ctx.chain[cfg.teacher.stage] if cfg.teacher.stage else None
+    teacher_path = tokenizer_source(teacher_source) if teacher_source else cfg.teacher.model
+    vocab, other = student_tok.get_vocab(), load_tokenizer(teacher_path, ctx.model).get_vocab()
+    where = f"stages.{ctx.name}.teacher"
+    if vocab != other:
+        differing = [t for t in sorted(vocab, key=vocab.get) if other.get(t) != vocab[t]][:3]
+        raise ConfigError(f"{where}: the teacher's tokenizer ({len(other)} tokens, {teacher_path}) differs from the "
+                          f"student's ({len(vocab)} tokens; e.g. {differing}); logit distillation compares the two "
+                          "distributions id by id: use a teacher of the student's tokenizer, or mode: sequence")
+    size = len(vocab)
+    for name, model in (("student", student), ("teacher", teacher)):
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < size:
+            raise ConfigError(f"{where}: the {name}'s output layer has {rows} rows for a {size}-token vocabulary")
+    return size
 
 
 def _produces(cfg: DistillConfig) -> str:
@@ -298,6 +356,7 @@ def _train(cfg: DistillConfig, records: list[dict], model, teacher, inputs: Inpu
 
     if teacher is None:
         return train(cfg, inputs, ctx, model, meta, records=records)
+    vocab = _shared_vocabulary(cfg, model, teacher, inputs, ctx)
     return train(cfg, inputs, ctx, model, meta, records=records, trainer_cls=_trainer_class(),
-                 trainer_kwargs=dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha),
+                 trainer_kwargs=dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, vocab=vocab),
                  logged=("distill_ce", "distill_kl"))

@@ -92,8 +92,13 @@ class DPOConfig:
                 except DataError as e:
                     raise ConfigError(f"{where}.{key}: {e}") from None
 
-    def memory_profile(self) -> str:
-        return "full_train" if self.method == Method.full else "lora_train"
+    def memory_profile(self):
+        from ..memory import Workload
+
+        # chosen and rejected go through the policy together; the reference's forward holds no activations
+        return Workload(kind="train", method=self.method.value, batch=2 * self.per_device_train_batch_size,
+                        length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing,
+                        extra_weights=1.0 if self.method == Method.full else 0.0)
 
 
 def _produces(cfg: DPOConfig) -> str:

@@ -26,6 +26,20 @@ GENERATING = ("math", "instruct", "tools", "code")
 DEFAULT_BUDGETS = {"math": 256, "instruct": 256, "tools": 128, "code": 256}
 # Below this share of answers ending at an end-of-generation token, most answers were cut by the budget.
 EOS_WARNING_SHARE = 0.5
+# Each task's headline metrics: the results table and report.md show them wherever a stage has them
+# (lm_eval's are named per harness task, lmeval_*, and all shown).
+TASK_HEADLINES = {
+    "math": ("math_accuracy", "stopped_at_eos"),
+    "perplexity": ("perplexity",),
+    "speed": ("first_token_s", "decode_tokens_per_s"),
+    "instruct": ("instruct_pass_rate",),
+    "judge": ("judge_score",),
+    "tools": ("tools_call_match", "tools_answer_accuracy"),
+    "mcq": ("mcq_accuracy",),
+    "code": ("code_pass@1",),
+    "reasoning": ("reasoning_has_think",),
+    "lm_eval": (),
+}
 
 
 @dataclass
@@ -115,8 +129,11 @@ class EvalConfig:
         uses = {"math": {"math", "reasoning", "speed"}, "text": {"perplexity"}, "instruct": {"instruct", "judge"}}
         return {name for name, tasks in uses.items() if not tasks & set(self.tasks)}
 
-    def memory_profile(self) -> str:
-        return "inference"
+    def memory_profile(self):
+        from ..memory import Workload
+
+        budgets = [self.budget(t) for t in GENERATING if t in self.tasks or (t == "math" and "reasoning" in self.tasks)]
+        return Workload(kind="generate", batch=self.batch_size, new_tokens=max(budgets, default=1))
 
     def budget(self, task: str) -> int:
         return self.max_new_tokens.get(task, DEFAULT_BUDGETS[task])
@@ -158,7 +175,8 @@ def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     backend.close()
     metrics["seconds"] = round(time.time() - started, 2)
     (ctx.out_dir / "results.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    summary = ", ".join(f"{k} {v}" for k, v in metrics.items() if k in ("math_accuracy", "perplexity"))
+    shown = {m for task in cfg.tasks for m in TASK_HEADLINES[task]}
+    summary = ", ".join(f"{k} {v}" for k, v in metrics.items() if k in shown)
     ctx.log(f"{summary} ({backend.name})")
     ctx.tracker.log(ctx.name, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     return Artifact(kind="eval", path=str(ctx.out_dir), fingerprint="", format="eval-report",
@@ -265,7 +283,8 @@ def _grade_with_stage(cfg: EvalConfig, items: list[dict], ctx: StageContext):
     judge = ctx.chain[cfg.judge_stage]
     key = secrets.token_urlsafe(16)
     port = serving.free_port("127.0.0.1")
-    command = serving.llama_cpp_command(gguf_file(judge), "127.0.0.1", port, 4096, "judge", os.cpu_count() or 1, [])
+    command = serving.llama_cpp_command(gguf_file(judge), "127.0.0.1", port, 4096, "judge", os.cpu_count() or 1, [],
+                                        ctx.device)
     server = serving.start(command, serving.server_env("llama.cpp", key, "127.0.0.1", port),
                            ctx.out_dir / "judge_server.log", "127.0.0.1", port)
     variable = "TUNECHAIN_STAGE_JUDGE_KEY"

@@ -94,8 +94,14 @@ class GRPOConfig:
                             f"(device {device}, vllm {'installed' if _has_vllm() else 'not installed'}); "
                             "set use_vllm: auto or false to generate with transformers")
 
-    def memory_profile(self) -> str:
-        return "full_train" if self.method == Method.full else "lora_train"
+    def memory_profile(self):
+        from ..memory import Workload
+
+        return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
+                        length=128 + self.max_completion_length, lora_rank=self.lora.r,
+                        gradient_checkpointing=self.gradient_checkpointing,
+                        extra_weights=1.0 if self.method == Method.full and self.beta > 0 else 0.0,
+                        generate_batch=self.per_device_train_batch_size, generate_tokens=self.max_completion_length)
 
 
 def vllm_choice(value: Any) -> str:

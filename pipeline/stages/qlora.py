@@ -51,8 +51,10 @@ class QLoRAConfig(SFTConfig):
                             "install bitsandbytes>=0.50.2 (pip install -e '.[bnb]'), run on a GPU, "
                             "or use kind sft with method lora (same adapter, 16/32-bit base)")
 
-    def memory_profile(self) -> str:
-        return "qlora_train"
+    def memory_profile(self):
+        from dataclasses import replace
+
+        return replace(super().memory_profile(), method="qlora")
 
 
 def _bitsandbytes_version(where: str) -> tuple[int, ...]:

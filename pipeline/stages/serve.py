@@ -117,8 +117,10 @@ class ServeConfig:
                 raise PlanError(f"{where}.backend: vLLM serving needs {', '.join(missing)}: pip install -e "
                                 f"'.[vllm,gguf]'; or {CPU_ALTERNATIVE}")
 
-    def memory_profile(self) -> str:
-        return "inference"
+    def memory_profile(self):
+        from ..memory import Workload
+
+        return Workload(kind="inference")  # the server is another process; this one only sends requests
 
 
 def _input_kind(inputs: list[str] | None, earlier: dict) -> str | None:
@@ -160,7 +162,7 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     if backend == "llama.cpp":
         threads = (ctx.hardware or {}).get("num_threads")
         command = serving.llama_cpp_command(gguf_file(source), cfg.host, port, cfg.n_ctx, alias, threads,
-                                            cfg.extra_args)
+                                            cfg.extra_args, ctx.device)
     else:
         command = serving.vllm_command(source.path, cfg.host, port, cfg.n_ctx, alias, cfg.extra_args)
     env = serving.server_env(backend, key, cfg.host, port)

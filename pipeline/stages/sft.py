@@ -56,8 +56,11 @@ class SFTConfig:
     assistant_turns: AssistantTurns = AssistantTurns.all
     lora: LoraSpec = field(default_factory=LoraSpec)
 
-    def memory_profile(self) -> str:
-        return "full_train" if self.method == Method.full else "lora_train"
+    def memory_profile(self):
+        from ..memory import Workload
+
+        return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
+                        length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing)
 
 
 def _produces(cfg: SFTConfig) -> str:
