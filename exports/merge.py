@@ -39,7 +39,7 @@ class MergeConfig:
     def memory_profile(self):
         from pipeline.memory import Workload
 
-        return Workload(kind="inference")
+        return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the merged weights
 
 
 @stage("merge", config=MergeConfig, consumes={"adapter"}, produces="model")

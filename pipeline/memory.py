@@ -26,11 +26,19 @@ from pathlib import Path
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "nf4": 0.5}
 NF4_OVERHEAD = 1.15              # seed 001's k: scales and zero points beside the 4-bit values
-RUNTIME_CPU_BYTES = 550 * 2**20  # measured: RSS after importing torch, transformers, peft, trl (2-core CPU)
+RUNTIME_CPU_BYTES = 650 * 2**20  # measured: RSS with torch, transformers, peft, trl, datasets imported (330-750 MB)
 BACKWARD_FACTOR = 1.5            # peak / saved activations: the backward pass's transient gradients
 LOGIT_COPIES = 3
 GENERATION_TRANSIENT = 1.2       # prefill attention and sampling buffers over the KV cache
 LOGITS_CHUNK_BYTES = 256 * 2**20  # pipeline.perplexity's bound on live logits
+# llama.cpp: bytes per weight of each GGUF type (block scales included), its KV cache (f16, the backend's
+# 2048-token context) and the per-batch compute buffers; perplexity opens a second model that keeps the
+# logits of every position of its window (logits_all), in llama.cpp and in the bindings' copy.
+GGUF_BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q6_k": 0.82, "q5_k_m": 0.69,
+                        "q5_k_s": 0.69, "q5_0": 0.69, "q4_k_m": 0.6, "q4_k_s": 0.57, "q4_0": 0.5625, "q3_k_m": 0.49,
+                        "q2_k": 0.33, "iq4_nl": 0.56}
+LLAMA_CPP_CONTEXT = 2048
+LLAMA_CPP_BATCH = 512
 
 REMEDIES = ("batch size 1 with gradient accumulation, gradient checkpointing (~30% slower), "
             "bf16, a shorter max_length, LoRA/QLoRA instead of full tuning, or hardware=deepspeed_zero3")
@@ -90,6 +98,8 @@ class Workload:
     extra_weights: float = 0.0      # further models held, in units of this model (distill's teacher, a reference)
     generate_batch: int = 0         # train stages that also generate (GRPO): completions per call
     generate_tokens: int = 0
+    gguf: str | None = None         # generate: the GGUF type llama.cpp runs (None: transformers)
+    scores_window: int = 0          # generate: perplexity window (llama.cpp keeps its logits in full)
 
 
 def count_parameters(folder: Path) -> int | None:
@@ -136,6 +146,8 @@ def estimate(work: Workload, shape: ModelShape, dtype: str, device: str) -> int:
     weights *= 1 + work.extra_weights
     if work.kind == "inference":
         return int(runtime + weights * GENERATION_TRANSIENT)
+    if work.gguf is not None:
+        return int(runtime + llama_cpp_bytes(work, shape))
     generation = 0
     if work.kind == "generate" or work.generate_batch:
         batch, new = (work.batch, work.new_tokens) if work.kind == "generate" else (work.generate_batch,
@@ -163,6 +175,16 @@ def generation_batch(shape: ModelShape, tokens_per_sequence: int, requested: int
     per_sequence = (kv_cache_bytes(shape, 1, tokens_per_sequence, value_bytes) * GENERATION_TRANSIENT
                     + shape.vocab * 4)
     return max(1, min(requested, int(available_bytes(device) * GENERATION_SHARE // per_sequence)))
+
+
+def llama_cpp_bytes(work: Workload, shape: ModelShape) -> int:
+    """A GGUF evaluated by llama.cpp: its weights, f16 KV cache and compute buffers, and for perplexity a
+    second model whose every-position logits are kept twice (llama.cpp's output buffer, the bindings' scores)."""
+    weights = shape.n_params * GGUF_BYTES_PER_PARAM.get(work.gguf, 2.0)
+    kv = kv_cache_bytes(shape, 1, LLAMA_CPP_CONTEXT, 2)
+    compute = LLAMA_CPP_BATCH * (shape.hidden * 4 * 8 + shape.vocab * 4)
+    scores = weights + 2 * (work.scores_window + 8) * shape.vocab * 4 if work.scores_window else 0
+    return int(weights + kv + compute + scores)
 
 
 def available_bytes(device: str) -> int:

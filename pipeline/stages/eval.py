@@ -133,7 +133,8 @@ class EvalConfig:
         from ..memory import Workload
 
         budgets = [self.budget(t) for t in GENERATING if t in self.tasks or (t == "math" and "reasoning" in self.tasks)]
-        return Workload(kind="generate", batch=self.batch_size, new_tokens=max(budgets, default=1))
+        return Workload(kind="generate", batch=self.batch_size, new_tokens=max(budgets, default=1),
+                        scores_window=self.perplexity_max_length if "perplexity" in self.tasks else 0)
 
     def budget(self, task: str) -> int:
         return self.max_new_tokens.get(task, DEFAULT_BUDGETS[task])
