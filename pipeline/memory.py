@@ -7,14 +7,16 @@ optimizer lines; the rest is what they leave out):
     runtime      the Python process with torch and transformers imported (CPU RSS only)
     weights      parameters x bytes of the compute dtype (NF4 + scales for QLoRA's frozen base)
     optimizer    trainable parameters x (gradient + two AdamW moments [+ fp32 master copy])
-    activations  tokens x layers x (~10 hidden + ~4 intermediate + heads x length) values, kept
-                 for the backward pass (training only; gradient checkpointing keeps ~1 layer's)
+    activations  tokens x layers x (4 hidden + 1.5 intermediate + a x heads x length) values, kept
+                 for the backward pass (training only; gradient checkpointing keeps ~1 layer's);
+                 a = 8.6 on CPU, where SDPA's math path keeps the attention scores (measured on
+                 SmolLM2-135M, batch 8 x 96 and 192 tokens), 1 on GPUs (memory-efficient kernels)
     logits       tokens x vocabulary x 4 bytes x 3 (fp32 logits, log-softmax, their gradient)
     kv cache     prompts x (prompt + new tokens) x layers x 2 x kv heads x head dim (generation)
 
-Training peaks in the backward pass at about 1.5x the saved activations. Tokens per step are the
-batch times the padded length the plan measures on a sample of the stage's data (pipeline.plan),
-not max_length, since chats are usually much shorter. Measured against it: pipeline.runner
+Training peaks in the backward pass at about 1.25x the saved activations. Tokens per step are the
+batch times the padded length of a long batch, measured on a sample of the stage's data
+(pipeline.plan), not max_length, since chats are usually much shorter. Measured against it: pipeline.runner
 records each stage's `peak_memory_mb` beside `planned_memory_mb`.
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pathlib import Path
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "nf4": 0.5}
 NF4_OVERHEAD = 1.15              # seed 001's k: scales and zero points beside the 4-bit values
 RUNTIME_CPU_BYTES = 650 * 2**20  # measured: RSS with torch, transformers, peft, trl, datasets imported (330-750 MB)
-BACKWARD_FACTOR = 1.5            # peak / saved activations: the backward pass's transient gradients
+BACKWARD_FACTOR = 1.25           # peak / saved activations: the backward pass's transient gradients
+ATTENTION_COPIES = {"cpu": 8.6, "cuda": 1.0}  # attention-score values kept per head and key position
 LOGIT_COPIES = 3
 GENERATION_TRANSIENT = 1.2       # prefill attention and sampling buffers over the KV cache
 LOGITS_CHUNK_BYTES = 256 * 2**20  # pipeline.perplexity's bound on live logits
@@ -126,9 +129,9 @@ def lora_parameters(shape: ModelShape, rank: int) -> int:
     return shape.layers * rank * (attention + mlp)
 
 
-def activation_bytes_per_token(shape: ModelShape, length: int, value_bytes: int) -> int:
-    per_layer = 10 * shape.hidden + 4 * shape.intermediate + shape.heads * length
-    return shape.layers * per_layer * value_bytes
+def activation_bytes_per_token(shape: ModelShape, length: int, value_bytes: int, device: str = "cpu") -> int:
+    attention = ATTENTION_COPIES.get(device, 1.0) * shape.heads * length
+    return int(shape.layers * (4 * shape.hidden + 1.5 * shape.intermediate + attention) * value_bytes)
 
 
 def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int, value_bytes: int) -> int:
@@ -159,7 +162,7 @@ def estimate(work: Workload, shape: ModelShape, dtype: str, device: str) -> int:
     trainable = shape.n_params if work.method == "full" else lora_parameters(shape, work.lora_rank)
     optimizer = trainable * (4 + 8 + (4 if value_bytes < 4 else 0))  # gradient, AdamW moments, fp32 master
     tokens = work.batch * work.length
-    per_token = activation_bytes_per_token(shape, work.length, value_bytes)
+    per_token = activation_bytes_per_token(shape, work.length, value_bytes, device)
     if work.gradient_checkpointing:  # layer inputs only, plus one layer recomputed at a time
         per_token = per_token // shape.layers * 2 + shape.layers * shape.hidden * value_bytes
     saved = tokens * (per_token + LOGIT_COPIES * shape.vocab * 4)

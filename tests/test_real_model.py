@@ -76,3 +76,30 @@ def test_planned_memory_is_within_a_quarter_of_the_measured_peak(chain):
         m = entry["metrics"]
         if entry["kind"] in ("sft", "eval"):
             assert abs(m["planned_memory_mb"] - m["peak_memory_mb"]) <= 0.25 * m["peak_memory_mb"], (entry["name"], m)
+
+
+RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_plans_on_the_real_model(recipe, tmp_path, chain):
+    """Every shipped recipe composes and plans on SmolLM2 with its tuning (the converted folder is the
+    one the chain above made); the GPTQ recipe names its install line without GPTQModel."""
+    import importlib.util
+
+    from conftest import compose
+    from pipeline.artifacts import Store
+    from pipeline.errors import PlanError
+    from pipeline.plan import build_plan
+
+    cfg = compose([f"recipe={recipe}", "model=smollm2-135m", "logger=none"])
+    if recipe == "lora_then_gptq" and importlib.util.find_spec("gptqmodel") is None:
+        with pytest.raises(PlanError, match=r"pip install"):
+            build_plan(cfg, Store(tmp_path), recipe=recipe, device="cpu")
+        return
+    plan = build_plan(cfg, Store(tmp_path), recipe=recipe, device="cpu")
+    assert plan.model.name == "smollm2-135m" and plan.n_params == 134_515_008
+    sft = next((s for s in plan.steps if s.kind == "sft" and s.name in ("sft", "teacher")), None)
+    if sft is not None:  # the one SFT of every recipe: model.tuning.sft
+        assert (sft.cfg.max_steps, sft.cfg.learning_rate, sft.cfg.per_device_train_batch_size) == (30, 1e-3, 8)
+    assert all(s.memory_bytes for s in plan.steps)

@@ -53,6 +53,7 @@ class DPOConfig:
     method: Method = Method.lora                # lora: continue an input adapter, or a new LoRA on a model
     dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "preference"})
     eval_dataset: Optional[DatasetSpec] = field(default=None, metadata={"purpose": "preference"})  # held-out pairs
+    eval_limit: Optional[int] = None            # score the first N held-out pairs (null: all)
     reference: Reference = Reference.input
     beta: float = 0.1                           # strength of the pull toward the reference (higher: stay closer)
     loss_type: str = "sigmoid"                  # one of LOSS_TYPES
@@ -81,6 +82,8 @@ class DPOConfig:
                 raise ConfigError(f"{where}.{key}: {value}; must be > 0")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"{where}.label_smoothing: {self.label_smoothing}; valid: 0 <= value < 0.5")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ConfigError(f"{where}.eval_limit: {self.eval_limit}; must be >= 1 (null: every pair)")
         if self.sft_weight < 0:
             raise ConfigError(f"{where}.sft_weight: {self.sft_weight}; must be >= 0 (0: no sft term)")
         # The plan checks every record later too; here a set that cannot feed DPO is named by its key.
@@ -105,11 +108,12 @@ def _produces(cfg: DPOConfig) -> str:
     return "model" if cfg.method == Method.full else "adapter"
 
 
-def _dataset(spec: DatasetSpec):
+def _dataset(spec: DatasetSpec, limit: int | None = None):
     """Preference records in trl's conversational form; only the three keys trl reads."""
     from datasets import Dataset
 
-    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in load(spec, "preference")])
+    records = load(spec, "preference")
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records[:limit or None]])
 
 
 def _model_artifact(path: str) -> Artifact:
@@ -183,7 +187,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
     model, peft_config, reference, how = _policy_and_reference(cfg, source, ctx)
     train_set = _dataset(cfg.dataset)
-    eval_set = _dataset(cfg.eval_dataset) if cfg.eval_dataset is not None else None
+    eval_set = _dataset(cfg.eval_dataset, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = TrlDPOConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
