@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.cache import cache_root
 from pipeline.errors import PlanError
 
 DIST = "llama-cpp-python"
@@ -34,10 +35,6 @@ def bindings_version() -> str:
     except importlib.metadata.PackageNotFoundError:
         raise PlanError("GGUF export needs llama-cpp-python: pip install -e '.[gguf]' "
                         "(it compiles llama.cpp: 7-13 minutes on 2 cores, once; pip keeps the wheel)") from None
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNECHAIN_CACHE", "~/.cache/tunechain")).expanduser()
 
 
 def converter_dir(download: bool = True) -> Path:

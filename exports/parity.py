@@ -4,6 +4,7 @@ manifest (and so into the report); `parity.jsonl` keeps each prompt's pair of ou
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Optional
@@ -46,7 +47,17 @@ def check(cfg: ParityFields, source: Artifact, exported: Artifact, ctx, dtype: O
     records = records[:cfg.parity_limit] if cfg.parity_limit else records
     reference = open_backend(source, ctx, dtype)
     prompts = [chat_prompt(reference.tokenizer, r["question"]) for r in records]
-    want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
+    cached = _reference_file(source, prompts, cfg.parity_max_new_tokens, dtype, ctx)
+    if cached is not None and cached.is_file():  # another export of the same model already generated these
+        want = [Generation(**g) for g in json.loads(cached.read_text())]
+        ctx.log(f"parity: the source's {len(want)} greedy answers reused from {cached}")
+    else:
+        want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
+        if cached is not None:
+            from pipeline.artifacts import write_json_atomic
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cached, [dataclasses.asdict(g) for g in want])
     reference.close()
     candidate = open_backend(exported, ctx, dtype)
     got = candidate.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: export")
@@ -65,6 +76,22 @@ def check(cfg: ParityFields, source: Artifact, exported: Artifact, ctx, dtype: O
         raise ParityError(f"{ctx.name}: only {metrics['parity_identical']:.1%} of prompts give the source's greedy "
                           f"tokens (parity_min_identical {cfg.parity_min_identical}); see {ctx.out_dir}/parity.jsonl")
     return metrics
+
+
+def _reference_file(source: Artifact, prompts: list[str], max_new_tokens: int, dtype, ctx):
+    """Where the source's greedy answers to these prompts are kept, so that the GGUF, bnb and GPTQ exports of
+    one model generate them once (quant_lab: six exports of the same source). None where the source has no
+    content fingerprint (a model merged inside the stage, or a hub id whose revision may move)."""
+    import importlib.metadata
+
+    from pipeline.cache import cache_root
+    from pipeline.fingerprint import hash_json
+
+    if not source.fingerprint or source.fingerprint.startswith("hub-"):
+        return None
+    versions = [importlib.metadata.version(p) for p in ("torch", "transformers")]
+    key = hash_json([source.fingerprint, source.path, prompts, max_new_tokens, dtype, ctx.device, versions])
+    return cache_root() / "parity" / f"{key[:32]}.json"
 
 
 def compare(records: list[dict], want: list[Generation], got: list[Generation]) -> dict:

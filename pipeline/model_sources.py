@@ -28,16 +28,13 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .cache import cache_root
 from .errors import ModelUnavailable
 
 PYPI_PREFIX = "pypi:"
 UNQUANTIZED = ("F32", "F16", "BF16")
 SOURCE_RECORD = "tunechain_source.json"
 GGUF_INSTALL = "pip install gguf   (transformers reads GGUF files with it; it is in tunechain's core dependencies)"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TUNECHAIN_CACHE", "~/.cache/tunechain")).expanduser()
 
 
 def is_gguf_source(path: str) -> bool:
