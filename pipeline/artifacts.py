@@ -92,6 +92,8 @@ class Store:
     def commit(self, tmp_dir: Path, artifact: Artifact) -> Artifact:
         """Write the manifest, then move the folder into place in one rename."""
         final = self.final_dir(artifact.kind, artifact.fingerprint)
+        if artifact.base_model == str(tmp_dir):  # a new base (a pruned model): it derives from itself
+            artifact.base_model = str(final)
         artifact.path = str(final)
         write_json_atomic(tmp_dir / MANIFEST, artifact.to_json())
         final.parent.mkdir(parents=True, exist_ok=True)

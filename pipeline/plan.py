@@ -147,6 +147,8 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
                     raise
                 cannot_run = str(e)
         inputs = _resolve_inputs(name, spec, getattr(typed, "inputs", None), produced)
+        if hasattr(typed, "check_model") and inputs == [BASE]:  # what only the chain's model can tell
+            typed.check_model(f"stages.{name}", local_folder(model.path))
         steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=optional))
         produced[name] = steps[-1].output_kind
         if cannot_run:

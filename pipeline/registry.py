@@ -20,6 +20,7 @@ STAGE_MODULES = [
     "pipeline.stages.distill",
     "pipeline.stages.grpo",
     "pipeline.stages.dpo",
+    "pipeline.stages.prune",
     "exports.merge",
     "exports.bnb",
     "exports.gptq",
