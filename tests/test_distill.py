@@ -123,7 +123,7 @@ def test_a_stage_teacher_of_another_vocabulary_is_refused(tiny_llama, tmp_path):
 def test_logit_distillation_trains_and_alpha_one_matches_sft(tiny_llama, tmp_path):
     stages = _run(_tiny_distill(tiny_llama), tmp_path)
     distill = stages["distill"]
-    assert distill["status"] == "done" and distill["inputs"] == ["base", "teacher"]
+    assert distill["status"] == "done" and distill["inputs"] == ["student", "teacher"]
     metrics = distill["metrics"]
     assert metrics["train_steps"] == 3 and metrics["distill_kl_first"] > 0 and metrics["distill_ce_first"] > 0
     manifest = json.loads((Path(distill["artifact"]) / "artifact.json").read_text())
@@ -150,7 +150,7 @@ def test_sequence_distillation_trains_on_teacher_answers(tiny_qwen3, tmp_path):
     assert answers and all(a["messages"][-1]["role"] == "assistant" for a in answers)
     meta = json.loads((folder / "artifact.json").read_text())
     assert meta["kind"] == "model" and meta["meta"]["distill"]["teacher_answers"] == len(answers)
-    assert meta["meta"]["distill"]["teacher"]["model"] == str(EMBEDDED) and distill["inputs"] == ["base"]
+    assert meta["meta"]["distill"]["teacher"]["model"] == str(EMBEDDED) and distill["inputs"] == ["student"]
     assert (folder / "model.safetensors").is_file()
 
 
@@ -179,7 +179,7 @@ def test_teacher_with_another_tokenizer_fails_at_plan_time(tmp_path):
                                           r"from the student's \(3072 tokens.*mode: sequence$"):
         _plan(logit, tmp_path)
     plan = _plan(logit + ["stages.distill.mode=sequence"], tmp_path)  # answers are text: any tokenizer
-    assert plan.steps[4].input_names == ["base"]
+    assert plan.steps[5].input_names == ["student"]
 
 
 def test_teacher_model_of_the_same_tokenizer_plans(tiny_llama, tmp_path):
@@ -190,7 +190,7 @@ def test_teacher_model_of_the_same_tokenizer_plans(tiny_llama, tmp_path):
 
 @pytest.mark.parametrize("teacher, message", [
     ("nope", r"^stages\.distill\.teacher\.stage: 'nope' is not an earlier stage that produces a model or adapter; "
-             r"choose from: teacher, sft_student"),
+             r"choose from: teacher, student, sft_student"),
     ("eval_teacher", r"^stages\.distill\.teacher\.stage: 'eval_teacher' is not an earlier stage"),
     ("eval_distill", r"^stages\.distill\.teacher\.stage: 'eval_distill' is not an earlier stage"),
 ])
@@ -207,7 +207,7 @@ def test_unknown_teacher_stage_fails_naming_the_key(teacher, message, tmp_path):
     ("stages.distill.temperature=0", r"^stages\.distill\.temperature: must be > 0"),
     ("stages.distill.mode=soft", r"^stages\.distill\.mode: Invalid value 'soft', expected one of \[logit, sequence\]"),
     ("stages.distill.inputs=[teacher]", r"^stages\.distill\.inputs: name one student model"),
-    ("stages.distill.inputs=[sft_student]", r"^stages\.distill\.inputs: name one student model .*choose from: base$"),
+    ("stages.distill.inputs=[sft_student]", r"^stages\.distill\.inputs: name one student model .*choose from: base, student$"),
 ])
 def test_bad_distill_config_fails_at_plan_time(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
