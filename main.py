@@ -7,7 +7,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.cli import precheck_overrides, run
+from pipeline.engine.cli import precheck_overrides, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -1,1 +1,1 @@
-"""Merge and quantize/export stages: one module per format (see pipeline.registry)."""
+"""Merge and quantize/export stages: one module per format (see pipeline.engine.registry)."""

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from pipeline.artifacts import Artifact
-from pipeline.context import Inputs, StageContext
+from exports.parity import ParityFields
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.registry import stage
-
-from .parity import ParityFields
 
 MODES = ("nf4", "fp4", "int8")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -177,7 +176,7 @@ def safetensors_mb(folder: Optional[Path]) -> Optional[float]:
 
 
 def size_metrics(source: Artifact, out_dir: Path) -> dict[str, Any]:
-    from pipeline.models import local_folder
+    from pipeline.models.loading import local_folder
 
     size, source_size = safetensors_mb(out_dir), safetensors_mb(local_folder(source.path))
     return {"size_mb": size, "source_size_mb": source_size,
@@ -189,7 +188,7 @@ def probe_texts(cfg: ParityFields, tokenizer, limit: int = 8) -> list[str]:
     when parity is off."""
     if not cfg.parity:
         return ["12 * 3 = 36"]
-    from pipeline.data import load
+    from pipeline.data.datasets import load
 
     records = load(cfg.parity_prompts, "gsm8k")[:limit]
     if not tokenizer.chat_template:
@@ -223,7 +222,7 @@ def reload_check(folder: Path, source: Artifact, ctx, is_quantized: Callable[[An
     does not hide the rest, unlike greedy parity)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.models import load_causal_lm
+    from pipeline.models.loading import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     reference = load_causal_lm(source, ctx.model, ctx.device).eval()
@@ -257,10 +256,9 @@ def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from pipeline.models import load_tokenizer
-    from pipeline.training import save_tokenizer, tokenizer_source
-
-    from .parity import check
+    from exports.parity import check
+    from pipeline.models.loading import load_tokenizer
+    from pipeline.training.common import save_tokenizer, tokenizer_source
 
     source = inputs.primary
     settings = quantization_settings(cfg, ctx.device)

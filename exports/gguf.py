@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-from pipeline.artifacts import Artifact
-from pipeline.context import Inputs, StageContext
+from exports import llamacpp
+from exports.parity import ParityFields
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.registry import stage
-
-from . import llamacpp
-from .parity import ParityFields
 
 QUANTIZED_KINDS = ("bnb", "gptq")  # stages whose checkpoints llama.cpp's converter cannot read
 MODEL_KINDS = ("model", "adapter")
@@ -138,7 +137,7 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
                     stop_tokens=[expected["tokens"][i] for i in expected["stop_ids"]],
                     stop_token_ids=expected["stop_ids"], add_bos=expected["add_bos"])
 
-        from .modelfile import template_style, write
+        from exports.modelfile import template_style, write
 
         meta["template_style"] = template_style(expected["chat_template"])
         meta["default_system"] = expected["default_system"]
@@ -152,7 +151,7 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
                        compression_ratio=round(source_bytes / gguf_bytes, 3) if source_bytes else None)
         exported = Artifact(kind="gguf", path=str(ctx.out_dir), fingerprint="", format=f"gguf-{cfg.quant}",
                             base_model=source.base_model or source.path, meta={"file": out_file.name})
-        from .parity import check
+        from exports.parity import check
 
         metrics.update(check(cfg, hf_source, exported, ctx))
     finally:
@@ -165,7 +164,7 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
 
 def _merge(adapter: Artifact, ctx: StageContext, out_dir: Path) -> dict:
-    from .merge import merge_adapter
+    from exports.merge import merge_adapter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     found = merge_adapter(adapter, ctx, out_dir)
@@ -175,7 +174,7 @@ def _merge(adapter: Artifact, ctx: StageContext, out_dir: Path) -> dict:
 
 def _local_folder(artifact: Artifact, ctx: StageContext) -> Path:
     """The HF folder on disk (a hub base model is fetched into the HF cache)."""
-    from pipeline.models import local_folder
+    from pipeline.models.loading import local_folder
 
     folder = local_folder(artifact.path)
     if folder is not None:
@@ -219,7 +218,7 @@ def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageCo
 
 def hf_expectations(hf_dir: Path, ctx: StageContext) -> dict:
     """Chat template, eos, add_bos and stop ids as the HF tokenizer and generation_config give them."""
-    from pipeline.models import load_tokenizer
+    from pipeline.models.loading import load_tokenizer
 
     tok = load_tokenizer(str(hf_dir), ctx.model)
     stop_ids = []

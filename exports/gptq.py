@@ -28,13 +28,12 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifacts import Artifact
-from pipeline.context import Inputs, StageContext
-from pipeline.data import DatasetSpec
+from exports.parity import ParityFields
+from pipeline.data.datasets import DatasetSpec
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.registry import stage
-
-from .parity import ParityFields
 
 BITS = (4, 8)
 BACKENDS = ("gptqmodel",)
@@ -80,7 +79,7 @@ class GPTQConfig(ParityFields):
             raise ConfigError(f"{where}.n_samples: {self.n_samples}; must be >= 1")
         if self.max_seq_len < 16:
             raise ConfigError(f"{where}.max_seq_len: {self.max_seq_len}; must be >= 16")
-        from .bnb import refuse_quantized_input
+        from exports.bnb import refuse_quantized_input
 
         refuse_quantized_input(where, self.inputs, earlier)
         if self.model_path:
@@ -111,7 +110,7 @@ def gptqmodel_import_error() -> Optional[str]:
 
 def read_model_config(path: str) -> Optional[dict]:
     """config.json of a local folder or a cached hub model; None when it cannot be read offline."""
-    from pipeline.models import local_folder
+    from pipeline.models.loading import local_folder
 
     folder = local_folder(path)
     if folder is not None:
@@ -153,7 +152,7 @@ def check_group_size(where: str, group_size: int, config: dict, source: str) -> 
 
 def calibration_batches(cfg: GPTQConfig, tokenizer, log) -> list[dict[str, list[int]]]:
     """The first n_samples chats, rendered with the chat template and cut to max_seq_len tokens."""
-    from pipeline.data import load
+    from pipeline.data.datasets import load
 
     records = load(cfg.calibration, "sft")[:cfg.n_samples]
     if not tokenizer.chat_template:
@@ -189,11 +188,10 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
     from transformers import GenerationConfig
 
-    from pipeline.models import load_tokenizer
-    from pipeline.training import save_tokenizer, tokenizer_source
-
-    from .bnb import probe_texts, reload_check, size_metrics
-    from .parity import check
+    from exports.bnb import probe_texts, reload_check, size_metrics
+    from exports.parity import check
+    from pipeline.models.loading import load_tokenizer
+    from pipeline.training.common import save_tokenizer, tokenizer_source
 
     problem = gptqmodel_import_error()  # sets GPTQMODEL_CPU_WORKERS before the import
     if problem:

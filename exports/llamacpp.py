@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.cache import cache_root
+from pipeline.engine.cache import cache_root
 from pipeline.errors import PlanError
 
 DIST = "llama-cpp-python"

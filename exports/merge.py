@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from pipeline.artifacts import Artifact
-from pipeline.context import Inputs, StageContext
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
-from pipeline.registry import stage
-from pipeline.training import save_tokenizer, tokenizer_source
+from pipeline.training.common import save_tokenizer, tokenizer_source
 
 MERGE_TARGETS = ("auto", "original", "dequantized")
 
@@ -37,7 +37,7 @@ class MergeConfig:
             raise ConfigError(f"{where}.merge_into: '{self.merge_into}'; valid: {', '.join(MERGE_TARGETS)}")
 
     def memory_profile(self):
-        from pipeline.memory import Workload
+        from pipeline.models.memory import Workload
 
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the merged weights
 
@@ -58,7 +58,7 @@ def merge_adapter(adapter: Artifact, ctx, out_dir: Path, dtype: Optional[str] = 
     """Write the merged standalone model to `out_dir`; returns what the manifest should record."""
     from peft import PeftModel
 
-    from pipeline.models import load_causal_lm, load_tokenizer, torch_dtype
+    from pipeline.models.loading import load_causal_lm, load_tokenizer, torch_dtype
 
     quantized = adapter.meta.get("quantized_base")
     if merge_into == "dequantized" and not quantized:

@@ -11,11 +11,11 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifacts import Artifact
-from pipeline.backends import Generation, chat_prompt, open_backend
-from pipeline.data import DatasetSpec, load
+from pipeline.backends.base import Generation, chat_prompt, open_backend
+from pipeline.data.datasets import DatasetSpec, load
+from pipeline.engine.artifacts import Artifact
 from pipeline.errors import TunechainError
-from pipeline.metrics import extract_answer
+from pipeline.evaluation.answers import extract_answer
 
 
 class ParityError(TunechainError):
@@ -33,7 +33,7 @@ class ParityFields:
     parity_min_identical: Optional[float] = None  # fail the stage when fewer prompts match token for token
 
     def memory_profile(self):
-        from pipeline.memory import Workload
+        from pipeline.models.memory import Workload
 
         # the source generates in batches of 32 (the transformers backend's default), then the export does
         return Workload(kind="generate", batch=32, new_tokens=self.parity_max_new_tokens if self.parity else 1)
@@ -54,7 +54,7 @@ def check(cfg: ParityFields, source: Artifact, exported: Artifact, ctx, dtype: O
     else:
         want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
         if cached is not None:
-            from pipeline.artifacts import write_json_atomic
+            from pipeline.engine.artifacts import write_json_atomic
 
             cached.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cached, [dataclasses.asdict(g) for g in want])
@@ -84,8 +84,8 @@ def _reference_file(source: Artifact, prompts: list[str], max_new_tokens: int, d
     content fingerprint (a model merged inside the stage, or a hub id whose revision may move)."""
     import importlib.metadata
 
-    from pipeline.cache import cache_root
-    from pipeline.fingerprint import hash_json
+    from pipeline.engine.cache import cache_root
+    from pipeline.engine.fingerprint import hash_json
 
     if not source.fingerprint or source.fingerprint.startswith("hub-"):
         return None

@@ -3,7 +3,7 @@ greedy settings: prints prompts/s of each and the ratio.
 
     python scripts/bench_batched_eval.py [--model embedded/model] [--n 64] [--batch-size 32]
 
-The seed lab (000) calls generate() once per prompt; tunechain's eval (pipeline/backends.py)
+The seed lab (000) calls generate() once per prompt; tunechain's eval (pipeline/backends/base.py)
 left-pads a batch and generates it at once.
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.backends import chat_prompt, hf_generate
-    from pipeline.data import DatasetSpec, load
+    from pipeline.backends.base import chat_prompt
+    from pipeline.backends.hf import hf_generate
+    from pipeline.data.datasets import DatasetSpec, load
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

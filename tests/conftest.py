@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.configstore import register
+from pipeline.engine.configstore import register
 
-register()  # the conf/model schema, as main.py's import of pipeline.cli does
+register()  # the conf/model schema, as main.py's import of pipeline.engine.cli does
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "embedded" / "model"
@@ -63,7 +63,8 @@ def tiny_model(request, tiny_llama, tiny_qwen3) -> Path:
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)

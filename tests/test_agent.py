@@ -1,4 +1,4 @@
-"""Tool calling and the agent loop (pipeline/agent.py): safe calculator, stand-in tools that agree with
+"""Tool calling and the agent loop (pipeline/evaluation/scoring/tool_agent.py): safe calculator, stand-in tools that agree with
 the embedded data, call parsing, the loop with a scripted model, and the scorer against test_tools.jsonl."""
 from __future__ import annotations
 
@@ -7,10 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.agent import (CalculatorError, TOOLS, backend_generate, calculate, evaluate_tools, execute_tool,
-                            format_tool_call, load_tool_cases, normalize_arguments, parse_tool_call,
-                            parse_tool_calls, run_episode, score_tools)
-from pipeline.data import DataError
+from pipeline.data.datasets import DataError
+from pipeline.evaluation.scoring.tool_agent import (
+    TOOLS,
+    CalculatorError,
+    backend_generate,
+    calculate,
+    evaluate_tools,
+    execute_tool,
+    format_tool_call,
+    load_tool_cases,
+    normalize_arguments,
+    parse_tool_call,
+    parse_tool_calls,
+    run_episode,
+    score_tools,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOOLS = ROOT / "embedded" / "data" / "test_tools.jsonl"
@@ -195,7 +207,7 @@ def test_run_episode_returns_tool_errors_to_the_model():
 def test_backend_generate_renders_the_tool_turn_with_the_embedded_template():
     from transformers import AutoTokenizer
 
-    from pipeline.backends import Generation
+    from pipeline.backends.base import Generation
 
     class Backend:
         prompts: list = []

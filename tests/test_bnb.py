@@ -11,15 +11,15 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import EMBEDDED, compose
-from pipeline.artifacts import Artifact, Store
-from pipeline.context import Inputs, StageContext
-from pipeline.data import DatasetSpec
+
+from pipeline.data.datasets import DatasetSpec
+from pipeline.engine.artifacts import Artifact, Store
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.plan import build_plan
+from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
-from pipeline.models import ModelConfig
-from pipeline.plan import build_plan
-from pipeline.validate import typed_config
+from pipeline.models.config import ModelConfig
 
 pytest.importorskip("bitsandbytes")
 
@@ -125,7 +125,7 @@ def test_a_cpu_that_cannot_run_the_mode_is_refused_with_the_alternative(monkeypa
 
 
 def test_nf4_in_a_chain_is_stored_evaluated_and_reused(tmp_path):
-    from pipeline.runner import run_chain
+    from pipeline.engine.runner import run_chain
 
     overrides = ["logger=none", "hardware.num_threads=1", "~stages.eval_base", "~stages.sft", "~stages.eval_tuned",
                  "+stage@stages.quantize=bnb_nf4", "stages.quantize.parity_limit=4",

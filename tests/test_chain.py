@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-
 from conftest import ROOT, compose, read_chain, run_main, tiny_overrides
-from pipeline.runner import run_chain
+
+from pipeline.engine.runner import run_chain
 
 
 def _run(overrides, tmp_path, run="run"):

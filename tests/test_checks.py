@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checks import CHECKS, check, count_chars, count_list_items, count_words, validate_spec
+from pipeline.evaluation.scoring.instruction_checks import (
+    CHECKS,
+    passes,
+    count_chars,
+    count_list_items,
+    count_words,
+    validate_spec,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "embedded" / "data" / "test_instruct.jsonl"
 RECORDS = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -36,18 +43,18 @@ def test_data_uses_only_known_check_types():
 @pytest.mark.parametrize("record", RECORDS, ids=[f"{i}-{r['check']['type']}-{r['lang']}" for i, r in enumerate(RECORDS)])
 def test_reference_passes_and_wrong_answer_fails(record):
     assert validate_spec(record["check"]) is None
-    assert check(record["reference"], record["check"]), record["reference"]
+    assert passes(record["reference"], record["check"]), record["reference"]
     for wrong in _wrong(record):
-        assert not check(wrong, record["check"]), wrong
+        assert not passes(wrong, record["check"]), wrong
 
 
 def test_json_checks():
-    assert check('```json\n{"a": 1, "b": [2]}\n```', {"type": "json_keys", "keys": ["b", "a"]})
-    assert check('{"a": 1}', {"type": "json_valid"}) and check("[1, 2]", {"type": "json_valid"})
-    assert not check("Here it is: {\"a\": 1}", {"type": "json_valid"})
-    assert not check('"just a string"', {"type": "json_valid"})
-    assert check('{"a": 1, "b": 2, "c": 3}', {"type": "json_keys", "keys": ["a", "b"], "exact": False})
-    assert not check('{"a": 1, "b": 2, "c": 3}', {"type": "json_keys", "keys": ["a", "b"]})
+    assert passes('```json\n{"a": 1, "b": [2]}\n```', {"type": "json_keys", "keys": ["b", "a"]})
+    assert passes('{"a": 1}', {"type": "json_valid"}) and passes("[1, 2]", {"type": "json_valid"})
+    assert not passes("Here it is: {\"a\": 1}", {"type": "json_valid"})
+    assert not passes('"just a string"', {"type": "json_valid"})
+    assert passes('{"a": 1, "b": 2, "c": 3}', {"type": "json_keys", "keys": ["a", "b"], "exact": False})
+    assert not passes('{"a": 1, "b": 2, "c": 3}', {"type": "json_keys", "keys": ["a", "b"]})
 
 
 def test_counting_words_and_characters():
@@ -56,8 +63,8 @@ def test_counting_words_and_characters():
     assert count_chars("鸭子每天在河里游泳。") == 9  # punctuation does not count
     assert count_chars("AI 很好!") == 4
     spec = {"type": "word_count", "n": 50, "unit": "char", "relation": "at_most"}  # 不超过50字
-    assert check("一款智能手表，续航七天。", spec) and not check("表" * 51, spec)
-    assert check("one two three", {"type": "word_count", "n": 2, "relation": "at_least"})
+    assert passes("一款智能手表，续航七天。", spec) and not passes("表" * 51, spec)
+    assert passes("one two three", {"type": "word_count", "n": 2, "relation": "at_least"})
 
 
 def test_list_items_forms():
@@ -69,15 +76,15 @@ def test_list_items_forms():
 
 def test_question_forms():
     spec = {"type": "question", "expected": "Is the tiger at home?"}
-    assert check('"is the tiger at home ?"', spec)
-    assert not check("Is the tiger home?", spec)  # with `expected`, it must be that question
-    assert check("李雷会做饭吗?", {"type": "question", "expected": "李雷会做饭吗？"})  # half-width mark
-    assert check("Does it work?", {"type": "question"})
+    assert passes('"is the tiger at home ?"', spec)
+    assert not passes("Is the tiger home?", spec)  # with `expected`, it must be that question
+    assert passes("李雷会做饭吗?", {"type": "question", "expected": "李雷会做饭吗？"})  # half-width mark
+    assert passes("Does it work?", {"type": "question"})
 
 
 def test_unknown_type_names_the_valid_ones():
     with pytest.raises(ValueError, match="unknown type 'palindrome'.*json_valid, json_keys, word_count, list_items, question"):
-        check("x", {"type": "palindrome"})
+        passes("x", {"type": "palindrome"})
 
 
 @pytest.mark.parametrize("spec, reason", [
@@ -95,4 +102,4 @@ def test_unknown_type_names_the_valid_ones():
 def test_validate_spec_reasons(spec, reason):
     assert reason in validate_spec(spec)
     with pytest.raises(ValueError, match="check spec"):
-        check("x", spec)
+        passes("x", spec)

@@ -1,4 +1,4 @@
-"""pipeline.codeexec: pass@k golden values, and candidates run limited, isolated and timed out."""
+"""pipeline.evaluation.scoring.codeexec: pass@k golden values, and candidates run limited, isolated and timed out."""
 import json
 import resource
 import time
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.codeexec import evaluate, load_code_problems, pass_at_k, run_candidate
-from pipeline.data import DataError
+from pipeline.data.datasets import DataError
+from pipeline.evaluation.scoring.codeexec import evaluate, load_code_problems, pass_at_k, run_candidate
 
 DATA = Path(__file__).parent / "data"
 ADD = "def add(a, b):\n    return a + b\n"

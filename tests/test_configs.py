@@ -3,13 +3,14 @@
 import importlib.util
 
 import pytest
-
 from conftest import CONF, compose
-from pipeline.artifacts import Store
+
+from pipeline.engine.artifacts import Store
+from pipeline.engine.plan import build_plan
+from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ModelUnavailable, PlanError
-from pipeline.models import ModelConfig, check_available
-from pipeline.plan import build_plan
-from pipeline.validate import typed_config
+from pipeline.models.config import ModelConfig
+from pipeline.models.loading import check_available
 
 RECIPES = sorted(p.stem for p in (CONF / "recipe").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

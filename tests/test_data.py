@@ -1,4 +1,4 @@
-"""pipeline.data: every format reaches its canonical shape, every bad record is named by path:line."""
+"""pipeline.data.datasets: every format reaches its canonical shape, every bad record is named by path:line."""
 import json
 
 import pyarrow
@@ -6,8 +6,8 @@ import pyarrow.parquet
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import data
-from pipeline.data import DataError, DatasetSpec
+from pipeline.data import datasets as data
+from pipeline.data.datasets import DataError, DatasetSpec
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 USER = {"role": "user", "content": "What is 2+2?"}
@@ -87,10 +87,15 @@ def test_openai_tool_call_messages_keep_their_extra_keys(tmp_path):
 @pytest.mark.parametrize("answer,target", [
     ("#### 72", "72"), ("#### 1,000", "1000"), ("#### $5", "5"), ("#### 18.0", "18"),
     ("#### -3", "-3"), ("#### 2.50", "2.5"), ("a #### 1\nb #### 7.", "7"),
+    ("#### 007", "7"), ("#### 12345678901234567890", "12345678901234567890"),
     ("no marker", None), ("#### seven", None),
 ])
 def test_gsm8k_target_normalises_the_last_number(answer, target):
+    from pipeline.evaluation.answers import extract_answer
+
     assert data.gsm8k_target(answer) == target
+    if target is not None:  # one normaliser: a model answering the same number scores as the target
+        assert extract_answer(answer) == target
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -168,19 +173,30 @@ def test_errors_are_capped(tmp_path):
 # --- whole-file problems ------------------------------------------------------------------------
 
 def test_missing_file_says_where_relative_paths_resolve(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path)
+    from pipeline import paths
+
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path / "root")
+    monkeypatch.chdir(tmp_path)
     assert error_of(DatasetSpec(path="embedded/data/x.jsonl"), "sft") == (
-        f"embedded/data/x.jsonl: file not found (tried {tmp_path}/embedded/data/x.jsonl; "
-        f"relative paths are resolved from the project root {tmp_path})")
+        f"embedded/data/x.jsonl: file not found (tried {tmp_path}/embedded/data/x.jsonl and "
+        f"{tmp_path}/root/embedded/data/x.jsonl)")
 
 
-def test_relative_paths_resolve_from_project_root_and_display_relative(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "PROJECT_ROOT", tmp_path)
+def test_relative_paths_resolve_from_the_working_folder_then_the_project_root(tmp_path, monkeypatch):
+    from pipeline import paths
+
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
     (tmp_path / "data").mkdir()
     write_jsonl(tmp_path / "data" / "x.jsonl", [{"text": "a"}, '{"text": 1}'])
-    assert data.resolve_path("data/x.jsonl") == tmp_path / "data" / "x.jsonl"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert data.resolve_path("data/x.jsonl") == tmp_path / "data" / "x.jsonl"   # from the project root
     assert data.resolve_path("/abs/x.jsonl").as_posix() == "/abs/x.jsonl"
     assert error_of(DatasetSpec(path="data/x.jsonl"), "text") == "data/x.jsonl:2: 'text' must be a string, got number"
+    (elsewhere / "data").mkdir()
+    write_jsonl(elsewhere / "data" / "x.jsonl", [{"text": "b"}])
+    assert data.resolve_path("data/x.jsonl") == elsewhere / "data" / "x.jsonl"  # the working folder wins
 
 
 def test_unknown_extension(tmp_path):

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import EMBEDDED, compose, read_chain, run_main
-from pipeline.artifacts import Store
+
+from pipeline.engine.artifacts import Store
+from pipeline.engine.plan import build_plan
+from pipeline.engine.runner import run_chain
 from pipeline.errors import ConfigError
-from pipeline.plan import build_plan
-from pipeline.runner import run_chain
 from pipeline.stages.distill import distillation_loss
 
 EVALS = ["~stages.eval_teacher", "~stages.eval_sft_student", "~stages.eval_distill"]
@@ -101,8 +101,8 @@ def test_a_stage_teacher_of_another_vocabulary_is_refused(tiny_llama, tmp_path):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.artifacts import Artifact
-    from pipeline.models import ModelConfig
+    from pipeline.engine.artifacts import Artifact
+    from pipeline.models.config import ModelConfig
     from pipeline.stages.distill import DistillConfig, TeacherSpec, _shared_vocabulary
 
     other = tmp_path / "other"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose, read_chain, run_main
 from safetensors.torch import load_file
 
-from conftest import compose, read_chain, run_main
-from pipeline.artifacts import Store
+from pipeline.engine.artifacts import Store
+from pipeline.engine.plan import build_plan
+from pipeline.engine.runner import run_chain
 from pipeline.errors import ConfigError
-from pipeline.plan import build_plan
-from pipeline.runner import run_chain
 
 LN2 = math.log(2)
 

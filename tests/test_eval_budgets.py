@@ -1,12 +1,12 @@
 """Generation budgets per eval task: answers that hit the budget are counted and warned about, budgets
 are checked at plan time, and the tasks show their progress with prompts per second."""
 import pytest
-
 from conftest import compose, tiny_overrides
-from pipeline.artifacts import Store
+
+from pipeline.engine.artifacts import Store
+from pipeline.engine.plan import build_plan
+from pipeline.engine.runner import run_chain
 from pipeline.errors import ConfigError
-from pipeline.plan import build_plan
-from pipeline.runner import run_chain
 
 
 @pytest.mark.parametrize("override, message", [

@@ -12,13 +12,14 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from conftest import EMBEDDED, compose  # noqa: E402
+
 from exports import llamacpp, modelfile  # noqa: E402
 from exports.gguf import GGUFConfig, hf_expectations, read_gguf, rewrite_metadata, run, verify_and_fix  # noqa: E402
-from pipeline.artifacts import Artifact, Store  # noqa: E402
-from pipeline.context import Inputs, StageContext  # noqa: E402
-from pipeline.data import DatasetSpec  # noqa: E402
+from pipeline.data.datasets import DatasetSpec  # noqa: E402
+from pipeline.engine.artifacts import Artifact, Store  # noqa: E402
+from pipeline.engine.context import Inputs, StageContext  # noqa: E402
 from pipeline.errors import ConfigError, PlanError  # noqa: E402
-from pipeline.models import ModelConfig  # noqa: E402
+from pipeline.models.config import ModelConfig  # noqa: E402
 
 # The converter is fetched once into TUNECHAIN_CACHE (default ~/.cache/tunechain) and reused.
 MODEL = ModelConfig(name="embedded", path=str(EMBEDDED), dtype="float32")
@@ -161,7 +162,7 @@ def test_quantized_input_is_refused_with_the_alternative():
 
 
 def test_unknown_quant_names_the_key_at_plan_time(tmp_path):
-    from pipeline.plan import build_plan
+    from pipeline.engine.plan import build_plan
 
     cfg = compose(["recipe=quickstart", "logger=none", "+stage@stages.export=gguf", "stages.export.quant=Q4_K_M"])
     with pytest.raises(ConfigError) as e:
@@ -180,7 +181,7 @@ def test_missing_llama_cpp_or_converter_fails_at_plan_time(monkeypatch):
 
 
 def test_base_to_gguf_chain_through_the_runner(exported, tmp_path):
-    from pipeline.runner import run_chain
+    from pipeline.engine.runner import run_chain
 
     overrides = ["recipe=quickstart", "logger=none", "hardware.num_threads=1", "~stages.eval_base", "~stages.sft",
                  "~stages.eval_tuned", "+stage@stages.gguf=gguf", "stages.gguf.parity_limit=5",

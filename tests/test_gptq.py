@@ -9,17 +9,17 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import EMBEDDED, compose
+
 from exports import gptq
 from exports.gptq import GPTQConfig
-from pipeline.artifacts import Artifact, Store
-from pipeline.context import Inputs, StageContext
-from pipeline.data import DatasetSpec
+from pipeline.data.datasets import DatasetSpec
+from pipeline.engine.artifacts import Artifact, Store
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.plan import build_plan
+from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
-from pipeline.models import ModelConfig
-from pipeline.plan import build_plan
-from pipeline.validate import typed_config
+from pipeline.models.config import ModelConfig
 
 MODEL = ModelConfig(name="embedded", path=str(EMBEDDED))
 SOURCE = Artifact(kind="model", path=str(EMBEDDED), fingerprint="base", format="hf", base_model=str(EMBEDDED),

@@ -5,14 +5,14 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import compose, read_chain, run_main
-from pipeline import rewards
-from pipeline.artifacts import Store
+
+from pipeline.engine.artifacts import Store
+from pipeline.engine.plan import build_plan
+from pipeline.engine.runner import run_chain
 from pipeline.errors import ConfigError
-from pipeline.plan import build_plan
-from pipeline.runner import run_chain
 from pipeline.stages.grpo import reward_curve
+from pipeline.training import rewards
 
 
 def _chat(text):
@@ -60,13 +60,13 @@ def test_user_reward_loads_by_dotted_path(tmp_path, monkeypatch):
         (fn,), weights = rewards.build(specs)
         assert weights == [0.5] and fn.__name__ == "brevity"
         assert fn(prompts=["p", "p"], completions=["a", "abc"]) == [1.0, 0.5]
-    assert rewards.resolve("pipeline.rewards:json_valid") is rewards.json_valid
+    assert rewards.resolve("pipeline.training.rewards:json_valid") is rewards.json_valid
 
 
 @pytest.mark.parametrize("entry, message", [
     ("nope_pkg.mod:fn", r"^stages\.grpo\.rewards\[1\]: cannot import 'nope_pkg\.mod:fn' \(ModuleNotFoundError: "
                         r"No module named 'nope_pkg'\); built-ins: correctness, format, json_valid, length$"),
-    ("pipeline.rewards:nope", r"^stages\.grpo\.rewards\[1\]: module 'pipeline\.rewards' has no function 'nope'$"),
+    ("pipeline.training.rewards:nope", r"^stages\.grpo\.rewards\[1\]: module 'pipeline\.training\.rewards' has no function 'nope'$"),
     ("corectness", r"^stages\.grpo\.rewards\[1\]: unknown reward 'corectness'; built-ins: correctness"),
     ({"name": "format", "wieght": 2}, r"^stages\.grpo\.rewards\[1\]\.wieght: unknown key; valid keys: name, weight, args$"),
 ])

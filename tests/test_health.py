@@ -2,8 +2,9 @@
 from pathlib import Path
 
 from conftest import compose, tiny_overrides
-from pipeline.health import PATIENCE, HealthMonitor
-from pipeline.runner import run_chain
+
+from pipeline.engine.runner import run_chain
+from pipeline.training.health import PATIENCE, HealthMonitor
 
 
 def _monitor(**kwargs) -> HealthMonitor:

@@ -16,11 +16,11 @@ import pytest
 
 pytest.importorskip("openai")
 
+from conftest import EMBEDDED  # noqa: E402
+
 from pipeline import judge  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
-from pipeline.judge import JudgeConfig, check_config, grade, pairwise, parse_preference, parse_score  # noqa: E402
-
-from conftest import EMBEDDED  # noqa: E402
+from pipeline.evaluation.scoring.judge import JudgeConfig, check_config, grade, pairwise, parse_preference, parse_score  # noqa: E402
 
 URL_ENV, KEY_ENV = "TUNECHAIN_JUDGE_URL", "TUNECHAIN_JUDGE_API_KEY"
 
@@ -116,7 +116,7 @@ class FakeJudgeEndpoint:
     """A stdlib HTTP server on 127.0.0.1 answering POST /v1/chat/completions with canned verdicts.
 
     It stands in for a remote judge API (a hosted strong model), which tests cannot reach: it is the
-    network boundary of pipeline.judge, so the real openai client, its timeouts and retries, and the
+    network boundary of pipeline.evaluation.scoring.judge, so the real openai client, its timeouts and retries, and the
     thread pool all run unchanged against it. `reply(prompt)` returns (status, text or raw bytes,
     delay in seconds); every request's Authorization header and body are recorded.
     """
@@ -302,7 +302,7 @@ def test_llama_cpp_server_as_the_judge(tmp_path, monkeypatch):
     unparsable) verdicts from a tiny model; every item is accounted for."""
     pytest.importorskip("llama_cpp.server")
     from exports.llamacpp import convert
-    from pipeline import serving
+    from pipeline.backends import serving
 
     gguf = tmp_path / "j.gguf"
     convert(Path(EMBEDDED), gguf, "f16")  # the converter comes from TUNECHAIN_CACHE

@@ -6,13 +6,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import compose, tiny_overrides
-from pipeline import report
-from pipeline.artifacts import Store
+
+from pipeline.engine import report
+from pipeline.engine.artifacts import Store
+from pipeline.engine.plan import build_plan
+from pipeline.engine.runner import run_chain
 from pipeline.errors import PlanError
-from pipeline.plan import build_plan
-from pipeline.runner import run_chain
 
 
 def _eval(name, source, size, accuracy, compare_with=None, **extra):
@@ -172,7 +172,7 @@ def test_judge_without_an_endpoint_fails_at_plan_time(tmp_path, monkeypatch):
 
 
 def test_malformed_instruct_data_fails_at_plan_time_with_path_and_line(tmp_path):
-    from pipeline.data import DataError
+    from pipeline.data.datasets import DataError
 
     bad = tmp_path / "instruct.jsonl"
     bad.write_text('{"prompt": "Say hi", "check": {"type": "question"}}\n'
@@ -199,7 +199,7 @@ def test_tools_mcq_code_and_reasoning_tasks_in_a_chain(tiny_llama, tmp_path):
 
 
 def test_file_based_tasks_fail_at_plan_time(tmp_path):
-    from pipeline.data import DataError
+    from pipeline.data.datasets import DataError
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^stages\.eval_base\.mcq_path: task 'mcq' needs a file"):
@@ -215,9 +215,9 @@ def test_file_based_tasks_fail_at_plan_time(tmp_path):
 def test_lm_eval_task_is_checked_at_plan_time(tmp_path, monkeypatch):
     import importlib.util
 
+    from pipeline.engine.artifacts import Artifact
     from pipeline.errors import ConfigError
-    from pipeline.lmeval import model_args
-    from pipeline.artifacts import Artifact
+    from pipeline.evaluation.scoring.lmeval import model_args
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
@@ -264,7 +264,7 @@ def test_judge_stage_must_be_an_input(tmp_path):
 
 
 def test_the_seed_labs_math_problems_ship_with_corrected_answers():
-    from pipeline.data import DatasetSpec, load
+    from pipeline.data.datasets import DatasetSpec, load
 
     records = load(DatasetSpec(path="embedded/seed_lab/math.jsonl", format="gsm8k"), "gsm8k")
     assert len(records) == 13

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import EMBEDDED
 
 BINARY = os.environ.get("TUNECHAIN_LLAMA_SIMPLE") or shutil.which("llama-simple")

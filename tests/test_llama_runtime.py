@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from conftest import ROOT  # noqa: E402
+
 from pipeline import llama_runtime, serving  # noqa: E402
 
 AVX2 = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | REPACK = 1 |"
@@ -34,6 +35,7 @@ def test_a_bad_repack_setting_names_the_variable(monkeypatch):
 def q8_file(tmp_path_factory):
     """The embedded model as GGUF q8_0 (the type whose AMX repacking crashed)."""
     from conftest import EMBEDDED
+
     from exports import llamacpp
 
     out = tmp_path_factory.mktemp("q8")
@@ -55,16 +57,16 @@ def test_quantized_decoding_survives_on_this_cpu(q8_file):
     """Greedy decoding of a q8_0 file through the eval/parity backend, in a child process: a segfault
     (the AMX crash) is a failed test with the child's signal, not a dead test run. It must also give
     the transformers model's greedy tokens."""
+    from conftest import EMBEDDED
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from conftest import EMBEDDED
-    from pipeline.backends import hf_generate
+    from pipeline.backends.hf import hf_generate
 
     prompt = "<|im_start|>user\nWhat is 12 + 7?<|im_end|>\n<|im_start|>assistant\n"
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED)
     want = hf_generate(AutoModelForCausalLM.from_pretrained(EMBEDDED), tokenizer, [prompt], 1, 16, "cpu")[0]
     script = textwrap.dedent(f"""
-        from pipeline.backends import LlamaCppBackend
+        from pipeline.backends.llama_cpp import LlamaCppBackend
         backend = LlamaCppBackend({str(q8_file)!r}, n_ctx=512)
         print("TOKENS", backend.generate([{prompt!r}], 16)[0].token_ids)
     """)
@@ -75,8 +77,8 @@ def test_quantized_decoding_survives_on_this_cpu(q8_file):
 
 def test_the_server_is_started_through_the_safe_launcher():
     command = serving.llama_cpp_command(ROOT / "m.gguf", "127.0.0.1", 8001, 2048, "m", 2, [])
-    assert command[1:3] == ["-m", "pipeline.llama_server"] and "--n_gpu_layers" not in command
-    probe = ("import sys, runpy; sys.argv=['x', '--help']; import pipeline.llama_server as s; "
+    assert command[1:3] == ["-m", "pipeline.backends.llama_server"] and "--n_gpu_layers" not in command
+    probe = ("import sys, runpy; sys.argv=['x', '--help']; import pipeline.backends.llama_server as s; "
              "print(s.repack_allowed.__module__)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 0 and "pipeline.llama_runtime" in done.stdout, done.stderr[-500:]
+    assert done.returncode == 0 and "pipeline.backends.llama_runtime" in done.stdout, done.stderr[-500:]

@@ -1,12 +1,12 @@
-"""pipeline.mcq: MMLU/C-Eval files load with path:line errors; options are scored by log-likelihood."""
+"""pipeline.evaluation.scoring.mcq: MMLU/C-Eval files load with path:line errors; options are scored by log-likelihood."""
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from pipeline.data import DataError
-from pipeline.mcq import load_mcq, mcq_continuations, mcq_prompt, score_mcq
+from pipeline.data.datasets import DataError
+from pipeline.evaluation.scoring.mcq import load_mcq, mcq_continuations, mcq_prompt, score_mcq
 
 DATA = Path(__file__).parent / "data"
 ROW = {"question": "What is 2 + 2?", "A": "3", "B": "4", "C": "5", "D": "22", "answer": "B"}

@@ -2,10 +2,11 @@
 KV cache), lengths measured on the stage's data, the measured peak beside the estimate, and a warning
 with remedies before a run that will not fit."""
 from conftest import EMBEDDED, compose, tiny_overrides
-from pipeline import memory
-from pipeline.artifacts import Store
-from pipeline.memory import ModelShape, Workload, estimate
-from pipeline.plan import build_plan, memory_warnings
+
+from pipeline.engine.artifacts import Store
+from pipeline.engine.plan import build_plan, memory_warnings
+from pipeline.models import memory
+from pipeline.models.memory import ModelShape, Workload, estimate
 
 # SmolLM2-135M's shape (conf/model/smollm2-135m.yaml): what the README's planner figures are for
 SMOL = ModelShape(n_params=134_515_008, layers=30, hidden=576, intermediate=1536, heads=9, kv_heads=3, head_dim=64,
@@ -64,7 +65,7 @@ def test_plan_measures_training_lengths_on_the_data(tmp_path):
 
 
 def test_runner_records_the_measured_peak_beside_the_estimate(tiny_llama, tmp_path):
-    from pipeline.runner import run_chain
+    from pipeline.engine.runner import run_chain
 
     cfg = compose([*tiny_overrides(tiny_llama), f"paths.store={tmp_path / 's'}"])
     record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)

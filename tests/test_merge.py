@@ -6,14 +6,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import compose, tiny_overrides
+
 from exports.merge import MergeConfig, merge_adapter
-from pipeline.artifacts import Artifact, Store
+from pipeline.engine.artifacts import Artifact, Store
+from pipeline.engine.plan import build_plan
+from pipeline.engine.runner import run_chain
 from pipeline.errors import ConfigError
-from pipeline.models import ModelConfig
-from pipeline.plan import build_plan
-from pipeline.runner import run_chain
+from pipeline.models.config import ModelConfig
 
 pytest.importorskip("bitsandbytes")
 

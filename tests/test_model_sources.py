@@ -3,11 +3,12 @@ once, with the same greedy tokens; a model given by path alone named after itsel
 import json
 
 import pytest
-
 from conftest import EMBEDDED, run_main
-from pipeline import model_sources
+
 from pipeline.errors import ModelUnavailable
-from pipeline.models import ModelConfig, declared_dtype, resolve_dtype
+from pipeline.models import sources as model_sources
+from pipeline.models.config import ModelConfig
+from pipeline.models.loading import declared_dtype, resolve_dtype
 
 PROMPT = "<|im_start|>user\nWhat is 12 + 7?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -25,7 +26,7 @@ def embedded_gguf(tmp_path_factory):
 def test_a_gguf_file_becomes_an_hf_folder_with_the_same_greedy_tokens(embedded_gguf, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.backends import hf_generate
+    from pipeline.backends.hf import hf_generate
 
     monkeypatch.setenv("TUNECHAIN_CACHE", str(tmp_path / "cache"))
     lines = []

@@ -1,11 +1,12 @@
 """The parity check's reference answers: generated once per source model, prompts, budget, dtype and
 device, then reused by the next export of the same source (quant_lab runs six)."""
 from conftest import EMBEDDED
+
 from exports.parity import ParityFields, check
-from pipeline.artifacts import Artifact
-from pipeline.context import StageContext
-from pipeline.data import DatasetSpec
-from pipeline.models import ModelConfig
+from pipeline.data.datasets import DatasetSpec
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import StageContext
+from pipeline.models.config import ModelConfig
 
 PROMPTS = DatasetSpec(path="embedded/data/test_math.jsonl", format="gsm8k")
 

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import EMBEDDED, compose
+
 from pipeline.errors import ConfigError
 from pipeline.stages.prune import PruneConfig, drop_layers, evenly_spaced
 
@@ -48,16 +48,16 @@ def test_pruned_model_reloads_and_decodes_the_same_with_its_cache(tmp_path):
     ("stages.student.keep_fraction=0", r"stages\.student\.keep_fraction: must be in \(0, 1\]"),
 ])
 def test_bad_layer_choices_fail_at_plan_time(override, message, tmp_path):
-    from pipeline.artifacts import Store
-    from pipeline.plan import build_plan
+    from pipeline.engine.artifacts import Store
+    from pipeline.engine.plan import build_plan
 
     with pytest.raises(ConfigError, match=message):
         build_plan(compose(["recipe=distill", "logger=none", override]), Store(tmp_path), recipe="distill", device="cpu")
 
 
 def test_distill_recipes_student_is_pruned_then_trained(tmp_path):
-    from pipeline.artifacts import Artifact
-    from pipeline.runner import run_chain
+    from pipeline.engine.artifacts import Artifact
+    from pipeline.engine.runner import run_chain
 
     cfg = compose(["recipe=distill", "logger=none", "hardware.num_threads=1",
                    "~stages.teacher", "~stages.eval_teacher", "~stages.distill", "~stages.eval_distill",

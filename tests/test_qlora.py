@@ -4,12 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import compose, tiny_overrides
-from pipeline.artifacts import Store
+
+from pipeline.engine.artifacts import Store
+from pipeline.engine.plan import build_plan
+from pipeline.engine.runner import run_chain
 from pipeline.errors import ConfigError, PlanError
-from pipeline.plan import build_plan
-from pipeline.runner import run_chain
 from pipeline.stages.qlora import QLoRAConfig
 
 pytest.importorskip("bitsandbytes")

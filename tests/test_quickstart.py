@@ -5,7 +5,6 @@ Slow (about 3 minutes on 2 cores); `pytest -m "not gpu"` (the README's test comm
 import time
 
 import pytest
-
 from conftest import read_chain, run_main
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import read_chain, run_main
 
 pytestmark = pytest.mark.slow
@@ -88,9 +87,10 @@ def test_every_recipe_plans_on_the_real_model(recipe, tmp_path, chain):
     import importlib.util
 
     from conftest import compose
-    from pipeline.artifacts import Store
+
+    from pipeline.engine.artifacts import Store
+    from pipeline.engine.plan import build_plan
     from pipeline.errors import PlanError
-    from pipeline.plan import build_plan
 
     cfg = compose([f"recipe={recipe}", "model=smollm2-135m", "logger=none"])
     if recipe == "lora_then_gptq" and importlib.util.find_spec("gptqmodel") is None:

@@ -4,7 +4,6 @@ tests/test_real_recipes.py`. They share one store, so the SFT trained by the fir
 import math
 
 import pytest
-
 from conftest import read_chain, run_main
 
 pytestmark = pytest.mark.acceptance

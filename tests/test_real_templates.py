@@ -5,13 +5,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import EMBEDDED, ROOT, compose
-from pipeline.artifacts import Artifact, Store
-from pipeline.chat_tokens import assistant_spans, tokenize_chat
+
+from pipeline.data.chat_tokens import assistant_spans, tokenize_chat
+from pipeline.engine.artifacts import Artifact, Store
+from pipeline.engine.plan import build_plan
 from pipeline.errors import ConfigError
-from pipeline.models import ModelConfig, load_tokenizer, with_thinking
-from pipeline.plan import build_plan
+from pipeline.models.config import ModelConfig
+from pipeline.models.loading import load_tokenizer, with_thinking
 
 QWEN3_STYLE = ROOT / "tests" / "data" / "qwen3_style.jinja"
 LLAMA3_STYLE = ROOT / "tests" / "data" / "llama3_style.jinja"
@@ -50,7 +51,7 @@ def test_thinking_switch_is_part_of_the_template():
 @pytest.mark.parametrize("thinking, opening", [(False, "<|im_start|>assistant\n<think>\n\n</think>\n\n"),
                                                (None, "<|im_start|>assistant\n"), (True, "<|im_start|>assistant\n")])
 def test_qwen3_style_prompt_and_training_follow_enable_thinking(thinking, opening):
-    from pipeline.backends import chat_prompt
+    from pipeline.backends.base import chat_prompt
 
     tok = load_tokenizer(str(EMBEDDED), _model(QWEN3_STYLE, thinking))
     prompt = chat_prompt(tok, "What is 2 + 3?")
@@ -75,8 +76,8 @@ def test_enable_thinking_for_a_template_without_the_switch_fails_at_plan_time(tm
 def gguf_with_template(tmp_path_factory, tiny_llama):
     """The tiny Llama exported to GGUF f32 with a template and model settings of the test's choice."""
     from exports.gguf import GGUFConfig, run
-    from pipeline.context import Inputs, StageContext
-    from pipeline.data import DatasetSpec
+    from pipeline.data.datasets import DatasetSpec
+    from pipeline.engine.context import Inputs, StageContext
 
     def export(template: Path, thinking: bool | None = None, add_bos: bool = False):
         folder = tmp_path_factory.mktemp("model")
@@ -103,7 +104,7 @@ def test_thinking_off_reaches_the_gguf_its_chat_server_and_the_modelfile(gguf_wi
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     from exports.llamacpp import metadata
-    from pipeline.backends import chat_prompt
+    from pipeline.backends.base import chat_prompt
 
     artifact, model, out = gguf_with_template(QWEN3_STYLE, thinking=False)
     found = metadata(out / artifact.meta["file"])
@@ -125,7 +126,8 @@ def test_no_double_bos_when_the_template_writes_it(gguf_with_template):
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     from exports.llamacpp import metadata
-    from pipeline.backends import LlamaCppBackend, chat_prompt
+    from pipeline.backends.base import chat_prompt
+    from pipeline.backends.llama_cpp import LlamaCppBackend
 
     artifact, model, out = gguf_with_template(LLAMA3_STYLE, add_bos=True)
     assert artifact.meta["add_bos"] is True

@@ -1,10 +1,10 @@
-"""Reasoning-chain features (pipeline/reasoning.py): think blocks, self-verification and backtracking
+"""Reasoning-chain features (pipeline/evaluation/scoring/reasoning.py): think blocks, self-verification and backtracking
 markers in English and Chinese, whole-word matching, and the averaged summary."""
 from __future__ import annotations
 
 import pytest
 
-from pipeline.reasoning import features, find_markers, split_think, summarise
+from pipeline.evaluation.scoring.reasoning import features, find_markers, split_think, summarise
 
 EN = ("<think>The first day makes 120. The second day is 20% more: 120 * 1.2 = 140. Wait, that's wrong: "
       "120 * 1.2 = 144. Let me check: 144 / 120 = 1.2, right. The third day is (120 + 144) / 2 = 132.</think>"

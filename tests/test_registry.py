@@ -1,10 +1,10 @@
 """The stage registry and config checking against stage dataclasses."""
 import pytest
 
-from pipeline import registry
+from pipeline.engine import registry
+from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError
 from pipeline.stages.sft import SFTConfig
-from pipeline.validate import typed_config
 
 
 def test_every_listed_module_registers_its_kind():

@@ -12,17 +12,17 @@ import pytest
 pytest.importorskip("llama_cpp.server")
 pytest.importorskip("openai")
 
-from pipeline import registry  # noqa: E402
-from pipeline.artifacts import MANIFEST, Artifact, Store  # noqa: E402
-from pipeline.context import Inputs, StageContext  # noqa: E402
-from pipeline.errors import ConfigError, PlanError  # noqa: E402
-from pipeline.models import ModelConfig  # noqa: E402
-from pipeline.plan import Step  # noqa: E402
-from pipeline.runner import run_stage  # noqa: E402
-from pipeline.stages import serve  # noqa: E402
-from pipeline.tracking import LoggerConfig, Tracker  # noqa: E402
-
 from conftest import EMBEDDED, compose  # noqa: E402
+
+from pipeline import registry  # noqa: E402
+from pipeline.engine.artifacts import MANIFEST, Artifact, Store  # noqa: E402
+from pipeline.engine.context import Inputs, StageContext  # noqa: E402
+from pipeline.engine.plan import Step  # noqa: E402
+from pipeline.engine.runner import run_stage  # noqa: E402
+from pipeline.engine.tracking import LoggerConfig, Tracker  # noqa: E402
+from pipeline.errors import ConfigError, PlanError  # noqa: E402
+from pipeline.models.config import ModelConfig  # noqa: E402
+from pipeline.stages import serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_backend_follows_the_input_and_vllm_is_refused_on_cpu():
 
 
 def test_a_model_fed_to_serve_on_cpu_fails_at_plan_time(tmp_path):
-    from pipeline.plan import build_plan
+    from pipeline.engine.plan import build_plan
 
     cfg = compose(["recipe=lora_merge", "logger=none", "+stage@stages.api=serve"])
     with pytest.raises(PlanError, match=r"stages\.api\.backend: .*device is cpu.*add a gguf stage"):
@@ -187,7 +187,7 @@ def test_the_stage_default_composes():
 
 
 def test_the_key_travels_in_the_environment_only(monkeypatch):
-    from pipeline import serving
+    from pipeline.backends import serving
 
     monkeypatch.setenv("api_key", "stray")  # pydantic-settings would read it whatever its case
     monkeypatch.setenv("HOST", "0.0.0.0")   # uvicorn would bind it in place of --host

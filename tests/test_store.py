@@ -4,8 +4,8 @@ import os
 import subprocess
 import sys
 
-from pipeline.artifacts import MANIFEST, Artifact, Store
-from pipeline.fingerprint import stage_fingerprint
+from pipeline.engine.artifacts import MANIFEST, Artifact, Store
+from pipeline.engine.fingerprint import stage_fingerprint
 
 
 def _make(store: Store, fp: str, payload: str = "weights") -> Artifact:
@@ -73,7 +73,8 @@ def test_fingerprint_depends_on_config_inputs_and_data_not_cosmetics():
 
 def test_the_chain_seed_is_part_of_every_fingerprint(tmp_path):
     from conftest import compose
-    from pipeline.plan import build_plan
+
+    from pipeline.engine.plan import build_plan
 
     def prints(seed):
         plan = build_plan(compose(["logger=none", f"seed={seed}"]), Store(tmp_path), recipe="quickstart", device="cpu")

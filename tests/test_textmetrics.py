@@ -11,7 +11,7 @@ pytest.importorskip("nltk")
 import sacrebleu  # noqa: E402
 from rouge_score import rouge_scorer  # noqa: E402
 
-from pipeline.textmetrics import bleu_details, make_rouge_scorer, score_generation, tokenize  # noqa: E402
+from pipeline.evaluation.scoring.textmetrics import bleu_details, make_rouge_scorer, score_generation, tokenize  # noqa: E402
 
 EN_PREDICTIONS = ["the cat the cat on the mat", "a cat sits on mat", "The quick brown fox jumps over the lazy dog.",
                   "It is raining, so we stay home today."]

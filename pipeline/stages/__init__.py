@@ -1,1 +1,1 @@
-"""Training, evaluation and serving stages: one module per stage kind (see pipeline.registry)."""
+"""Training, evaluation and serving stages: one module per stage kind (see pipeline.engine.registry)."""

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from ..artifacts import Artifact
-from ..context import Inputs, StageContext
-from ..errors import ConfigError, ModelUnavailable
-from ..registry import stage
-from .sft import Method, SFTConfig
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
+from pipeline.errors import ConfigError, ModelUnavailable
+from pipeline.stages.sft import Method, SFTConfig
 
-BASE = "base"  # the chain's model as an input name (pipeline.plan.BASE)
+BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)
 
 
 class Mode(str, Enum):
@@ -110,7 +110,8 @@ class DistillConfig(SFTConfig):
 
 
 def _check_teacher_model(where: str, path: str) -> None:
-    from ..models import ModelConfig, check_available, local_folder, looks_like_hub_id
+    from pipeline.models.config import ModelConfig
+    from pipeline.models.loading import check_available, local_folder, looks_like_hub_id
 
     folder = local_folder(path)
     if folder is not None and not (folder / "config.json").is_file():
@@ -125,8 +126,8 @@ def _check_teacher_model(where: str, path: str) -> None:
 
 def _tokenizer_files(path: str) -> dict[str, str]:
     """Hashes of the files that define a local model's vocabulary (empty for a hub id)."""
-    from ..fingerprint import file_digest
-    from ..models import local_folder
+    from pipeline.engine.fingerprint import file_digest
+    from pipeline.models.loading import local_folder
 
     folder = local_folder(path)
     if folder is None:
@@ -138,7 +139,7 @@ def _tokenizer_files(path: str) -> dict[str, str]:
 def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
     """Logit distillation compares distributions id by id: both sides need the same vocabulary.
     Equal tokenizer files settle it at once; otherwise both tokenizers are loaded and compared."""
-    from ..models import local_folder
+    from pipeline.models.loading import local_folder
 
     files = _tokenizer_files(student)
     if files and files == _tokenizer_files(teacher):
@@ -174,7 +175,7 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    from ..perplexity import chunk_rows as default_rows
+    from pipeline.evaluation.scoring.perplexity import chunk_rows as default_rows
 
     vocab = vocab or student_logits.shape[-1]
     rows = student_logits.shape[0]
@@ -211,7 +212,7 @@ def _trainer_class():
 
     class DistillationSFTTrainer(SFTTrainer):
         def __init__(self, *args, teacher, temperature: float, alpha: float, vocab: int, **kwargs):
-            from ..perplexity import output_head
+            from pipeline.evaluation.scoring.perplexity import output_head
 
             super().__init__(*args, **kwargs)
             self.teacher = teacher.eval().requires_grad_(False)
@@ -255,8 +256,8 @@ def _trainer_class():
 def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx: StageContext) -> int:
     """The vocabulary size both models score over, after checking that they share it (any teacher kind:
     a stage's or a model's). Logit columns past the tokenizer's size are embedding padding."""
-    from ..models import load_tokenizer
-    from ..training import tokenizer_source
+    from pipeline.models.loading import load_tokenizer
+    from pipeline.training.common import tokenizer_source
 
     student_tok = load_tokenizer(tokenizer_source(inputs.primary), ctx.model)
     teacher_source = ctx.chain[cfg.teacher.stage] if cfg.teacher.stage else None
@@ -284,8 +285,8 @@ def _produces(cfg: DistillConfig) -> str:
 @stage("distill", config=DistillConfig, consumes={"model", "adapter"}, produces=_produces)
 def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Distill the teacher into the input model (logits or teacher-written answers)."""
-    from ..data import load
-    from ..models import load_causal_lm
+    from pipeline.data.datasets import load
+    from pipeline.models.loading import load_causal_lm
 
     records = load(cfg.dataset, "sft")
     teacher, teacher_tokenizer, described = _load_teacher(cfg, ctx)
@@ -304,8 +305,9 @@ def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
 def _load_teacher(cfg: DistillConfig, ctx: StageContext):
     """The teacher model (adapters merged into their base), its tokenizer and a description."""
-    from ..models import ModelConfig, base_artifact, load_causal_lm, load_tokenizer
-    from ..training import tokenizer_source
+    from pipeline.models.config import ModelConfig
+    from pipeline.models.loading import base_artifact, load_causal_lm, load_tokenizer
+    from pipeline.training.common import tokenizer_source
 
     if cfg.teacher.stage is not None:
         artifact, model_cfg = ctx.chain[cfg.teacher.stage], ctx.model
@@ -326,7 +328,7 @@ def _teacher_answers(cfg: DistillConfig, teacher, tokenizer, records: list[dict]
     """Each record's last assistant turn replaced by the teacher's greedy answer to what precedes it."""
     import torch
 
-    from ..backends import hf_generate
+    from pipeline.backends.hf import hf_generate
 
     prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
                for r in records]
@@ -352,7 +354,7 @@ def _train(cfg: DistillConfig, records: list[dict], model, teacher, inputs: Inpu
            meta: dict) -> Artifact:
     """The sft stage's training path: plain SFT on teacher-written records (sequence mode), or the
     distillation subclass of SFTTrainer (logit mode)."""
-    from .sft import train
+    from pipeline.stages.sft import train
 
     if teacher is None:
         return train(cfg, inputs, ctx, model, meta, records=records)

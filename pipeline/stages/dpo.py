@@ -25,15 +25,23 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from ..artifacts import Artifact
-from ..context import Inputs, StageContext
-from ..data import DataError, DatasetSpec, check, load
-from ..errors import ConfigError
-from ..health import HealthMonitor
-from ..registry import stage
-from ..training import (LoraSpec, device_args, lora_config, loss_curve, policy_artifact,
-                        save_policy, save_tokenizer, tokenizer_source)
-from .sft import Method
+from pipeline.data.datasets import DataError, DatasetSpec, check, load
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
+from pipeline.errors import ConfigError
+from pipeline.stages.sft import Method
+from pipeline.training.common import (
+    LoraSpec,
+    device_args,
+    lora_config,
+    loss_curve,
+    policy_artifact,
+    save_policy,
+    save_tokenizer,
+    tokenizer_source,
+)
+from pipeline.training.health import HealthMonitor
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
 # typo fails before any model is loaded.
@@ -96,7 +104,7 @@ class DPOConfig:
                     raise ConfigError(f"{where}.{key}: {e}") from None
 
     def memory_profile(self):
-        from ..memory import Workload
+        from pipeline.models.memory import Workload
 
         # chosen and rejected go through the policy together; the reference's forward holds no activations
         return Workload(kind="train", method=self.method.value, batch=2 * self.per_device_train_batch_size,
@@ -128,7 +136,7 @@ def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
     """
     from peft import PeftModel
 
-    from ..models import load_causal_lm
+    from pipeline.models.loading import load_causal_lm
 
     under = source.base_model if source.kind == "adapter" else source.path  # what the input sits on
     base_reference = cfg.reference == Reference.base and (source.kind == "adapter" or source.base_model != source.path)
@@ -179,9 +187,10 @@ def held_out(results: dict[str, Any]) -> dict[str, float]:
 def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input policy on preference pairs against a frozen reference; produce the adapter
     (or model) and its reward margin/accuracy on the held-out pairs."""
-    from trl import DPOConfig as TrlDPOConfig, DPOTrainer
+    from trl import DPOConfig as TrlDPOConfig
+    from trl import DPOTrainer
 
-    from ..models import load_tokenizer
+    from pipeline.models.loading import load_tokenizer
 
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)

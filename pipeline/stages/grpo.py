@@ -1,5 +1,5 @@
 """GRPO (DeepSeekMath's Group Relative Policy Optimization) with trl's GRPOTrainer and
-verifiable rewards (pipeline/rewards.py).
+verifiable rewards (pipeline/training/rewards.py).
 
     python main.py recipe=sft_grpo
     python main.py recipe=sft_grpo stages.grpo.num_generations=16 stages.grpo.beta=0.0
@@ -22,15 +22,22 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from ..artifacts import Artifact
-from ..context import Inputs, StageContext
-from ..data import DatasetSpec, load
-from ..errors import ConfigError, PlanError
-from ..health import HealthMonitor
-from ..registry import stage
-from ..training import (LoraSpec, device_args, lora_config, policy_artifact,
-                        save_policy, save_tokenizer, tokenizer_source)
-from .sft import Method
+from pipeline.data.datasets import DatasetSpec, load
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
+from pipeline.errors import ConfigError, PlanError
+from pipeline.stages.sft import Method
+from pipeline.training.common import (
+    LoraSpec,
+    device_args,
+    lora_config,
+    policy_artifact,
+    save_policy,
+    save_tokenizer,
+    tokenizer_source,
+)
+from pipeline.training.health import HealthMonitor
 
 VLLM_CHOICES = ("auto", "true", "false")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
@@ -44,7 +51,8 @@ class GRPOConfig:
     inputs: Optional[List[str]] = None          # default: the latest earlier model or adapter
     method: Method = Method.lora                # lora: continue an input adapter, or a new LoRA on a model
     dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "prompt"})
-    rewards: List[Any] = field(default_factory=lambda: ["correctness"])  # names or {name, weight, args}
+    rewards: List[Any] = field(default_factory=lambda: [{"name": "correctness", "weight": 1.0},
+                                                        {"name": "format", "weight": 0.2}])  # names or {name, weight, args}
     num_generations: int = 8                    # group size G: completions sampled per prompt
     beta: float = 0.04                          # KL coefficient to the reference (0: no reference model)
     epsilon: float = 0.2                        # clipping of the policy ratio
@@ -68,7 +76,7 @@ class GRPOConfig:
     lora: LoraSpec = field(default_factory=lambda: LoraSpec(dropout=0.0))  # new adapters only
 
     def validate(self, where: str, earlier: dict) -> None:
-        from ..rewards import parse
+        from pipeline.training.rewards import parse
 
         parse(self.rewards, f"{where}.rewards")
         if self.num_generations < 2:
@@ -95,7 +103,7 @@ class GRPOConfig:
                             "set use_vllm: auto or false to generate with transformers")
 
     def memory_profile(self):
-        from ..memory import Workload
+        from pipeline.models.memory import Workload
 
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=128 + self.max_completion_length, lora_rank=self.lora.r,
@@ -143,7 +151,7 @@ def _policy(cfg: GRPOConfig, source: Artifact, ctx: StageContext):
     """The model to train and how: (model, peft_config, what the log says)."""
     from peft import PeftModel
 
-    from ..models import load_causal_lm
+    from pipeline.models.loading import load_causal_lm
 
     if source.kind == "adapter" and cfg.method == Method.lora:
         base = load_causal_lm(Artifact(kind="model", path=source.base_model, fingerprint=""), ctx.model, ctx.device)
@@ -172,10 +180,11 @@ def _dataset(cfg: GRPOConfig):
 def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Sample groups of completions, score them with the rewards, and push the policy toward the
     better ones; produce the trained adapter (or model)."""
-    from trl import GRPOConfig as TrlGRPOConfig, GRPOTrainer
+    from trl import GRPOConfig as TrlGRPOConfig
+    from trl import GRPOTrainer
 
-    from ..models import load_tokenizer
-    from ..rewards import build, parse
+    from pipeline.models.loading import load_tokenizer
+    from pipeline.training.rewards import build, parse
 
     source = inputs.primary
     specs = parse(cfg.rewards, f"stages.{ctx.name}.rewards")

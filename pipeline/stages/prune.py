@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from ..artifacts import Artifact
-from ..context import Inputs, StageContext
-from ..errors import ConfigError
-from ..registry import stage
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
+from pipeline.errors import ConfigError
 
 
 @dataclass
@@ -53,7 +53,7 @@ class PruneConfig:
         return evenly_spaced(depth, max(1, round(depth * self.keep_fraction)))
 
     def memory_profile(self):
-        from ..memory import Workload
+        from pipeline.models.memory import Workload
 
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the kept weights
 
@@ -94,8 +94,8 @@ def drop_layers(model, keep: list[int]) -> None:
 @stage("prune", config=PruneConfig, consumes={"model"}, produces="model")
 def run(cfg: PruneConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Drop decoder layers of a model and save the smaller one with its tokenizer."""
-    from ..models import load_causal_lm, load_tokenizer
-    from ..training import save_tokenizer, tokenizer_source
+    from pipeline.models.loading import load_causal_lm, load_tokenizer
+    from pipeline.training.common import save_tokenizer, tokenizer_source
 
     source = inputs.primary
     model = load_causal_lm(source, ctx.model, "cpu", cfg.dtype)  # surgery and saving need no accelerator

@@ -14,11 +14,11 @@ import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 
-from ..artifacts import Artifact
-from ..context import Inputs, StageContext
-from ..errors import ConfigError, PlanError
-from ..registry import stage
-from .sft import Method, SFTConfig, train
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
+from pipeline.errors import ConfigError, PlanError
+from pipeline.stages.sft import Method, SFTConfig, train
 
 MIN_BNB_FOR_CPU = (0, 50)  # first bitsandbytes seen here to run NF4 load, train and save on CPU
 

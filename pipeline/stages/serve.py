@@ -25,12 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from .. import serving
-from ..artifacts import Artifact
-from ..backends import gguf_file
-from ..context import Inputs, StageContext
-from ..errors import ConfigError, PlanError
-from ..registry import stage
+from pipeline.backends import serving
+from pipeline.backends.base import gguf_file
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
+from pipeline.errors import ConfigError, PlanError
 
 BACKENDS = ("auto", "llama.cpp", "vllm")
 SERVABLE = ("gguf", "model")
@@ -118,7 +118,7 @@ class ServeConfig:
                                 f"'.[vllm,gguf]'; or {CPU_ALTERNATIVE}")
 
     def memory_profile(self):
-        from ..memory import Workload
+        from pipeline.models.memory import Workload
 
         return Workload(kind="inference")  # the server is another process; this one only sends requests
 

@@ -4,7 +4,7 @@
 
 Each chat is rendered with the model's chat template and trained on every assistant turn (the
 reply and its end-of-turn token; `assistant_turns: last` trains the final reply only), whatever
-the template: pipeline/chat_tokens.py finds the turns, trl's SFTTrainer masks everything else.
+the template: pipeline/data/chat_tokens.py finds the turns, trl's SFTTrainer masks everything else.
 """
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-from ..artifacts import Artifact
-from ..context import Inputs, StageContext
-from ..data import DatasetSpec, load
-from ..registry import stage
-from ..health import HealthMonitor
-from ..training import (LoraSpec, device_args, lora_config, loss_curve,
-                        save_tokenizer, tokenizer_source)
+from pipeline.data.datasets import DatasetSpec, load
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import stage
+from pipeline.training.common import LoraSpec, device_args, lora_config, loss_curve, save_tokenizer, tokenizer_source
+from pipeline.training.health import HealthMonitor
 
 
 class Method(str, Enum):
@@ -57,7 +56,7 @@ class SFTConfig:
     lora: LoraSpec = field(default_factory=LoraSpec)
 
     def memory_profile(self):
-        from ..memory import Workload
+        from pipeline.models.memory import Workload
 
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing)
@@ -70,7 +69,7 @@ def _produces(cfg: SFTConfig) -> str:
 @stage("sft", config=SFTConfig, consumes={"model"}, produces=_produces)
 def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input model on chat data; produce a LoRA adapter or a full model."""
-    from ..models import load_causal_lm
+    from pipeline.models.loading import load_causal_lm
 
     return train(cfg, inputs, ctx, load_causal_lm(inputs.primary, ctx.model, ctx.device))
 
@@ -84,11 +83,11 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
     subclass with its own loss (distill's logit mode); `logged` are extra log keys kept as
     `<key>_first` / `<key>_last` metrics."""
     from datasets import Dataset
-    from trl import SFTConfig as TrlSFTConfig, SFTTrainer
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
 
-    from ..models import load_tokenizer
-
-    from ..chat_tokens import tokenize_chats
+    from pipeline.data.chat_tokens import tokenize_chats
+    from pipeline.models.loading import load_tokenizer
 
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)

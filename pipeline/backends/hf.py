@@ -1,0 +1,102 @@
+"""The transformers backend: HF folders, adapters (merged on load), bnb and GPTQ checkpoints;
+batched greedy generation with left padding."""
+from __future__ import annotations
+
+import time
+
+from pipeline.backends.base import Generation, Progress, Timing, _Clock
+from pipeline.engine.artifacts import Artifact
+
+
+class HFBackend:
+    """transformers: batched greedy generation with left padding."""
+
+    name = "transformers"
+
+    def __init__(self, artifact: Artifact, ctx, dtype: str | None, batch_size: int):
+        from pipeline.models.loading import load_causal_lm, load_tokenizer
+        from pipeline.training.common import tokenizer_source
+
+        started = time.time()
+        self.tokenizer = load_tokenizer(tokenizer_source(artifact), ctx.model, padding_side="left")
+        self.model = load_causal_lm(artifact, ctx.model, ctx.device, dtype, merge_adapter=True).eval()
+        self.device = ctx.device
+        self.batch_size = batch_size
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.stop_ids.add(self.tokenizer.eos_token_id)
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+        self.load_seconds = round(time.time() - started, 3)
+
+    def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None) -> list[Generation]:
+        return hf_generate(self.model, self.tokenizer, prompts, self._fitting_batch(prompts, max_new_tokens),
+                           max_new_tokens, self.device, self.stop_ids, progress)
+
+    def _fitting_batch(self, prompts: list[str], max_new_tokens: int) -> int:
+        """The configured batch, lowered where its KV cache would not fit (pipeline.models.memory)."""
+        from pipeline.models.memory import ModelShape, generation_batch
+
+        if not prompts:
+            return self.batch_size
+        longest = max(len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        value_bytes = self.model.dtype.itemsize if hasattr(self.model, "dtype") else 4
+        batch = generation_batch(ModelShape.from_config(self.model.config.to_dict()), longest + max_new_tokens,
+                                 self.batch_size, self.device, value_bytes)
+        if batch < self.batch_size:
+            print(f"[eval] batch {self.batch_size} -> {batch}: the KV cache of {longest + max_new_tokens} tokens per "
+                  f"prompt must fit in the memory available", flush=True)
+        return batch
+
+    def timed(self, prompt: str, new_tokens: int) -> Timing:
+        """One streamed greedy generation of exactly `new_tokens` tokens (EOS ignored)."""
+        import torch
+
+        clock = _Clock()
+        batch = self.tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(self.device)
+        with torch.inference_mode():
+            self.model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                pad_token_id=self.tokenizer.pad_token_id, streamer=clock)
+        return clock.timing()
+
+    def nll(self, texts: list[str], max_length: int = 1024, stride: int = 512,
+            progress: str | None = None) -> tuple[float, int]:
+        from pipeline.evaluation.scoring.perplexity import hf_nll
+
+        limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
+        length = min(max_length, limit)
+        with Progress(progress, len(texts), unit="window") as bar:
+            return hf_nll(self.model, self.tokenizer, texts, self.device, length, min(stride, length), bar.update)
+
+    def close(self) -> None:
+        self.model = None
+
+
+def hf_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, device: str,
+                stop_ids: set[int] | None = None, progress: str | None = None) -> list[Generation]:
+    """Batched greedy generation with left padding; each result is cut at its first stop token.
+    Prompts are rendered chat text that carries its own special tokens (BOS included where the
+    template writes one), so the tokenizer adds none: the same ids llama.cpp gets."""
+    import torch
+
+    if stop_ids is None:
+        eos = model.generation_config.eos_token_id
+        stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
+    results = []
+    tokenizer.padding_side = "left"
+    with Progress(progress, len(prompts)) as bar:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.inference_mode():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            for row in out[:, batch["input_ids"].shape[1]:].tolist():
+                ids, stopped = [], False
+                for token in row:
+                    if token in stop_ids:
+                        stopped = True
+                        break
+                    ids.append(token)
+                results.append(Generation(tokenizer.decode(ids, skip_special_tokens=True), ids, stopped))
+            bar.update(len(chunk))
+    return results

@@ -1,0 +1,52 @@
+"""Token lengths of a stage's data, measured on a sample at plan time for the memory estimate.
+
+Memory follows the padded length of the longest batch a stage meets, which for chat data is far
+below max_length. The plan tokenizes the first SAMPLE records as the stage will (chat template
+included) and takes the length that the longest of `draws` records would have: the quantile
+1 - 1/(draws + 1) of the sample, capped at the stage's limit.
+"""
+from __future__ import annotations
+
+from itertools import islice
+
+SAMPLE = 512
+_CACHE: dict[tuple, list[int]] = {}  # (file, purpose, tokenizer) -> lengths: evals of one plan share their data
+
+
+def _texts(record: dict, purpose: str, tokenizer) -> list[str]:
+    render = tokenizer.apply_chat_template
+    if purpose == "sft":
+        return [render(record["messages"], tokenize=False)]
+    if purpose == "preference":
+        return [render(record["prompt"] + side, tokenize=False) for side in (record["chosen"], record["rejected"])]
+    if purpose == "prompt":
+        return [render(record["prompt"], tokenize=False, add_generation_prompt=True)]
+    if purpose in ("gsm8k", "instruct"):
+        question = record["question"] if purpose == "gsm8k" else record["prompt"]
+        return [render([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)]
+    return [record["text"]]
+
+
+def sample_lengths(spec, purpose: str, tokenizer, n: int = SAMPLE) -> list[int]:
+    """Token counts of (up to) the first `n` records, rendered as the stage renders them."""
+    from pipeline.data.datasets import _as_spec, _canonical
+
+    key = (repr(_as_spec(spec)), purpose, getattr(tokenizer, "name_or_path", ""), str(tokenizer.chat_template), n)
+    if key in _CACHE:
+        return _CACHE[key]
+    lengths = []
+    for record in islice(_canonical(spec, purpose), n):
+        texts = _texts(record, purpose, tokenizer)
+        lengths.append(max(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]))
+    _CACHE[key] = lengths
+    return lengths
+
+
+def longest_of(lengths: list[int], draws: int, cap: int | None = None) -> int | None:
+    """The length the longest of `draws` records would have (an upper quantile of the sample)."""
+    if not lengths:
+        return None
+    ordered = sorted(lengths)
+    q = 1 - 1 / (max(draws, 1) + 1)
+    value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return min(value, cap) if cap else value

@@ -1,0 +1,140 @@
+"""The command line around Hydra: friendly errors for mistyped stage keys, then the runner."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from pipeline.engine.configstore import register
+from pipeline.errors import TunechainError
+
+register()  # before Hydra composes anything (main.py imports this module first)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def precheck_overrides(argv: list[str] | None = None) -> None:
+    """Name a mistyped `stages.<stage>.<key>=...` override and the valid keys.
+
+    Hydra alone answers such a typo with 'use +key=value to append', which is the wrong advice
+    for a typo; we compose the config without those overrides and check each key against its
+    stage's dataclass. Anything else is left to Hydra.
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception:
+        return
+    if args.config_dir or args.config_path or args.config_name:
+        return
+    if argv is None and _path_without_entry(parsed):
+        sys.argv.append(f"model={CUSTOM_MODEL}")
+    for override in parsed:
+        if override.key_or_group == "recipe" and not override.is_delete():
+            for name in override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]:
+                message = unknown_recipe(str(name))
+                if message:
+                    fail(message)
+    stage_keys = [o for o in parsed if o.key_or_group.startswith("stages.") and not (o.is_add() or o.is_delete())
+                  and o.key_or_group.count(".") >= 2]
+    if not stage_keys:
+        return
+    others = [o.input_line for o in parsed if o not in stage_keys and not o.is_sweep_override()
+              and not o.key_or_group.startswith("hydra")]
+    cfg = _compose(others)
+    if cfg is not None:
+        message = unknown_stage_key(cfg, [o.key_or_group for o in stage_keys])
+        if message:
+            fail(message)
+
+
+CUSTOM_MODEL = "custom"  # conf/model/custom.yaml: a model given by path alone
+
+
+def _path_without_entry(parsed) -> bool:
+    """`model.path=X` without `model=NAME`: the path is a model of its own, not the default entry's
+    (whose name, dtype and tuning belong to the embedded model), so it gets conf/model/custom.yaml."""
+    keys = {o.key_or_group for o in parsed if not o.is_delete()}
+    return "model.path" in keys and "model" not in keys
+
+
+def unknown_recipe(name: str) -> str | None:
+    recipes = sorted(p.stem for p in (CONF_DIR / "recipe").glob("*.yaml"))
+    if name in recipes:
+        return None
+    return f"recipe={name}: no such recipe; available: {', '.join(recipes)} (recipes/*.yaml)"
+
+
+def _compose(overrides: list[str]) -> DictConfig | None:
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    except Exception:
+        return None  # Hydra will report the real problem with its own message
+
+
+def unknown_stage_key(cfg: DictConfig, keys: list[str]) -> str | None:
+    from pipeline.engine import registry
+    from pipeline.engine.typed_config import unknown_key_message
+
+    stages = cfg.get("stages") or {}
+    for key in keys:
+        _, name, rest = key.split(".", 2)
+        if name not in stages:
+            return f"{key}: the recipe has no stage '{name}'; its stages are: {', '.join(stages) or '(none)'}"
+        if not _declared(stages[name], rest):
+            kind = stages[name].get("kind")
+            try:
+                spec = registry.get(str(kind))
+            except TunechainError:
+                return None
+            return unknown_key_message(f"stages.{name}", rest, spec.config_cls)
+    return None
+
+
+def _declared(node, dotted: str) -> bool:
+    """True if the key exists (possibly with a null value)."""
+    for part in dotted.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return False
+        node = node._get_node(part)
+    return True
+
+
+def _threads(hardware: DictConfig) -> None:
+    threads = hardware.get("num_threads")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def run(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from pipeline.engine.runner import run_chain
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # keep the trainer's progress bar, not map()'s
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    recipe = hydra_cfg.runtime.choices.get("recipe", "?")
+    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+    try:
+        _threads(cfg.hardware)
+        run_chain(cfg, run_dir, recipe, list(hydra_cfg.overrides.task), group)
+    except TunechainError as e:
+        fail(str(e))

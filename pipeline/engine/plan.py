@@ -1,0 +1,265 @@
+"""Turn a composed config into a checked plan before anything heavy runs.
+
+Checks, in order: every stage's config against its dataclass, each stage's inputs (named or
+implied) against the kinds earlier stages produce, every data file record by record, the base
+model's availability, and a memory estimate. Each stage then gets its fingerprint, and stages
+already in the store are marked to be reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.data import datasets as data
+from pipeline.engine import registry
+from pipeline.engine.artifacts import Artifact, Store
+from pipeline.engine.fingerprint import hash_json, stage_fingerprint
+from pipeline.engine.typed_config import typed_config
+from pipeline.errors import ConfigError, PlanError
+from pipeline.models import memory
+from pipeline.models.config import ModelConfig
+from pipeline.models.loading import base_artifact, check_available, check_thinking_switch, local_folder
+
+BASE = "base"  # the reserved input name of the chain's starting model
+# Model keys that change no stage's result by themselves: names, planning hints, the recipes' tuning
+# (whose values reach the stages that use them, and are fingerprinted there) and the GGUF a folder came from.
+MODEL_KEYS_NOT_HASHED = ("name", "params_b", "tuning", "source")
+
+
+@dataclass
+class Step:
+    name: str
+    spec: registry.StageSpec
+    cfg: Any                                   # the stage's typed config
+    input_names: list[str]
+    output_kind: str
+    fingerprint: str = ""
+    cached: Artifact | None = None
+    memory_bytes: int | None = None
+    data_notes: list[str] = field(default_factory=list)
+    optional: bool = False                     # `optional: true`: skipped (with its dependents) where it cannot run
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+
+@dataclass
+class Plan:
+    recipe: str
+    model: ModelConfig
+    base: Artifact
+    steps: list[Step]
+    store: Store
+    device: str
+    n_params: int | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        params = f", {self.n_params / 1e6:.1f}M params" if self.n_params else ""
+        source = f", from {self.model.source}" if self.model.source else ""
+        lines = [f"tunechain plan: recipe '{self.recipe}', model '{self.model.name}' ({self.model.path}{source}{params}), "
+                 f"device {self.device}", f"  store: {self.store.root}"]
+        header = ("#", "stage", "kind", "input", "output", "fingerprint", "memory", "status")
+        rows = [header] + [
+            (str(i), s.name, s.kind, ",".join(s.input_names), s.output_kind, s.fingerprint[:12],
+             memory.human(s.memory_bytes) if s.memory_bytes else "-", "reuse" if s.cached else "run")
+            for i, s in enumerate(self.steps, 1)
+        ]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        for step in self.steps:
+            lines += [f"  data  {step.name}: {note}" for note in step.data_notes]
+        lines += [f"  skip  {note}" for note in self.skipped]
+        return "\n".join(lines)
+
+
+def _stage_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    stages = cfg.get("stages")
+    if not stages:
+        raise ConfigError("the recipe defines no stages: pick one with recipe=NAME (see recipes/)")
+    return [(str(name), stages[name]) for name in stages]
+
+
+def _resolve_inputs(name: str, spec: registry.StageSpec, requested: list[str] | None,
+                    produced: dict[str, str]) -> list[str]:
+    where = f"stages.{name}"
+    available = ", ".join(f"{n}: {k}" for n, k in produced.items())
+    if requested:
+        for wanted in requested:
+            if wanted not in produced:
+                raise PlanError(f"{where}.inputs: '{wanted}' is not an earlier stage; choose from: {', '.join(produced)}")
+            if produced[wanted] not in spec.consumes:
+                raise PlanError(f"{where}.inputs: '{wanted}' produces '{produced[wanted]}', but kind '{spec.kind}' "
+                                f"takes {sorted(spec.consumes)}")
+        return list(requested)
+    for earlier in reversed(list(produced)):  # the latest earlier stage whose output it can take
+        if produced[earlier] in spec.consumes:
+            return [earlier]
+    raise PlanError(f"{where} (kind '{spec.kind}') needs an input of kind {' or '.join(sorted(spec.consumes))}, "
+                    f"but no earlier stage produces one (earlier: {available})")
+
+
+def _dataset_fields(cfg: Any) -> list[tuple[str, data.DatasetSpec, str]]:
+    """(field name, spec, purpose) for every DatasetSpec field of a stage config that its settings use."""
+    unused = cfg.unused_datasets() if hasattr(cfg, "unused_datasets") else set()
+    found = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, data.DatasetSpec) and f.name not in unused:
+            found.append((f.name, value, f.metadata.get("purpose", "sft")))
+    return found
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
+
+
+def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | None = None) -> Plan:
+    """`device` None: cuda when available; resolved only if a stage must run (torch loads slowly)."""
+    from pipeline.models.sources import prepare
+
+    model = prepare(typed_config(cfg.model, ModelConfig, "model"))
+    check_thinking_switch(model)
+    base = base_artifact(model)
+    produced: dict[str, str] = {BASE: "model"}
+    fingerprints: dict[str, str] = {BASE: base.fingerprint}
+    model_extra = hash_json({k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_KEYS_NOT_HASHED})
+    steps: list[Step] = []
+    unrunnable: list[tuple[Step, str]] = []
+    # Pass 1: every config and every input, so a typo anywhere fails before any file is read.
+    for name, node in _stage_nodes(cfg):
+        if name == BASE:
+            raise ConfigError(f"stages.{name}: '{BASE}' is reserved for the chain's model; rename the stage")
+        kind = node.get("kind") if isinstance(node, DictConfig) else None
+        if not kind:
+            raise ConfigError(f"stages.{name}: no 'kind'; compose it from a stage default (+stage@stages.{name}=<kind>) "
+                              f"or set kind to one of: {', '.join(registry.kinds())}")
+        spec = registry.get(str(kind))
+        optional = bool(node.get("optional", False))  # a key of every stage, handled here, not in each dataclass
+        typed = typed_config(node, spec.config_cls, f"stages.{name}", ignore=("optional",))
+        cannot_run = None
+        if hasattr(typed, "validate"):
+            try:
+                typed.validate(f"stages.{name}", {s.name: s for s in steps})
+            except (ConfigError, PlanError) as e:
+                if not optional:  # an optional stage that cannot run here is skipped below, with the reason
+                    raise
+                cannot_run = str(e)
+        inputs = _resolve_inputs(name, spec, getattr(typed, "inputs", None), produced)
+        if hasattr(typed, "check_model") and inputs == [BASE]:  # what only the chain's model can tell
+            typed.check_model(f"stages.{name}", local_folder(model.path))
+        steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=optional))
+        produced[name] = steps[-1].output_kind
+        if cannot_run:
+            unrunnable.append((steps[-1], cannot_run))
+    plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device or "-")
+    for step, reason in unrunnable:
+        if step in plan.steps:
+            _skip(plan, step, reason)
+    steps = plan.steps
+    # Pass 2: data, record by record, then fingerprints and what the store already has.
+    for step in steps:
+        data_fps = []
+        for field_name, dataset, purpose in _dataset_fields(step.cfg):
+            count = data.check(dataset, purpose)
+            step.data_notes.append(f"{field_name} <- {dataset.path} ({count} records, {purpose})")
+            data_fps.append(data.fingerprint(dataset))
+        step.fingerprint = stage_fingerprint(step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names],
+                                             data_fps, extra={"model": model_extra, "seed": cfg.get("seed")})
+        step.cached = store.find(step.output_kind, step.fingerprint) if step.spec.cache else None
+        fingerprints[step.name] = step.fingerprint
+
+    if any(not s.cached for s in steps):
+        from pipeline.models.loading import pick_device
+
+        plan.device = device or pick_device()
+        for step in list(plan.steps):  # what only the device can tell (e.g. 4-bit kernels on CPU)
+            if step in plan.steps and not step.cached and hasattr(step.cfg, "check_device"):
+                try:
+                    step.cfg.check_device(f"stages.{step.name}", plan.device)
+                except PlanError as e:
+                    if not step.optional:
+                        raise
+                    _skip(plan, step, str(e))
+        check_available(model)
+        _plan_memory(plan)
+    return plan
+
+
+def _skip(plan: Plan, step: Step, reason: str) -> None:
+    """Drop an optional stage that cannot run here, and every later stage that reads or compares with it."""
+    dropped = {step.name}
+    for later in plan.steps:
+        if later.name in dropped or dropped & set(later.input_names) or getattr(later.cfg, "compare_with", None) in dropped:
+            dropped.add(later.name)
+    plan.steps = [s for s in plan.steps if s.name not in dropped]
+    plan.skipped.append(f"{', '.join(sorted(dropped))}: skipped (optional) because {reason}")
+
+
+def _plan_memory(plan: Plan) -> None:
+    """Each stage's estimate (pipeline.models.memory), with training lengths and prompt lengths measured on its data."""
+    from pipeline.models.loading import resolve_dtype
+
+    folder = local_folder(plan.model.path)
+    shape = memory.ModelShape.from_folder(folder) if folder else None
+    if shape is None and plan.model.params_b:
+        shape = memory.ModelShape.guess(int(plan.model.params_b * 1e9))
+    if shape is None:
+        return
+    plan.n_params = shape.n_params
+    dtype = resolve_dtype(plan.model.dtype, plan.device, plan.model.path)
+    tokenizer = _plan_tokenizer(plan, folder)
+    by_name = {s.name: s for s in plan.steps}
+    for step in plan.steps:
+        work = step.cfg.memory_profile() if hasattr(step.cfg, "memory_profile") else memory.Workload()
+        source = by_name.get(step.input_names[0]) if step.input_names else None
+        if work.kind == "generate" and step.kind == "eval" and source is not None and source.output_kind == "gguf":
+            work.gguf = getattr(source.cfg, "quant", "f16")  # llama.cpp runs it, not transformers
+        if tokenizer is not None:
+            _measure_lengths(step, work, tokenizer)
+        step.memory_bytes = memory.estimate(work, shape, dtype, plan.device)
+
+
+def _plan_tokenizer(plan: Plan, folder):
+    if folder is None or not any(not s.cached for s in plan.steps):
+        return None
+    from pipeline.models.loading import load_tokenizer
+
+    try:
+        return load_tokenizer(str(folder), plan.model)
+    except Exception:  # noqa: BLE001 - the estimate then uses max_length; loading fails later with its own error
+        return None
+
+
+LONG_BATCH_BATCHES = 4
+
+
+def _measure_lengths(step: Step, work: memory.Workload, tokenizer) -> None:
+    """Replace the workload's worst-case lengths by what the stage's data has."""
+    from pipeline.data.lengths import longest_of, sample_lengths
+
+    fields = _dataset_fields(step.cfg)
+    if work.kind == "train" and fields:
+        _, spec, purpose = fields[0]
+        # a long batch: the longest of a few batches' records (measured: step peaks vary by ~10% over a run)
+        found = longest_of(sample_lengths(spec, purpose, tokenizer), LONG_BATCH_BATCHES * work.batch, work.length)
+        if found:
+            completion = getattr(step.cfg, "max_completion_length", 0) if purpose == "prompt" else 0
+            work.length = min(work.length, found + completion)
+            work.prompt_length = found
+    elif work.kind == "generate":
+        prompts = [(spec, purpose) for _, spec, purpose in fields if purpose in ("gsm8k", "instruct")]
+        if prompts:
+            found = longest_of(sample_lengths(prompts[0][0], prompts[0][1], tokenizer), work.batch)
+            work.prompt_length = found or work.prompt_length
+
+
+def memory_warnings(plan: Plan) -> list[str]:
+    have = memory.available_bytes(plan.device)
+    return [f"stage '{s.name}' may need ~{memory.human(s.memory_bytes)} but {plan.device} has "
+            f"{memory.human(have)} available; consider {memory.REMEDIES}"
+            for s in plan.steps if s.memory_bytes and not s.cached and s.memory_bytes > have]

@@ -1,0 +1,173 @@
+"""Run a chain: plan it, then run or reuse each stage in order, recording everything.
+
+The run folder (Hydra's output dir) gets `chain.json` (rewritten after every stage, so a crash
+leaves an honest record), `metrics.jsonl`, the W&B run files and `report.md`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.engine import report
+from pipeline.engine.artifacts import MANIFEST, Artifact, Store, write_json_atomic
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
+from pipeline.engine.tracking import LoggerConfig, Tracker, redact
+from pipeline.engine.typed_config import typed_config
+from pipeline.errors import PlanError
+from pipeline.models.memory import PeakMemory
+
+VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
+             "gptqmodel", "llama-cpp-python", "vllm")
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class ChainRecord:
+    """chain.json: per stage its name, kind, status, artifact, fingerprint, metrics and time."""
+
+    def __init__(self, run_dir: Path, plan: Plan, overrides: list[str]):
+        self.path = run_dir / "chain.json"
+        self.data: dict[str, Any] = {
+            "recipe": plan.recipe, "model": plan.model.name, "model_path": plan.model.path,
+            "model_source": plan.model.source,
+            "overrides": overrides, "store": str(plan.store.root), "status": "running", "skipped": plan.skipped,
+            "started": dt.datetime.now().isoformat(timespec="seconds"),
+            "stages": [{"name": s.name, "kind": s.kind, "inputs": s.input_names, "status": "pending",
+                        "fingerprint": s.fingerprint, "artifact": None, "metrics": {},
+                        "compare_with": getattr(s.cfg, "compare_with", None)} for s in plan.steps],
+        }
+        self.save()
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.data["stages"] if e["name"] == name)
+
+    def update(self, name: str, **fields: Any) -> None:
+        self.entry(name).update(fields)
+        self.save()
+
+    def finish(self, status: str) -> None:
+        self.data["status"] = status
+        for entry in self.data["stages"]:
+            if entry["status"] == "running":
+                entry["status"] = "failed"
+        # the process's peak over the stages it ran (each stage resets Linux's peak counter, so a whole-process
+        # figure such as /usr/bin/time's maximum RSS shows only the last stage's)
+        peaks = [e["metrics"].get("peak_rss_mb") for e in self.data["stages"] if e["status"] == "done"]
+        self.data["peak_rss_mb"] = max([p for p in peaks if p] or [None], key=lambda p: p or 0)
+        self.data["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    import numpy as np
+    import torch
+
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tuple[Artifact, str]:
+    """Run one stage into a temporary folder and commit it, or reuse the stored artifact."""
+    if not step.spec.cache:  # e.g. serve: runs every time, its record stays in the run folder
+        ctx.out_dir = ctx.run_dir / step.name
+        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        artifact = _measured_run(step, inputs, ctx)
+        _stamp(artifact, step, inputs)
+        artifact.path = str(ctx.out_dir)
+        write_json_atomic(ctx.out_dir / MANIFEST, artifact.to_json())
+        return artifact, "done"
+    with store.lock(step.fingerprint):
+        found = store.find(step.output_kind, step.fingerprint)  # another job may have made it meanwhile
+        if found is not None:
+            return found, "reused"
+        ctx.out_dir = store.new_tmp_dir(step.fingerprint)
+        seed_everything(ctx.seed)
+        artifact = _measured_run(step, inputs, ctx)
+        _stamp(artifact, step, inputs)
+        return store.commit(ctx.out_dir, artifact), "done"
+
+
+def _measured_run(step: Step, inputs: Inputs, ctx: StageContext) -> Artifact:
+    """Run the stage and put its measured peak memory beside the plan's estimate in its metrics."""
+    with PeakMemory(ctx.device) as peak:
+        artifact = step.spec.run(step.cfg, inputs, ctx)
+    found = peak.result()
+    on_gpu = "peak_cuda_mb" in found
+    artifact.metrics.update(peak_memory_mb=found["peak_cuda_mb"] if on_gpu else found["peak_rss_mb"],
+                            peak_memory_of="cuda" if on_gpu else "process_rss", peak_rss_mb=found["peak_rss_mb"],
+                            start_rss_mb=found["start_rss_mb"],
+                            planned_memory_mb=round(step.memory_bytes / 2**20, 1) if step.memory_bytes else None)
+    return artifact
+
+
+def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:
+    if artifact.kind != step.output_kind:
+        raise PlanError(f"stage '{step.name}' produced '{artifact.kind}' but planned '{step.output_kind}'")
+    artifact.fingerprint = step.fingerprint
+    artifact.parent = inputs.primary.fingerprint
+    artifact.stage = step.name
+    artifact.versions = tool_versions()
+    artifact.created = dt.datetime.now().isoformat(timespec="seconds")
+
+
+def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str], group: str | None) -> dict[str, Any]:
+    store = Store(cfg.paths.store)
+    plan = build_plan(cfg, store, recipe=recipe, device=cfg.hardware.get("device"))
+    device = plan.device
+    print(plan.render(), flush=True)
+    for warning in memory_warnings(plan):
+        print(f"warning: {warning}", flush=True)
+    if cfg.get("dry_run"):
+        print("dry run: stopping after the plan", flush=True)
+        return {}
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = ChainRecord(run_dir, plan, overrides)
+    logger_cfg = typed_config(cfg.logger, LoggerConfig, "logger")
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    tracker = Tracker(logger_cfg, run_dir, config, name=f"{recipe}-{run_dir.name}", group=group)
+    chain: dict[str, Artifact] = {BASE: plan.base}
+    status = "failed"
+    try:
+        for step in plan.steps:
+            print(f"\n== stage {step.name} ({step.kind}) <- {', '.join(step.input_names)}", flush=True)
+            record.update(step.name, status="running")
+            ctx = StageContext(name=step.name, out_dir=run_dir, run_dir=run_dir, model=plan.model, device=device,
+                               seed=int(cfg.seed), tracker=tracker, chain=chain,
+                               hardware=OmegaConf.to_container(cfg.hardware, resolve=True))
+            started = time.time()
+            artifact, outcome = run_stage(step, Inputs([chain[n] for n in step.input_names]), ctx, store)
+            seconds = round(time.time() - started, 2)
+            chain[step.name] = artifact
+            print(f"== stage {step.name}: {outcome} in {seconds}s -> {artifact.path}", flush=True)
+            record.update(step.name, status=outcome, artifact=artifact.path, metrics=artifact.metrics, seconds=seconds)
+            tracker.summary(step.name, artifact.metrics)
+            tracker.log_artifact(step.name, artifact)
+        status = "done"
+    finally:
+        record.finish(status)
+        report.write(run_dir, record.data, tracker)
+        tracker.finish()
+    print(report.terminal_summary(run_dir, record.data, tracker), flush=True)
+    return record.data

@@ -1,0 +1,26 @@
+"""What several eval tasks share: the record limit, the prompt tokenizer, the cut-answers warning."""
+from __future__ import annotations
+
+# Below this share of answers ending at an end-of-generation token, most answers were cut by the budget.
+EOS_WARNING_SHARE = 0.5
+
+
+def limited(records: list, limit: int | None) -> list:
+    return records[:limit] if limit else records
+
+
+def warn_if_cut(ctx, task: str, stopped: float, budget: int) -> None:
+    """Most answers ending at the budget means the score measures the budget, not the model."""
+    if stopped < EOS_WARNING_SHARE:
+        ctx.log(f"warning: only {stopped:.0%} of the {task} answers ended at an end-of-generation token; the rest hit "
+                f"the {budget}-token budget (raise stages.{ctx.name}.max_new_tokens.{task})")
+
+
+def prompt_tokenizer(backend, ctx):
+    """The tokenizer that renders chat prompts: the backend's own, or for a GGUF (which carries its template
+    inside the file) the chain's base tokenizer, so every backend sees the same prompt text."""
+    from pipeline.models.loading import load_tokenizer
+
+    if getattr(backend, "tokenizer", None) is not None:
+        return backend.tokenizer
+    return load_tokenizer(ctx.chain["base"].path if "base" in ctx.chain else ctx.model.path, ctx.model)

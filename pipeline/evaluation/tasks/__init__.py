@@ -1,0 +1,1 @@
+"""One file per eval task; each registers itself with pipeline.evaluation.registry.task."""

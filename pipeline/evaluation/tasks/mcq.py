@@ -1,0 +1,32 @@
+"""Multiple choice (MMLU / C-Eval style) by the log-likelihood of each option."""
+from __future__ import annotations
+
+import json
+
+from pipeline.evaluation.registry import EvalRun, task
+
+
+def check(cfg, where: str) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.evaluation.scoring.mcq import load_mcq
+
+    if not cfg.mcq_path:
+        raise ConfigError(f"{where}.mcq_path: task 'mcq' needs a file; set {where}.mcq_path=PATH")
+    load_mcq(cfg.mcq_path)
+
+
+@task("mcq", order=50, headlines=("mcq_accuracy",), check=check)
+def run(ev: EvalRun) -> dict:
+    """Needs logits, so the transformers backend; a GGUF is skipped with the reason."""
+    from pipeline.evaluation.common import limited
+    from pipeline.evaluation.scoring.mcq import load_mcq, score_mcq
+
+    cfg, ctx, backend = ev.cfg, ev.ctx, ev.backend
+    if not hasattr(backend, "model"):
+        ctx.log(f"mcq: skipped, the {backend.name} backend gives no per-token log-likelihoods here")
+        return {"mcq_skipped": f"{backend.name} backend"}
+    records = limited(load_mcq(cfg.mcq_path), cfg.limit)
+    result = score_mcq(backend.model, backend.tokenizer, records, ctx.device, cfg.batch_size, cfg.mcq_style)
+    with open(ctx.out_dir / "mcq_predictions.jsonl", "w") as handle:
+        handle.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in result.pop("predictions"))
+    return result

@@ -1,0 +1,12 @@
+"""Features of the math answers: think blocks, self-checks, backtracking (scoring/reasoning.py)."""
+from __future__ import annotations
+
+from pipeline.evaluation.registry import EvalRun, task
+
+
+@task("reasoning", order=21, headlines=("reasoning_has_think",), needs=("math",))
+def run(ev: EvalRun) -> dict:
+    """Read from the math task's answers; generates nothing of its own."""
+    from pipeline.evaluation.scoring.reasoning import summarise
+
+    return summarise([o.text for o in ev.shared["math"]])

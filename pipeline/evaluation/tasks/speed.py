@@ -1,0 +1,44 @@
+"""First-token latency and decode rate on a prompt of realistic length."""
+from __future__ import annotations
+
+from pipeline.evaluation.registry import EvalRun, task
+
+
+@task("speed", order=10, headlines=("first_token_s", "decode_tokens_per_s"), reads=("math",))
+def run(ev: EvalRun) -> dict:
+    """Each the median of `speed_repeats` streamed generations (after one warm-up) of a prompt about
+    `speed_prompt_tokens` long: worked examples, then a question."""
+    import statistics
+
+    from pipeline.data.datasets import load
+    from pipeline.evaluation.common import prompt_tokenizer
+
+    cfg, backend = ev.cfg, ev.backend
+    tokenizer = prompt_tokenizer(backend, ev.ctx)
+    room = backend.context_length - cfg.speed_new_tokens - 8 if backend.context_length else cfg.speed_prompt_tokens
+    prompt, prompt_tokens = speed_prompt(tokenizer, load(cfg.math, "gsm8k"), min(cfg.speed_prompt_tokens, room))
+    backend.timed(prompt, 2)  # warm-up: first-call allocations are not latency
+    runs = [backend.timed(prompt, cfg.speed_new_tokens) for _ in range(cfg.speed_repeats)]
+    return {"first_token_s": round(statistics.median(r.first_token_s for r in runs), 4),
+            "decode_tokens_per_s": round(statistics.median(r.decode_tokens_per_s for r in runs), 2),
+            "speed_new_tokens": runs[0].new_tokens, "speed_prompt_tokens": prompt_tokens,
+            "speed_repeats": len(runs)}
+
+
+def speed_prompt(tokenizer, records: list[dict], target_tokens: int) -> tuple[str, int]:
+    """A chat prompt of about `target_tokens` tokens: solved problems as earlier turns, then one question."""
+    from pipeline.backends.base import chat_prompt
+
+    question, solved = records[0]["question"], records[1:]
+    messages: list[dict] = []
+    for record in solved:
+        candidate = messages + [{"role": "user", "content": record["question"]},
+                                {"role": "assistant", "content": record["answer"]}]
+        text = tokenizer.apply_chat_template(candidate + [{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+        if len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) > target_tokens:
+            break
+        messages = candidate
+    prompt = tokenizer.apply_chat_template(messages + [{"role": "user", "content": question}], tokenize=False,
+                                           add_generation_prompt=True) if messages else chat_prompt(tokenizer, question)
+    return prompt, len(tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,208 @@
+"""Where the chain's model is (folder or hub), its dtype and device, and loading it and its tokenizer.
+
+A model is named by `conf/model/*.yaml`: a local folder or a hub id. Hub access is checked
+at plan time with a short connection probe, so an unreachable hub fails in one line before any
+work starts instead of after minutes of retries.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pipeline import paths
+from pipeline.engine.artifacts import Artifact
+from pipeline.engine.fingerprint import folder_digest
+from pipeline.errors import ModelUnavailable
+from pipeline.models.config import ModelConfig
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def local_folder(path: str) -> Path | None:
+    """A model path as an existing local folder (pipeline.paths' rule), else None (a hub id)."""
+    folder = paths.resolve(path)
+    return folder.resolve() if folder.is_dir() else None
+
+
+def looks_like_hub_id(path: str) -> bool:
+    return not path.startswith((".", "/", "~")) and path.count("/") == 1
+
+
+def base_artifact(model: ModelConfig) -> Artifact:
+    """The chain's starting point, as an artifact that stages can consume."""
+    folder = local_folder(model.path)
+    if folder is not None:
+        return Artifact(kind="model", path=str(folder), fingerprint=folder_digest(folder)[:20],
+                        format="hf", base_model=str(folder), stage="base")
+    return Artifact(kind="model", path=model.path, fingerprint=f"hub-{model.path}@{model.revision or 'main'}",
+                    format="hub", base_model=model.path, stage="base")
+
+
+def check_available(model: ModelConfig) -> None:
+    """Fail fast, in one line, if the model can be neither found locally nor fetched."""
+    folder = local_folder(model.path)
+    if folder is not None:
+        if not (folder / "config.json").is_file():
+            raise ModelUnavailable(f"model.path '{model.path}': folder {folder} has no config.json (not a Hugging Face model folder)")
+        return
+    if not looks_like_hub_id(model.path):
+        raise ModelUnavailable(f"model.path '{model.path}': no such folder, and not a hub id of the form owner/name")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model.path, "config.json", revision=model.revision), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise ModelUnavailable(
+            f"model '{model.name}' ({model.path}) cannot be fetched: the hub is unreachable and it is not in the "
+            f"local cache. Download it where there is network, or set model.path to a local folder.")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def declared_dtype(path: str | None) -> str | None:
+    """The dtype a model's config.json declares (dtype, or torch_dtype in older files), if it can be read."""
+    if not path:
+        return None
+    folder = local_folder(path)
+    config_file = folder / "config.json" if folder else None
+    if config_file is None and looks_like_hub_id(path):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json")
+        config_file = Path(cached) if isinstance(cached, str) else None
+    if config_file is None or not config_file.is_file():
+        return None
+    import json
+
+    config = json.loads(config_file.read_text())
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if value in DTYPES else None
+
+
+def resolve_dtype(name: str, device: str, model_path: str | None = None) -> str:
+    """`auto`: the model's declared dtype on a GPU (bfloat16 falls back to float16 where unsupported),
+    float32 on CPU, where half-precision matmuls are several times slower."""
+    if name != "auto":
+        return name
+    if device != "cuda":
+        return "float32"
+    import torch
+
+    declared = declared_dtype(model_path) or "bfloat16"
+    if declared == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return "float16"
+    return declared
+
+
+def torch_dtype(name: str, device: str, model_path: str | None = None):
+    import torch
+
+    return getattr(torch, resolve_dtype(name, device, model_path))
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(source: str, model: ModelConfig, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, source, model)
+    if model.chat_template:
+        tokenizer.chat_template = resolve_file(model.chat_template).read_text()
+    if isinstance(tokenizer.chat_template, str):
+        tokenizer.chat_template = with_thinking(tokenizer.chat_template, model.enable_thinking)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+THINKING_VARIABLE = "enable_thinking"
+_THINKING_SET = "{%- set enable_thinking = "
+
+
+def with_thinking(template: str, enable: bool | None) -> str:
+    """The chat template with its thinking switch fixed to `enable` (None: as it is).
+
+    The switch is set inside the template rather than passed to each apply_chat_template call, so
+    training, eval, the saved tokenizers of every artifact, the GGUF's embedded template and the
+    servers all render the same prompts. A template that was already switched is switched again."""
+    if template.startswith(_THINKING_SET):
+        template = template.split("%}", 1)[1]
+    if enable is None or THINKING_VARIABLE not in template:
+        return template
+    return f"{_THINKING_SET}{'true' if enable else 'false'} %}}{template}"
+
+
+def saved_chat_template(folder: Path) -> str | None:
+    """The chat template an HF folder carries (chat_template.jinja, else tokenizer_config.json's)."""
+    import json
+
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    return template if isinstance(template, str) else None
+
+
+def check_thinking_switch(model: ModelConfig) -> None:
+    """model.enable_thinking set for a template without that switch would silently do nothing."""
+    folder = local_folder(model.path)
+    if model.enable_thinking is None or (folder is None and not model.chat_template):
+        return  # nothing to check, or a hub model not downloaded yet (its template is checked on load)
+    template = resolve_file(model.chat_template).read_text() if model.chat_template else saved_chat_template(folder)
+    if template is not None and THINKING_VARIABLE not in template:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"model.enable_thinking: {model.enable_thinking}, but the chat template of '{model.path}' has "
+                          f"no {THINKING_VARIABLE} switch; leave it null for this model")
+
+
+def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_name: str | None = None,
+                   merge_adapter: bool = False):
+    """Load a model artifact, or an adapter artifact on top of its base."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch_dtype(dtype_name or model.dtype, device, model.path)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    if artifact.kind == "adapter":
+        from peft import PeftModel
+
+        base = _from_pretrained(AutoModelForCausalLM, artifact.base_model, model, **kwargs)
+        lm = PeftModel.from_pretrained(base, artifact.path)
+        if merge_adapter:
+            lm = lm.merge_and_unload()
+    else:
+        lm = _from_pretrained(AutoModelForCausalLM, artifact.path, model, **kwargs)
+    return lm.to(device)
+
+
+def _from_pretrained(cls, source: str, model: ModelConfig, **kwargs):
+    revision = model.revision if source == model.path else None
+    try:
+        return cls.from_pretrained(source, revision=revision, trust_remote_code=model.trust_remote_code, **kwargs)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise ModelUnavailable(f"cannot load '{source}' for model '{model.name}': {first}") from None
+
+
+def resolve_file(path: str) -> Path:
+    found = paths.resolve(path)
+    if found.is_file():
+        return found
+    raise ModelUnavailable(f"file not found: {path} (tried {paths.tried(path)})")

@@ -1,0 +1,314 @@
+"""Memory: what a stage will need (planned before anything loads) and what it took (measured).
+
+The estimate is built from the model's shape (config.json) and the stage's workload, the terms
+memory actually follows from (seed 001's per-parameter rules of thumb are the weights and
+optimizer lines; the rest is what they leave out):
+
+    runtime      the Python process with torch and transformers imported (CPU RSS only)
+    weights      parameters x bytes of the compute dtype (NF4 + scales for QLoRA's frozen base)
+    optimizer    trainable parameters x (gradient + two AdamW moments [+ fp32 master copy])
+    activations  tokens x layers x (4 hidden + 1.5 intermediate + a x heads x length) values, kept
+                 for the backward pass (training only; gradient checkpointing keeps ~1 layer's);
+                 a = 8.6 on CPU, where SDPA's math path keeps the attention scores (measured on
+                 SmolLM2-135M, batch 8 x 96 and 192 tokens), 1 on GPUs (memory-efficient kernels)
+    logits       tokens x vocabulary x 4 bytes x 3 (fp32 logits, log-softmax, their gradient)
+    kv cache     prompts x (prompt + new tokens) x layers x 2 x kv heads x head dim (generation)
+
+Training peaks in the backward pass at about 1.25x the saved activations. Tokens per step are the
+batch times the padded length of a long batch, measured on a sample of the stage's data
+(pipeline.engine.plan), not max_length, since chats are usually much shorter. Measured against it: pipeline.engine.runner
+records each stage's `peak_memory_mb` beside `planned_memory_mb`.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "nf4": 0.5}
+NF4_OVERHEAD = 1.15              # seed 001's k: scales and zero points beside the 4-bit values
+RUNTIME_CPU_BYTES = 650 * 2**20  # measured: RSS with torch, transformers, peft, trl, datasets imported (330-750 MB)
+BACKWARD_FACTOR = 1.25           # peak / saved activations: the backward pass's transient gradients
+ATTENTION_COPIES = {"cpu": 8.6, "cuda": 1.0}  # attention-score values kept per head and key position
+LOGIT_COPIES = 3
+GENERATION_TRANSIENT = 1.2       # prefill attention and sampling buffers over the KV cache
+LOGITS_CHUNK_BYTES = 256 * 2**20  # pipeline.evaluation.scoring.perplexity's bound on live logits
+# llama.cpp: bytes per weight of each GGUF type (block scales included), its KV cache (f16, the backend's
+# 2048-token context) and the per-batch compute buffers; perplexity opens a second model that keeps the
+# logits of every position of its window (logits_all), in llama.cpp and in the bindings' copy.
+GGUF_BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.0625, "q6_k": 0.82, "q5_k_m": 0.69,
+                        "q5_k_s": 0.69, "q5_0": 0.69, "q4_k_m": 0.6, "q4_k_s": 0.57, "q4_0": 0.5625, "q3_k_m": 0.49,
+                        "q2_k": 0.33, "iq4_nl": 0.56}
+LLAMA_CPP_CONTEXT = 2048
+LLAMA_CPP_BATCH = 512
+
+REMEDIES = ("batch size 1 with gradient accumulation, gradient checkpointing (~30% slower), "
+            "bf16, a shorter max_length, LoRA/QLoRA instead of full tuning, or hardware=deepspeed_zero3")
+
+
+@dataclass
+class ModelShape:
+    """The dimensions memory depends on, from a config.json (or guessed from a parameter count)."""
+
+    n_params: int
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "ModelShape | None":
+        path = Path(folder) / "config.json"
+        n_params = count_parameters(folder)
+        if not path.is_file() or not n_params:
+            return None
+        return cls.from_config(json.loads(path.read_text()), n_params)
+
+    @classmethod
+    def from_config(cls, config: dict, n_params: int = 0) -> "ModelShape":
+        config = config.get("text_config", config)  # multimodal configs nest the language model's
+        hidden = int(config.get("hidden_size", 0)) or 1
+        heads = int(config.get("num_attention_heads", 1))
+        return cls(n_params=n_params, layers=int(config.get("num_hidden_layers", 1)), hidden=hidden,
+                   intermediate=int(config.get("intermediate_size", 4 * hidden)), heads=heads,
+                   kv_heads=int(config.get("num_key_value_heads", heads)),
+                   head_dim=int(config.get("head_dim") or hidden // heads), vocab=int(config.get("vocab_size", 32000)))
+
+    @classmethod
+    def guess(cls, n_params: int) -> "ModelShape":
+        """A Llama-like shape of that size (hub models not downloaded yet)."""
+        hidden = max(256, int((n_params / 12 / 32) ** 0.5 / 128) * 128)
+        return cls(n_params=n_params, layers=32, hidden=hidden, intermediate=int(hidden * 3.5), heads=hidden // 128,
+                   kv_heads=max(1, hidden // 512), head_dim=128, vocab=128_000)
+
+
+@dataclass
+class Workload:
+    """What a stage does with the model, in the terms its memory follows from."""
+
+    kind: str = "inference"         # train | generate | inference (load, convert, save: weights only)
+    method: str = "lora"            # train: full | lora | qlora
+    batch: int = 1                  # train: sequences per step; generate: prompts per call
+    length: int = 512               # train: tokens per sequence (the plan lowers it to the data's)
+    new_tokens: int = 0             # generate: tokens generated per prompt
+    prompt_length: int = 128        # generate: prompt tokens (the plan measures it on the data)
+    lora_rank: int = 16
+    gradient_checkpointing: bool = False
+    extra_weights: float = 0.0      # further models held, in units of this model (distill's teacher, a reference)
+    generate_batch: int = 0         # train stages that also generate (GRPO): completions per call
+    generate_tokens: int = 0
+    gguf: str | None = None         # generate: the GGUF type llama.cpp runs (None: transformers)
+    scores_window: int = 0          # generate: perplexity window (llama.cpp keeps its logits in full)
+
+
+def count_parameters(folder: Path) -> int | None:
+    """Sum tensor sizes from safetensors headers, without loading weights or torch."""
+    total = 0
+    files = sorted(Path(folder).glob("*.safetensors"))
+    for path in files:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in entry["shape"]:
+                    count *= dim
+                total += count
+    return total or None
+
+
+def lora_parameters(shape: ModelShape, rank: int) -> int:
+    """A LoRA of this rank on every attention and MLP projection: r x (in + out) per matrix."""
+    attention = 2 * (shape.hidden + shape.heads * shape.head_dim) + 2 * (shape.hidden + shape.kv_heads * shape.head_dim)
+    mlp = 3 * (shape.hidden + shape.intermediate)
+    return shape.layers * rank * (attention + mlp)
+
+
+def activation_bytes_per_token(shape: ModelShape, length: int, value_bytes: int, device: str = "cpu") -> int:
+    attention = ATTENTION_COPIES.get(device, 1.0) * shape.heads * length
+    return int(shape.layers * (4 * shape.hidden + 1.5 * shape.intermediate + attention) * value_bytes)
+
+
+def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int, value_bytes: int) -> int:
+    return sequences * tokens * shape.layers * 2 * shape.kv_heads * shape.head_dim * value_bytes
+
+
+def estimate(work: Workload, shape: ModelShape, dtype: str, device: str) -> int:
+    """Peak bytes of a stage: the process's RSS on CPU, the CUDA allocator's peak on a GPU."""
+    value_bytes = BYTES_PER_PARAM.get(dtype, 4)
+    runtime = RUNTIME_CPU_BYTES if device != "cuda" else 0
+    if work.kind == "train" and work.method == "qlora":
+        weights = shape.n_params * BYTES_PER_PARAM["nf4"] * NF4_OVERHEAD
+    else:
+        weights = shape.n_params * value_bytes
+    weights *= 1 + work.extra_weights
+    if work.kind == "inference":
+        return int(runtime + weights * GENERATION_TRANSIENT)
+    if work.gguf is not None:
+        return int(runtime + llama_cpp_bytes(work, shape))
+    generation = 0
+    if work.kind == "generate" or work.generate_batch:
+        batch, new = (work.batch, work.new_tokens) if work.kind == "generate" else (work.generate_batch,
+                                                                                   work.generate_tokens)
+        kv = kv_cache_bytes(shape, batch, work.prompt_length + new, value_bytes)
+        generation = int(kv * GENERATION_TRANSIENT + batch * shape.vocab * 4)
+    if work.kind == "generate":
+        return int(runtime + weights + max(generation, LOGITS_CHUNK_BYTES))
+    trainable = shape.n_params if work.method == "full" else lora_parameters(shape, work.lora_rank)
+    optimizer = trainable * (4 + 8 + (4 if value_bytes < 4 else 0))  # gradient, AdamW moments, fp32 master
+    tokens = work.batch * work.length
+    per_token = activation_bytes_per_token(shape, work.length, value_bytes, device)
+    if work.gradient_checkpointing:  # layer inputs only, plus one layer recomputed at a time
+        per_token = per_token // shape.layers * 2 + shape.layers * shape.hidden * value_bytes
+    saved = tokens * (per_token + LOGIT_COPIES * shape.vocab * 4)
+    return int(runtime + weights + optimizer + max(BACKWARD_FACTOR * saved, generation))
+
+
+GENERATION_SHARE = 0.5  # of the memory available when a generation batch starts
+
+
+def generation_batch(shape: ModelShape, tokens_per_sequence: int, requested: int, device: str,
+                     value_bytes: int) -> int:
+    """The largest batch up to `requested` whose KV cache and logits fit in half the available memory."""
+    per_sequence = (kv_cache_bytes(shape, 1, tokens_per_sequence, value_bytes) * GENERATION_TRANSIENT
+                    + shape.vocab * 4)
+    return max(1, min(requested, int(available_bytes(device) * GENERATION_SHARE // per_sequence)))
+
+
+def llama_cpp_bytes(work: Workload, shape: ModelShape) -> int:
+    """A GGUF evaluated by llama.cpp: its weights, f16 KV cache and compute buffers, and for perplexity a
+    second model whose every-position logits are kept twice (llama.cpp's output buffer, the bindings' scores)."""
+    weights = shape.n_params * GGUF_BYTES_PER_PARAM.get(work.gguf, 2.0)
+    kv = kv_cache_bytes(shape, 1, LLAMA_CPP_CONTEXT, 2)
+    compute = LLAMA_CPP_BATCH * (shape.hidden * 4 * 8 + shape.vocab * 4)
+    scores = weights + 2 * (work.scores_window + 8) * shape.vocab * 4 if work.scores_window else 0
+    return int(weights + kv + compute + scores)
+
+
+def available_bytes(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return free
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring: the peak of one stage, to put beside its estimate.
+
+def vm_status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Linux resets the process's peak resident set (VmHWM) on `5 > /proc/self/clear_refs`."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release() -> None:
+    """Hand freed memory back to the system between stages, so one stage's peak is not the next's floor."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+class PeakMemory:
+    """The peak memory of a span of work: on a GPU the CUDA allocator's peak, on CPU the process's
+    peak RSS (exact: Linux's VmHWM after resetting it; elsewhere the lifetime peak, an upper bound).
+    Child processes (converters, servers) are not counted."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.exact = False
+        self.start_rss = 0
+
+    def __enter__(self) -> "PeakMemory":
+        release()
+        self.exact = _reset_peak_rss()
+        self.start_rss = vm_status("VmRSS") or 0
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def peak_rss(self) -> int:
+        peak = vm_status("VmHWM")
+        if peak is None:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return peak
+
+    def result(self) -> dict:
+        found = {"peak_rss_mb": round(self.peak_rss() / 2**20, 1), "start_rss_mb": round(self.start_rss / 2**20, 1),
+                 "peak_rss_exact": self.exact}
+        if self.device == "cuda":
+            import torch
+
+            found["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return found
+
+
+class MemoryWatch:
+    """Memory an evaluated model takes: the CUDA allocator's peak, or on CPU the process's peak RSS during the
+    eval (Linux VmHWM, reset by the runner at the stage's start) above its RSS before the model was loaded."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.before = vm_status("VmRSS") or 0
+        if device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def result(self) -> dict:
+        if self.device == "cuda":
+            import torch
+
+            return {"memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory_of": "cuda_max_allocated"}
+        peak = PeakMemory(self.device).peak_rss()
+        return {"memory_mb": round((peak - self.before) / 2**20, 1), "memory_of": "peak_rss_growth"}

@@ -1,0 +1,101 @@
+"""What every trainer-based stage shares: LoRA settings, trainer arguments per device and
+hardware profile, tokenizer saving, and reading the loss curve back from a trainer."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+
+@dataclass
+class LoraSpec:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: Optional[List[str]] = None  # null: the model config's lora_target_modules
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+def lora_config(spec: LoraSpec, default_targets: list[str]):
+    from peft import LoraConfig
+
+    targets = list(spec.target_modules or default_targets)
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == ["all-linear"] else targets,
+                      use_dora=spec.use_dora, use_rslora=spec.use_rslora)
+
+
+def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: bool) -> dict[str, Any]:
+    """Trainer arguments that follow from the device and the hardware profile."""
+    import torch
+
+    on_gpu = device == "cuda"
+    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    args: dict[str, Any] = {
+        "use_cpu": not on_gpu,
+        "bf16": bf16,
+        "fp16": on_gpu and not bf16,
+        # Checkpointing made CPU steps 2-10x slower for tiny models (ENVIRONMENT.md): opt-in only.
+        "activation_checkpointing": gradient_checkpointing,
+        "report_to": "none",  # tracking goes through pipeline.engine.tracking (one W&B run per chain)
+        "save_strategy": "no",
+        "dataloader_num_workers": 0,
+    }
+    if hardware.get("deepspeed"):
+        args["deepspeed"] = hardware["deepspeed"]
+    if hardware.get("fsdp"):
+        args["fsdp"] = hardware["fsdp"]
+        args["fsdp_config"] = hardware.get("fsdp_config") or {}
+    return args
+
+
+def loss_curve(log_history: list[dict[str, Any]], keys: tuple[str, ...] = ("loss",)) -> dict[str, float]:
+    """First and last logged value of each key (`loss_first`, `loss_last`, ...), so a stage shows it learned."""
+    found = {}
+    for key in keys:
+        values = [row[key] for row in log_history if key in row]
+        if values:
+            found[f"{key}_first"], found[f"{key}_last"] = float(values[0]), float(values[-1])
+    return found
+
+
+def save_tokenizer(tokenizer, source: str, out_dir: Path) -> None:
+    """save_pretrained does not write a SentencePiece tokenizer.model: copy it from the source."""
+    tokenizer.save_pretrained(out_dir)
+    original = Path(source) / "tokenizer.model"
+    if original.is_file() and not (Path(out_dir) / "tokenizer.model").exists():
+        shutil.copy2(original, Path(out_dir) / "tokenizer.model")
+
+
+def tokenizer_source(artifact) -> str:
+    """Where an artifact's tokenizer lives: its own folder if it saved one, else its base."""
+    folder = Path(artifact.path)
+    if (folder / "tokenizer_config.json").is_file():
+        return str(folder)
+    return artifact.base_model or artifact.path
+
+
+def save_policy(trainer, out_dir: Path, lora: bool) -> None:
+    """Save what an RL/preference trainer trained: for LoRA only the "default" adapter, not the
+    frozen "ref" copy that trl adds when it continues an input adapter."""
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if lora:
+        trained.save_pretrained(str(out_dir), selected_adapters=["default"])
+    else:
+        trained.save_pretrained(str(out_dir))
+
+
+def policy_artifact(source, out_dir: Path, full: bool, new_lora, metrics: dict, meta: dict):
+    """The artifact of a stage that trained `source` (a model, or an adapter it continued)."""
+    from pipeline.engine.artifacts import Artifact
+
+    if full:
+        return Artifact(kind="model", path=str(out_dir), fingerprint="", format="hf",
+                        base_model=source.base_model, metrics=metrics, meta=meta)
+    adapter_base = source.base_model if source.kind == "adapter" else source.path
+    lora = {"r": new_lora.r, "alpha": new_lora.alpha} if new_lora is not None else source.meta.get("lora")
+    return Artifact(kind="adapter", path=str(out_dir), fingerprint="", format="peft-lora",
+                    base_model=adapter_base, metrics=metrics, meta={"lora": lora, **meta})
+
