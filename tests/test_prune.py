@@ -60,6 +60,7 @@ def test_distill_recipes_student_is_pruned_then_trained(tmp_path):
     from pipeline.engine.runner import run_chain
 
     cfg = compose(["recipe=distill", "logger=none", "hardware.num_threads=1",
+                   "model.tuning.distill.student_keep_fraction=0.75",
                    "~stages.teacher", "~stages.eval_teacher", "~stages.distill", "~stages.eval_distill",
                    "stages.eval_sft_student.compare_with=null", "stages.sft_student.max_steps=3",
                    "stages.eval_sft_student.limit=4", "stages.eval_sft_student.tasks=[math]",
