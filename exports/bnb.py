@@ -168,17 +168,12 @@ def quantization_settings(cfg: BnbConfig, device: str) -> dict[str, Any]:
             "bnb_4bit_compute_dtype": resolve_compute_dtype(cfg, device), "llm_int8_skip_modules": skip}
 
 
-def safetensors_mb(folder: Optional[Path]) -> Optional[float]:
-    if folder is None:
-        return None
-    total = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
-    return round(total / 2**20, 3) if total else None
-
-
 def size_metrics(source: Artifact, out_dir: Path) -> dict[str, Any]:
     from pipeline.models.loading import local_folder
 
-    size, source_size = safetensors_mb(out_dir), safetensors_mb(local_folder(source.path))
+    from pipeline.engine.artifacts import weight_bytes
+
+    size, source_size = (round(weight_bytes(f) / 2**20, 3) or None for f in (out_dir, local_folder(source.path)))
     return {"size_mb": size, "source_size_mb": source_size,
             "compression_ratio": round(source_size / size, 3) if size and source_size else None}
 

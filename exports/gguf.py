@@ -24,7 +24,7 @@ from typing import Any, List, Optional
 
 from exports import llamacpp
 from exports.parity import ParityFields
-from pipeline.engine.artifacts import Artifact
+from pipeline.engine.artifacts import Artifact, weight_bytes
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
@@ -96,10 +96,6 @@ def intermediate_type(dtype: str) -> str:
     return {"bfloat16": "bf16", "float16": "f16"}.get(dtype, "f32")
 
 
-def safetensors_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
-
-
 @stage("gguf", config=GGUFConfig, consumes=set(MODEL_KINDS), produces="gguf")
 def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Convert the input model (an adapter is merged first) to a checked GGUF and an Ollama Modelfile."""
@@ -146,7 +142,7 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
                   title=f"{ctx.model.name} ({cfg.quant})", system=expected["default_system"],
                   generation_prompt=expected["generation_prompt"])
 
-        gguf_bytes, source_bytes = out_file.stat().st_size, safetensors_bytes(hf_dir)
+        gguf_bytes, source_bytes = out_file.stat().st_size, weight_bytes(hf_dir)
         metrics.update(size_mb=round(gguf_bytes / 2**20, 2), source_size_mb=round(source_bytes / 2**20, 2),
                        compression_ratio=round(source_bytes / gguf_bytes, 3) if source_bytes else None)
         exported = Artifact(kind="gguf", path=str(ctx.out_dir), fingerprint="", format=f"gguf-{cfg.quant}",

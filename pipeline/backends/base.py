@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.engine.artifacts import Artifact
+from pipeline.engine.artifacts import Artifact, weight_bytes
 from pipeline.errors import PlanError
 
 
@@ -88,12 +88,9 @@ def size_on_disk(artifact: Artifact) -> int:
     """Bytes of the weights an artifact needs: its GGUF file, its weight files, or an adapter plus its base."""
     if artifact.kind == "gguf":
         return gguf_file(artifact).stat().st_size
-    folder = Path(artifact.path)
-    if not folder.is_dir():
-        return 0
-    weights = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".safetensors", ".bin", ".pt"))
-    if artifact.kind == "adapter" and artifact.base_model and Path(artifact.base_model).is_dir():
-        weights += size_on_disk(Artifact(kind="model", path=artifact.base_model, fingerprint=""))
+    weights = weight_bytes(artifact.path)
+    if artifact.kind == "adapter" and artifact.base_model:
+        weights += weight_bytes(artifact.base_model)
     return weights
 
 

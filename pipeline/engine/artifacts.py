@@ -126,3 +126,14 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def weight_bytes(folder: Path | str | None) -> int:
+    """The one size measure: bytes of a model folder's weight files (0 for no folder)."""
+    if folder is None or not Path(folder).is_dir():
+        return 0
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in WEIGHT_SUFFIXES)
+
