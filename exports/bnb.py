@@ -169,9 +169,8 @@ def quantization_settings(cfg: BnbConfig, device: str) -> dict[str, Any]:
 
 
 def size_metrics(source: Artifact, out_dir: Path) -> dict[str, Any]:
-    from pipeline.models.loading import local_folder
-
     from pipeline.engine.artifacts import weight_bytes
+    from pipeline.models.loading import local_folder
 
     size, source_size = (round(weight_bytes(f) / 2**20, 3) or None for f in (out_dir, local_folder(source.path)))
     return {"size_mb": size, "source_size_mb": source_size,
@@ -251,7 +250,7 @@ def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from exports.parity import check
+    from exports.parity import compare_with_source
     from pipeline.models.loading import load_tokenizer
     from pipeline.training.common import save_tokenizer, tokenizer_source
 
@@ -284,7 +283,7 @@ def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     exported = Artifact(kind="model", path=str(out_dir), fingerprint="", format=f"bnb-{cfg.mode}",
                         base_model=source.base_model or source.path, stage=ctx.name)
     with _quiet_int8_cast():
-        metrics.update(check(cfg, source, exported, ctx))
+        metrics.update(compare_with_source(cfg, source, exported, ctx))
     ctx.log(f"bnb {cfg.mode}: {metrics['size_mb']} MB (source {metrics['source_size_mb']} MB, "
             f"{metrics['compression_ratio']}x), reloaded from its folder alone ({', '.join(reload['reloaded_layers'])}), "
             f"next-token agreement with the source {reload['reload_top1_agreement']:.1%}")

@@ -147,9 +147,9 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
                        compression_ratio=round(source_bytes / gguf_bytes, 3) if source_bytes else None)
         exported = Artifact(kind="gguf", path=str(ctx.out_dir), fingerprint="", format=f"gguf-{cfg.quant}",
                             base_model=source.base_model or source.path, meta={"file": out_file.name})
-        from exports.parity import check
+        from exports.parity import compare_with_source
 
-        metrics.update(check(cfg, hf_source, exported, ctx))
+        metrics.update(compare_with_source(cfg, hf_source, exported, ctx))
     finally:
         shutil.rmtree(staged_dir, ignore_errors=True)
         shutil.rmtree(merged_dir, ignore_errors=True)

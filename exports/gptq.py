@@ -189,7 +189,7 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     from transformers import GenerationConfig
 
     from exports.bnb import probe_texts, reload_check, size_metrics
-    from exports.parity import check
+    from exports.parity import compare_with_source
     from pipeline.models.loading import load_tokenizer
     from pipeline.training.common import save_tokenizer, tokenizer_source
 
@@ -239,7 +239,7 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     scheme = f"w{cfg.bits}a16"
     exported = Artifact(kind="model", path=str(out_dir), fingerprint="", format=f"gptq-{scheme}",
                         base_model=source.base_model or source.path, stage=ctx.name)
-    metrics.update(check(cfg, source, exported, ctx))
+    metrics.update(compare_with_source(cfg, source, exported, ctx))
     ctx.log(f"GPTQ {scheme}: {metrics['size_mb']} MB (source {metrics['source_size_mb']} MB, "
             f"{metrics['compression_ratio']}x) in {quantize_seconds}s, reloaded from its folder alone "
             f"({', '.join(reload['reloaded_layers'])}), next-token agreement with the source "

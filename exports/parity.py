@@ -39,7 +39,7 @@ class ParityFields:
         return Workload(kind="generate", batch=32, new_tokens=self.parity_max_new_tokens if self.parity else 1)
 
 
-def check(cfg: ParityFields, source: Artifact, exported: Artifact, ctx, dtype: Optional[str] = None) -> dict:
+def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact, ctx, dtype: Optional[str] = None) -> dict:
     """Compare greedy outputs of `exported` with `source`; returns metrics prefixed `parity_`."""
     if not cfg.parity:
         return {}

@@ -26,8 +26,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project, for pipeline.evaluation.scoring.tool_agent
-from pipeline import agent as _agent  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project, for pipeline.evaluation.scoring.tool_set
+from pipeline.evaluation.scoring import tool_set as _tools  # noqa: E402
 
 SEED = 1234
 
@@ -92,8 +92,8 @@ CATEGORIES = [("fruits", "种水果", EN_FRUITS, ZH_FRUITS), ("colors", "种颜�
 JSON_KEYS = ["name", "city", "age", "color", "food", "animal", "job", "country", "score", "year", "price", "item"]
 
 # Knowledge base of the search_knowledge tool: query -> (en answer, zh answer, zh query). One table
-# for the data and the tool that evaluates it: pipeline/evaluation/scoring/tool_agent.py.
-KNOWLEDGE = _agent.KNOWLEDGE
+# for the data and the tool that evaluates it: pipeline/evaluation/scoring/tool_set.py.
+KNOWLEDGE = _tools.KNOWLEDGE
 ZH_QUERY_TO_KEY = {v[2]: k for k, v in KNOWLEDGE.items()}
 
 EN_CONDITIONS = ["sunny", "cloudy", "rainy", "windy", "foggy", "snowy"]

@@ -1,4 +1,4 @@
-"""Tool calling and the agent loop (pipeline/evaluation/scoring/tool_agent.py): safe calculator, stand-in tools that agree with
+"""Tool calling and the agent loop (pipeline/evaluation/scoring/tool_agent.py, tool_set.py, tool_calls.py): safe calculator, stand-in tools that agree with
 the embedded data, call parsing, the loop with a scripted model, and the scorer against test_tools.jsonl."""
 from __future__ import annotations
 
@@ -9,20 +9,15 @@ import pytest
 
 from pipeline.data.datasets import DataError
 from pipeline.evaluation.scoring.tool_agent import (
-    TOOLS,
-    CalculatorError,
     backend_generate,
-    calculate,
     evaluate_tools,
-    execute_tool,
-    format_tool_call,
     load_tool_cases,
     normalize_arguments,
-    parse_tool_call,
-    parse_tool_calls,
     run_episode,
     score_tools,
 )
+from pipeline.evaluation.scoring.tool_calls import format_tool_call, parse_tool_call, parse_tool_calls
+from pipeline.evaluation.scoring.tool_set import TOOLS, CalculatorError, calculate, execute_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOOLS = ROOT / "embedded" / "data" / "test_tools.jsonl"

@@ -7,10 +7,10 @@ import pytest
 
 from pipeline.evaluation.scoring.instruction_checks import (
     CHECKS,
-    passes,
     count_chars,
     count_list_items,
     count_words,
+    passes,
     validate_spec,
 )
 

@@ -28,7 +28,7 @@ def spec_for(path, **fields):
 
 def error_of(spec, purpose):
     with pytest.raises(DataError) as caught:
-        data.check(spec, purpose)
+        data.validate_records(spec, purpose)
     return str(caught.value)
 
 
@@ -73,7 +73,7 @@ ROUND_TRIPS = [
 def test_format_round_trips_to_canonical_shape(tmp_path, fmt, source_format, purpose, record, expected):
     path = write_jsonl(tmp_path / "d.jsonl", [record, record])
     spec = spec_for(path, format=source_format if fmt == "explicit" else "auto")
-    assert data.check(spec, purpose) == 2
+    assert data.validate_records(spec, purpose) == 2
     assert data.load(spec, purpose) == [expected, expected]
 
 
@@ -91,9 +91,10 @@ def test_openai_tool_call_messages_keep_their_extra_keys(tmp_path):
     ("no marker", None), ("#### seven", None),
 ])
 def test_gsm8k_target_normalises_the_last_number(answer, target):
+    from pipeline.data.formats import gsm8k_target
     from pipeline.evaluation.answers import extract_answer
 
-    assert data.gsm8k_target(answer) == target
+    assert gsm8k_target(answer) == target
     if target is not None:  # one normaliser: a model answering the same number scores as the target
         assert extract_answer(answer) == target
 
@@ -294,4 +295,4 @@ def test_fingerprint_of_hub_id_names_it():
 
 def test_unknown_purpose_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError, match="unknown data purpose 'rl'"):
-        data.check(spec_for(write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}])), "rl")
+        data.validate_records(spec_for(write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}])), "rl")

@@ -1,8 +1,8 @@
 """Eval tasks as a registry: every task file is found, a task added from outside the eval stage runs
 with it (reading another task's answers through `needs`), and unknown tasks fail at plan time."""
 import pytest
-
 from conftest import compose
+
 from pipeline.errors import ConfigError
 from pipeline.evaluation import registry
 

@@ -12,7 +12,7 @@ pytest.importorskip("llama_cpp")
 
 from conftest import ROOT  # noqa: E402
 
-from pipeline import llama_runtime, serving  # noqa: E402
+from pipeline.backends import llama_runtime, serving  # noqa: E402
 
 AVX2 = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | REPACK = 1 |"
 AMX = "CPU : SSE3 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | REPACK = 1 |"

@@ -14,7 +14,7 @@ pytest.importorskip("openai")
 
 from conftest import EMBEDDED, compose  # noqa: E402
 
-from pipeline import registry  # noqa: E402
+from pipeline.engine import registry  # noqa: E402
 from pipeline.engine.artifacts import MANIFEST, Artifact, Store  # noqa: E402
 from pipeline.engine.context import Inputs, StageContext  # noqa: E402
 from pipeline.engine.plan import Step  # noqa: E402

@@ -6,9 +6,9 @@ import dataclasses
 import enum
 
 import pytest
+from conftest import CONF, compose
 from omegaconf import MISSING, OmegaConf
 
-from conftest import CONF, compose
 from pipeline.engine import registry
 
 STAGE_FILES = sorted(p.stem for p in (CONF / "stage").glob("*.yaml"))

@@ -1,0 +1,1 @@
+"""Inference backends (transformers, llama.cpp) and the OpenAI-compatible servers."""

@@ -1,0 +1,1 @@
+"""Data sets: validation (datasets), sources (readers), formats, problems, chat token masks, lengths."""

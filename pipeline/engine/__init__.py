@@ -1,0 +1,1 @@
+"""The engine: config typing, plan, runner, store, fingerprints, tracking, report, sweep, cli."""

@@ -165,7 +165,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
     for step in steps:
         data_fps = []
         for field_name, dataset, purpose in _dataset_fields(step.cfg):
-            count = data.check(dataset, purpose)
+            count = data.validate_records(dataset, purpose)
             step.data_notes.append(f"{field_name} <- {dataset.path} ({count} records, {purpose})")
             data_fps.append(data.fingerprint(dataset))
         step.fingerprint = stage_fingerprint(step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names],

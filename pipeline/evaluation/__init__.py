@@ -1,0 +1,1 @@
+"""Eval tasks (tasks/, one file each, registered in registry.py) and their scorers (scoring/)."""

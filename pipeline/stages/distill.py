@@ -30,7 +30,7 @@ from pipeline.engine.artifacts import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, ModelUnavailable
-from pipeline.stages.sft import Method, SFTConfig
+from pipeline.stages.sft import SFTConfig, trained_kind
 
 BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)
 
@@ -277,12 +277,8 @@ def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx
     return size
 
 
-def _produces(cfg: DistillConfig) -> str:
-    return "model" if cfg.method == Method.full else "adapter"
-
-
 # Consumes adapters too, but only as a teacher: validate() puts the student first in `inputs`.
-@stage("distill", config=DistillConfig, consumes={"model", "adapter"}, produces=_produces)
+@stage("distill", config=DistillConfig, consumes={"model", "adapter"}, produces=trained_kind)
 def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Distill the teacher into the input model (logits or teacher-written answers)."""
     from pipeline.data.datasets import load

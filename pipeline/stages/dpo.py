@@ -25,12 +25,12 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from pipeline.data.datasets import DataError, DatasetSpec, check, load
+from pipeline.data.datasets import DataError, DatasetSpec, load, validate_records
 from pipeline.engine.artifacts import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
-from pipeline.stages.sft import Method
+from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
     LoraSpec,
     device_args,
@@ -99,7 +99,7 @@ class DPOConfig:
             spec = getattr(self, key)
             if spec is not None:
                 try:
-                    check(spec, "preference")
+                    validate_records(spec, "preference")
                 except DataError as e:
                     raise ConfigError(f"{where}.{key}: {e}") from None
 
@@ -110,10 +110,6 @@ class DPOConfig:
         return Workload(kind="train", method=self.method.value, batch=2 * self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing,
                         extra_weights=1.0 if self.method == Method.full else 0.0)
-
-
-def _produces(cfg: DPOConfig) -> str:
-    return "model" if cfg.method == Method.full else "adapter"
 
 
 def _dataset(spec: DatasetSpec, limit: int | None = None):
@@ -183,7 +179,7 @@ def held_out(results: dict[str, Any]) -> dict[str, float]:
     return {short: round(float(results[key]), 4) for key, short in names.items() if key in results}
 
 
-@stage("dpo", config=DPOConfig, consumes={"model", "adapter"}, produces=_produces)
+@stage("dpo", config=DPOConfig, consumes={"model", "adapter"}, produces=trained_kind)
 def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input policy on preference pairs against a frozen reference; produce the adapter
     (or model) and its reward margin/accuracy on the held-out pairs."""

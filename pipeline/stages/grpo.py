@@ -27,7 +27,7 @@ from pipeline.engine.artifacts import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.stages.sft import Method
+from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
     LoraSpec,
     device_args,
@@ -125,10 +125,6 @@ def vllm_usable(device: str) -> bool:
     return device == "cuda" and _has_vllm()
 
 
-def _produces(cfg: GRPOConfig) -> str:
-    return "model" if cfg.method == Method.full else "adapter"
-
-
 def reward_curve(log_history: list[dict[str, Any]]) -> dict[str, float]:
     """Mean reward over the first and the last REWARD_WINDOW of logged steps, and per reward."""
     rows = [row for row in log_history if row.get("reward") is not None]
@@ -176,7 +172,7 @@ def _dataset(cfg: GRPOConfig):
     return Dataset.from_list([{k: r.get(k) for k in keys} for r in records])
 
 
-@stage("grpo", config=GRPOConfig, consumes={"model", "adapter"}, produces=_produces)
+@stage("grpo", config=GRPOConfig, consumes={"model", "adapter"}, produces=trained_kind)
 def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Sample groups of completions, score them with the rewards, and push the policy toward the
     better ones; produce the trained adapter (or model)."""

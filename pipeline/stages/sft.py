@@ -62,11 +62,12 @@ class SFTConfig:
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing)
 
 
-def _produces(cfg: SFTConfig) -> str:
+def trained_kind(cfg) -> str:
+    """What a training stage with a `method` produces: a whole model (full) or an adapter (lora, qlora)."""
     return "model" if cfg.method == Method.full else "adapter"
 
 
-@stage("sft", config=SFTConfig, consumes={"model"}, produces=_produces)
+@stage("sft", config=SFTConfig, consumes={"model"}, produces=trained_kind)
 def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input model on chat data; produce a LoRA adapter or a full model."""
     from pipeline.models.loading import load_causal_lm

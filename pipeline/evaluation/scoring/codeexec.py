@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.data.datasets import DataError, _summarise
+from pipeline.data.problems import DataError, summarise
 
 STATUSES = ("passed", "failed", "timeout", "error", "memory")
 STDERR_TAIL = 2000        # characters of the candidate's stderr kept in results
@@ -175,14 +175,14 @@ def _status(verdict: str, nonce: str, timed_out: bool, returncode: int, stderr_t
 
 def load_code_problems(path: str | Path) -> list[dict]:
     """HumanEval-like problems from a .jsonl file; every line checked, errors name path:line."""
-    from pipeline.data.datasets import _display, _existing_file, _read_jsonl
+    from pipeline.data.readers import display, existing_file, read_jsonl
 
-    resolved = _existing_file(str(path))
-    where = _display(resolved)
+    resolved = existing_file(str(path))
+    where = display(resolved)
     if resolved.suffix.lower() != ".jsonl":
         raise DataError(f"{where}: code problems must be a .jsonl file, got '{resolved.suffix}'")
     problems, errors, seen = [], [], {}
-    for location, item in _read_jsonl(resolved, where):
+    for location, item in read_jsonl(resolved, where):
         try:
             problem = _problem(item)
             if problem["task_id"] in seen:
@@ -192,7 +192,7 @@ def load_code_problems(path: str | Path) -> list[dict]:
         except ValueError as e:
             errors.append(f"{location}: {e}")
     if errors:
-        raise DataError(_summarise(errors))
+        raise DataError(summarise(errors))
     if not problems:
         raise DataError(f"{where}: empty file (no records)")
     return problems

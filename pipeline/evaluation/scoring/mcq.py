@@ -23,15 +23,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.data.datasets import DataError, _summarise
+from pipeline.data.problems import DataError, Invalid, summarise
 
 PROMPT_STYLES = ("letter", "text")
 LETTERS = string.ascii_uppercase
 _SCALARS = (str, int, float)
-
-
-class _Invalid(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,28 +37,28 @@ def load_mcq(path: str | Path) -> list[dict]:
     """Every record of an MCQ file as {question, options: {letter: text}, answer, subject, ...extra keys}.
 
     Raises DataError naming `path:line: reason` for each bad record (the first few of them)."""
-    from pipeline.data.datasets import _display, _existing_file, _read_csv, _read_jsonl
+    from pipeline.data.readers import display, existing_file, read_csv, read_jsonl
 
-    resolved = _existing_file(str(path))  # relative paths: from the project root, as in pipeline.data.datasets
-    where = _display(resolved)
+    resolved = existing_file(str(path))  # relative paths: from the project root, as in pipeline.data.datasets
+    where = display(resolved)
     suffix = resolved.suffix.lower()
     if suffix == ".jsonl":
-        entries: Iterator[tuple[str, Any]] = _read_jsonl(resolved, where)
+        entries: Iterator[tuple[str, Any]] = read_jsonl(resolved, where)
     elif suffix == ".csv":
         _check_csv_header(resolved, where)
-        entries = _read_csv(resolved, where)
+        entries = read_csv(resolved, where)
     else:
         raise DataError(f"{where}: unknown extension '{resolved.suffix}' for multiple-choice data (valid: .jsonl, .csv)")
     records, errors = [], []
     for location, item in entries:
         try:
             if isinstance(item, Exception):
-                raise _Invalid(str(item))
+                raise Invalid(str(item))
             records.append(_mcq_record(item))
-        except _Invalid as e:
+        except Invalid as e:
             errors.append(f"{location}: {e}")
     if errors:
-        raise DataError(_summarise(errors))
+        raise DataError(summarise(errors))
     if not records:
         raise DataError(f"{where}: empty file (no records)")
     return records
@@ -82,41 +78,41 @@ def _check_csv_header(path: Path, where: str) -> None:
                         "add the line question,A,B,C,D,answer")
 
 
-def _kind(value: Any) -> str:
+def kind_name(value: Any) -> str:
     return {str: "string", int: "number", float: "number", bool: "boolean", list: "list",
             dict: "object"}.get(type(value), "null" if value is None else type(value).__name__)
 
 
 def _text(value: Any, name: str) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise _Invalid(f"missing {name}")
+        raise Invalid(f"missing {name}")
     if isinstance(value, bool) or not isinstance(value, _SCALARS):
-        raise _Invalid(f"{name} must be a string, got {_kind(value)}")
+        raise Invalid(f"{name} must be a string, got {kind_name(value)}")
     return str(value)
 
 
 def _mcq_record(item: Any) -> dict:
     if not isinstance(item, dict):
-        raise _Invalid(f"expected a JSON object, got {_kind(item)}")
+        raise Invalid(f"expected a JSON object, got {kind_name(item)}")
     question = _text(item.get("question"), "'question'")
     present = [key for key in item if len(key) == 1 and key in LETTERS and item[key] is not None]
     if not present:
-        raise _Invalid("no options: expected columns A, B, C, D (one per option letter)")
+        raise Invalid("no options: expected columns A, B, C, D (one per option letter)")
     letters = LETTERS[:LETTERS.index(max(present)) + 1]
     if len(letters) < 2:
-        raise _Invalid("missing option 'B' (a question needs at least options A and B)")
+        raise Invalid("missing option 'B' (a question needs at least options A and B)")
     options = {letter: _text(item.get(letter), f"option '{letter}'") for letter in letters}
     raw_answer = item.get("answer")
     if raw_answer is None or (isinstance(raw_answer, str) and not raw_answer.strip()):
-        raise _Invalid("missing answer")
+        raise Invalid("missing answer")
     answer = str(raw_answer).strip().upper() if isinstance(raw_answer, str) else None
     if answer is None or len(answer) != 1 or answer not in LETTERS:
-        raise _Invalid(f"answer must be an option letter, got {raw_answer!r}")
+        raise Invalid(f"answer must be an option letter, got {raw_answer!r}")
     if answer not in options:
-        raise _Invalid(f"answer '{answer}' is not among the options {', '.join(letters)}")
+        raise Invalid(f"answer '{answer}' is not among the options {', '.join(letters)}")
     subject = item.get("subject")
     if subject is not None and not isinstance(subject, str):
-        raise _Invalid(f"'subject' must be a string, got {_kind(subject)}")
+        raise Invalid(f"'subject' must be a string, got {kind_name(subject)}")
     extra = {k: v for k, v in item.items()
              if k not in ("question", "answer", "subject") and not (len(k) == 1 and k in LETTERS)}
     return {**extra, "question": question, "options": options, "answer": answer,
