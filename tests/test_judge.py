@@ -19,8 +19,9 @@ pytest.importorskip("openai")
 from conftest import EMBEDDED  # noqa: E402
 
 from pipeline.errors import ConfigError  # noqa: E402
-from pipeline.evaluation.scoring import judge  # noqa: E402
-from pipeline.evaluation.scoring.judge import JudgeConfig, check_config, grade, pairwise, parse_preference, parse_score  # noqa: E402
+from pipeline.evaluation.scoring import judge_verdicts as judge  # noqa: E402
+from pipeline.evaluation.scoring.judge import JudgeConfig, check_config, grade, pairwise  # noqa: E402
+from pipeline.evaluation.scoring.judge_verdicts import parse_preference, parse_score  # noqa: E402
 
 URL_ENV, KEY_ENV = "TUNECHAIN_JUDGE_URL", "TUNECHAIN_JUDGE_API_KEY"
 
