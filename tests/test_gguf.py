@@ -14,7 +14,8 @@ pytest.importorskip("llama_cpp")
 from conftest import EMBEDDED, compose  # noqa: E402
 
 from exports import llamacpp, modelfile  # noqa: E402
-from exports.gguf import GGUFConfig, hf_expectations, read_gguf, rewrite_metadata, run, verify_and_fix  # noqa: E402
+from exports.gguf import GGUFConfig, run  # noqa: E402
+from exports.gguf_metadata import hf_expectations, read_gguf, rewrite_metadata, verify_and_fix  # noqa: E402
 from pipeline.data.datasets import DatasetSpec  # noqa: E402
 from pipeline.engine.artifacts import Artifact, Store  # noqa: E402
 from pipeline.engine.context import Inputs, StageContext  # noqa: E402
