@@ -13,7 +13,7 @@ from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
 from pipeline.errors import ConfigError
-from pipeline.stages.distill import distillation_loss
+from pipeline.training.distillation import distillation_loss
 
 EVALS = ["~stages.eval_teacher", "~stages.eval_sft_student", "~stages.eval_distill"]
 
