@@ -22,7 +22,7 @@ from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
 from pipeline.engine.tracking import LoggerConfig, Tracker, redact
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import PlanError
-from pipeline.models.memory import PeakMemory
+from pipeline.models.peak_memory import PeakMemory
 
 VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
              "gptqmodel", "llama-cpp-python", "vllm")

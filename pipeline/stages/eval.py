@@ -108,7 +108,7 @@ class EvalConfig:
 def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Score the input (HF model, adapter, bnb/GPTQ checkpoint or GGUF); results.json, predictions.jsonl."""
     from pipeline.backends.base import open_backend, size_on_disk
-    from pipeline.models.memory import MemoryWatch
+    from pipeline.models.peak_memory import MemoryWatch
 
     source = inputs.primary
     started = time.time()
