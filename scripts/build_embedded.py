@@ -11,7 +11,7 @@ Tiny smoke version for tests (seconds; writes nothing outside --out):
     python scripts/build_embedded.py --quick --out /tmp/embedded_quick
 
 Steps: (1) generate the held-out sets, then the training sets and the pretraining corpus with
-held-out items removed (scripts/embedded_data.py), and check there is no overlap; (2) train the
+held-out items removed (scripts/embedded_data/), and check there is no overlap; (2) train the
 SentencePiece tokenizer and write the HF tokenizer with the ChatML template, and verify it;
 (3) pretrain a 4-layer Llama (hidden 256) on packed 128-token sequences of the plain-text corpus
 (documents separated by </s>, no BOS, no chat format); (4) save it, reload it, and measure

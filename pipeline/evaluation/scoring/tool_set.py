@@ -2,7 +2,7 @@
 
 The tools are seed 000's three, under the names the embedded data uses (`embedded/data/test_tools.jsonl`,
 the tool turns of `sft_train.jsonl`), and they return the same tool messages as the data's generator
-(`scripts/embedded_data.execute_tool`), so a model trained on that data sees what it learnt:
+(`scripts/embedded_data/tools.py`), so a model trained on that data sees what it learnt:
 
     calculator        {"expression": "39 + 64 * 4"} -> {"result": 295}
                       Safe arithmetic over Python's ast (numbers, + - * / // % **, unary signs,
@@ -99,8 +99,8 @@ def _bounded(value: Any) -> int | float:
 
 
 # ---------------------------------------------------------------------------------------------
-# The stand-in weather table (the readings scripts/embedded_data.py generated) and the knowledge base
-# (scripts/embedded_data.py reads it from here to make the data)
+# The stand-in weather table (the readings scripts/embedded_data/tools.py generated) and the knowledge base
+# (scripts/embedded_data/vocab.py reads it from here to make the data)
 
 # city -> (temperature °C, condition, humidity %): canned readings, not real weather.
 WEATHER: dict[str, tuple[int, str, int]] = {
