@@ -80,7 +80,7 @@ class DPOConfig:
     max_grad_norm: float = 1.0
     logging_steps: int = 10
     gradient_checkpointing: bool = False
-    lora: LoraSpec = field(default_factory=lambda: LoraSpec(dropout=0.0))  # new adapters only
+    lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
     def validate(self, where: str, earlier: dict) -> None:
         if self.loss_type not in LOSS_TYPES:

@@ -73,7 +73,7 @@ class GRPOConfig:
     logging_steps: int = 1
     use_vllm: str = "auto"                      # auto: vLLM where a GPU and vllm are present | true | false
     gradient_checkpointing: bool = False
-    lora: LoraSpec = field(default_factory=lambda: LoraSpec(dropout=0.0))  # new adapters only
+    lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
     def validate(self, where: str, earlier: dict) -> None:
         from pipeline.training.rewards import parse
