@@ -24,7 +24,7 @@ def test_a_new_task_is_one_registration_and_no_edit_to_the_eval_stage(tmp_path):
 
     try:
         cfg = compose(["logger=none", "~stages.eval_base", "~stages.sft", "stages.eval_tuned.inputs=[base]",
-                       "stages.eval_tuned.tasks=[answer_length]", "stages.eval_tuned.limit=4",
+                       "stages.eval_tuned.tasks=[answer_length]", "stages.eval_tuned.limit=4", "stages.eval_tuned.compare_with=null",
                        f"paths.store={tmp_path / 'store'}"])
         record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
         metrics = record["stages"][0]["metrics"]

@@ -8,11 +8,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.engine.configstore import register
+from pipeline.paths import PROJECT_ROOT
 from pipeline.errors import TunechainError
 
 register()  # before Hydra composes anything (main.py imports this module first)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = PROJECT_ROOT / "conf"
 
 
 def fail(message: str) -> None:

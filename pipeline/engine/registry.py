@@ -1,32 +1,20 @@
 """The stage registry: stage kind -> config dataclass + run function.
 
-Every stage module is listed in STAGE_MODULES; importing one registers its kinds through the
-@stage decorator. Config dataclasses live at module top level and heavy libraries (torch, trl)
-are imported inside `run`, so planning a chain stays fast.
+Every module of the STAGE_PACKAGES is imported once (so a new stage kind is one new file there);
+importing one registers its kinds through the @stage decorator. Config dataclasses live at module
+top level and heavy libraries (torch, trl) are imported inside `run`, so planning a chain stays fast.
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from pipeline.errors import ConfigError
 
-# One place that lists every stage module (order is irrelevant).
-STAGE_MODULES = [
-    "pipeline.stages.sft",
-    "pipeline.stages.qlora",
-    "pipeline.stages.eval",
-    "pipeline.stages.distill",
-    "pipeline.stages.grpo",
-    "pipeline.stages.dpo",
-    "pipeline.stages.prune",
-    "exports.merge",
-    "exports.bnb",
-    "exports.gptq",
-    "exports.gguf",
-    "pipeline.stages.serve",
-]
+# Where stage kinds live: training, eval and serve stages; merge and the export formats.
+STAGE_PACKAGES = ("pipeline.stages", "exports")
 
 # Artifact kinds that stages exchange.
 ARTIFACT_KINDS = ("model", "adapter", "eval", "gguf", "serve")
@@ -60,9 +48,18 @@ def stage(kind: str, *, config: type, consumes: Iterable[str], produces, cache: 
     return wrap
 
 
+_loaded = False
+
+
 def _load_all() -> None:
-    for module in STAGE_MODULES:
-        importlib.import_module(module)
+    global _loaded
+    if _loaded:
+        return
+    for package_name in STAGE_PACKAGES:
+        package = importlib.import_module(package_name)
+        for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+            importlib.import_module(f"{package_name}.{module}")
+    _loaded = True
 
 
 def get(kind: str) -> StageSpec:
