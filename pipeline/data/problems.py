@@ -30,3 +30,24 @@ def summarise(errors: list[str]) -> str:
     if len(errors) > len(shown):
         shown.append(f"... and {len(errors) - len(shown)} more")
     return "\n".join(shown)
+
+
+def collect(entries, parse, where: str) -> list:
+    """Each (location, entry) through `parse(location, entry)`. An entry that is already a problem (a reader's
+    Invalid), or one that `parse` rejects with Invalid or ValueError, is reported with its location; all of
+    them together in one DataError, after the last entry. An empty source is an error too."""
+    records, errors = [], []
+    for location, item in entries:
+        try:
+            if isinstance(item, Exception):
+                raise Invalid(str(item))
+            records.append(parse(location, item))
+        except DataError:
+            raise
+        except (Invalid, ValueError) as e:
+            errors.append(f"{location}: {e}")
+    if errors:
+        raise DataError(summarise(errors))
+    if not records:
+        raise DataError(f"{where}: empty file (no records)")
+    return records

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.data.problems import DataError, summarise
+from pipeline.data.problems import DataError, collect
 
 STATUSES = ("passed", "failed", "timeout", "error", "memory")
 STDERR_TAIL = 2000        # characters of the candidate's stderr kept in results
@@ -181,21 +181,16 @@ def load_code_problems(path: str | Path) -> list[dict]:
     where = display(resolved)
     if resolved.suffix.lower() != ".jsonl":
         raise DataError(f"{where}: code problems must be a .jsonl file, got '{resolved.suffix}'")
-    problems, errors, seen = [], [], {}
-    for location, item in read_jsonl(resolved, where):
-        try:
-            problem = _problem(item)
-            if problem["task_id"] in seen:
-                raise ValueError(f"duplicate task_id {problem['task_id']!r} (first at {seen[problem['task_id']]})")
-            seen[problem["task_id"]] = location
-            problems.append(problem)
-        except ValueError as e:
-            errors.append(f"{location}: {e}")
-    if errors:
-        raise DataError(summarise(errors))
-    if not problems:
-        raise DataError(f"{where}: empty file (no records)")
-    return problems
+    seen: dict[str, str] = {}
+
+    def parse(location: str, item) -> dict:
+        problem = _problem(item)
+        if problem["task_id"] in seen:
+            raise ValueError(f"duplicate task_id {problem['task_id']!r} (first at {seen[problem['task_id']]})")
+        seen[problem["task_id"]] = location
+        return problem
+
+    return collect(read_jsonl(resolved, where), parse, where)
 
 
 def _problem(item: Any) -> dict:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.data.problems import DataError, Invalid, summarise
+from pipeline.data.problems import DataError, Invalid, collect
 
 PROMPT_STYLES = ("letter", "text")
 LETTERS = string.ascii_uppercase
@@ -49,19 +49,7 @@ def load_mcq(path: str | Path) -> list[dict]:
         entries = read_csv(resolved, where)
     else:
         raise DataError(f"{where}: unknown extension '{resolved.suffix}' for multiple-choice data (valid: .jsonl, .csv)")
-    records, errors = [], []
-    for location, item in entries:
-        try:
-            if isinstance(item, Exception):
-                raise Invalid(str(item))
-            records.append(_mcq_record(item))
-        except Invalid as e:
-            errors.append(f"{location}: {e}")
-    if errors:
-        raise DataError(summarise(errors))
-    if not records:
-        raise DataError(f"{where}: empty file (no records)")
-    return records
+    return collect(entries, lambda _, item: _mcq_record(item), where)
 
 
 def _check_csv_header(path: Path, where: str) -> None:

@@ -19,7 +19,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from pipeline.data.problems import DataError, Invalid, kind_name, summarise
+from pipeline.data.problems import DataError, Invalid, collect, kind_name
 from pipeline.data.readers import display, existing_file, read_json, read_jsonl
 from pipeline.evaluation.answers import extract_answer, normalize_number
 from pipeline.evaluation.scoring.reasoning import split_think
@@ -243,16 +243,4 @@ def load_tool_cases(path: str | Path) -> list[dict]:
     if suffix not in (".jsonl", ".json"):
         raise DataError(f"{where}: tool cases must be .jsonl or .json, got '{resolved.suffix}'")
     reader = read_jsonl if suffix == ".jsonl" else read_json
-    cases, errors = [], []
-    for location, item in reader(resolved, where):
-        try:
-            if isinstance(item, Invalid):
-                raise item
-            cases.append(_case(item))
-        except Invalid as e:
-            errors.append(f"{location}: {e}")
-    if errors:
-        raise DataError(summarise(errors))
-    if not cases:
-        raise DataError(f"{where}: empty file (no records)")
-    return cases
+    return collect(reader(resolved, where), lambda _, item: _case(item), where)
