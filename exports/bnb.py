@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from exports.parity import ParityFields
-from pipeline.engine.artifacts import Artifact
+from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
@@ -169,7 +169,7 @@ def quantization_settings(cfg: BnbConfig, device: str) -> dict[str, Any]:
 
 
 def size_metrics(source: Artifact, out_dir: Path) -> dict[str, Any]:
-    from pipeline.engine.artifacts import weight_bytes
+    from pipeline.artifact import weight_bytes
     from pipeline.models.loading import local_folder
 
     size, source_size = (round(weight_bytes(f) / 2**20, 3) or None for f in (out_dir, local_folder(source.path)))

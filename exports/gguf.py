@@ -22,7 +22,7 @@ from typing import Any, List, Optional
 from exports import llamacpp
 from exports.gguf_metadata import converter_folder, hf_expectations, verify_and_fix
 from exports.parity import ParityFields
-from pipeline.engine.artifacts import Artifact, weight_bytes
+from pipeline.artifact import Artifact, weight_bytes
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.engine.cache import cache_root
 from pipeline.errors import PlanError
+from pipeline.paths import cache_root
 
 DIST = "llama-cpp-python"
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")

@@ -11,9 +11,9 @@ from typing import Optional
 
 from omegaconf import MISSING
 
+from pipeline.artifact import Artifact
 from pipeline.backends.base import Generation, chat_prompt, open_backend
 from pipeline.data.datasets import DatasetSpec, load
-from pipeline.engine.artifacts import Artifact
 from pipeline.errors import TunechainError
 from pipeline.evaluation.answers import extract_answer
 
@@ -54,7 +54,7 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
     else:
         want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
         if cached is not None:
-            from pipeline.engine.artifacts import write_json_atomic
+            from pipeline.artifact import write_json_atomic
 
             cached.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cached, [dataclasses.asdict(g) for g in want])
@@ -84,8 +84,8 @@ def _reference_file(source: Artifact, prompts: list[str], max_new_tokens: int, d
     content fingerprint (a model merged inside the stage, or a hub id whose revision may move)."""
     import importlib.metadata
 
-    from pipeline.engine.cache import cache_root
-    from pipeline.engine.fingerprint import hash_json
+    from pipeline.hashing import hash_json
+    from pipeline.paths import cache_root
 
     if not source.fingerprint or source.fingerprint.startswith("hub-"):
         return None

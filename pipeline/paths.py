@@ -24,3 +24,11 @@ def resolve(path: str | Path) -> Path:
 def tried(path: str | Path) -> str:
     """For error messages: every place the rule looked."""
     return " and ".join(str(c) for c in candidates(path))
+
+
+def cache_root() -> Path:
+    """The user's cache ($TUNECHAIN_CACHE, default ~/.cache/tunechain): what tunechain fetches or derives
+    once and reuses across runs and stores (converted models, llama.cpp's converter, reference answers)."""
+    import os
+
+    return Path(os.environ.get("TUNECHAIN_CACHE", "~/.cache/tunechain")).expanduser()

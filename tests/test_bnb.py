@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import EMBEDDED, compose
 
+from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec
-from pipeline.engine.artifacts import Artifact, Store
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.plan import build_plan
+from pipeline.engine.store import Store
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
 from pipeline.models.config import ModelConfig

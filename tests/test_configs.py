@@ -5,8 +5,8 @@ import importlib.util
 import pytest
 from conftest import CONF, compose
 
-from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan
+from pipeline.engine.store import Store
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ModelUnavailable, PlanError
 from pipeline.models.config import ModelConfig

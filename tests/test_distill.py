@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from conftest import EMBEDDED, compose, read_chain, run_main
 
-from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
 from pipeline.training.distillation import distillation_loss
 
@@ -101,7 +101,7 @@ def test_a_stage_teacher_of_another_vocabulary_is_refused(tiny_llama, tmp_path):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.engine.artifacts import Artifact
+    from pipeline.artifact import Artifact
     from pipeline.models.config import ModelConfig
     from pipeline.stages.distill import DistillConfig, TeacherSpec, _shared_vocabulary
 

@@ -10,9 +10,9 @@ import torch
 from conftest import compose, read_chain, run_main
 from safetensors.torch import load_file
 
-from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
 
 LN2 = math.log(2)

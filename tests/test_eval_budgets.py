@@ -3,9 +3,9 @@ are checked at plan time, and the tasks show their progress with prompts per sec
 import pytest
 from conftest import compose, tiny_overrides
 
-from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
 
 

@@ -34,8 +34,8 @@ def test_a_new_task_is_one_registration_and_no_edit_to_the_eval_stage(tmp_path):
 
 
 def test_unknown_task_names_the_valid_ones(tmp_path):
-    from pipeline.engine.artifacts import Store
     from pipeline.engine.plan import build_plan
+    from pipeline.engine.store import Store
 
     with pytest.raises(ConfigError, match=r"stages\.eval_base\.tasks: unknown task\(s\) \['maths'\]; valid: speed, math"):
         build_plan(compose(["logger=none", "stages.eval_base.tasks=[maths]"]), Store(tmp_path), device="cpu")

@@ -16,9 +16,10 @@ from conftest import EMBEDDED, compose  # noqa: E402
 from exports import llamacpp, modelfile  # noqa: E402
 from exports.gguf import GGUFConfig, run  # noqa: E402
 from exports.gguf_metadata import hf_expectations, read_gguf, rewrite_metadata, verify_and_fix  # noqa: E402
+from pipeline.artifact import Artifact  # noqa: E402
 from pipeline.data.datasets import DatasetSpec  # noqa: E402
-from pipeline.engine.artifacts import Artifact, Store  # noqa: E402
 from pipeline.engine.context import Inputs, StageContext  # noqa: E402
+from pipeline.engine.store import Store  # noqa: E402
 from pipeline.errors import ConfigError, PlanError  # noqa: E402
 from pipeline.models.config import ModelConfig  # noqa: E402
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import compose, read_chain, run_main
 
-from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
 from pipeline.stages.grpo import reward_curve
 from pipeline.training import rewards

@@ -9,9 +9,9 @@ import pytest
 from conftest import compose, tiny_overrides
 
 from pipeline.engine import report
-from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
 from pipeline.errors import PlanError
 
 
@@ -215,7 +215,7 @@ def test_file_based_tasks_fail_at_plan_time(tmp_path):
 def test_lm_eval_task_is_checked_at_plan_time(tmp_path, monkeypatch):
     import importlib.util
 
-    from pipeline.engine.artifacts import Artifact
+    from pipeline.artifact import Artifact
     from pipeline.errors import ConfigError
     from pipeline.evaluation.scoring.lmeval import model_args
 

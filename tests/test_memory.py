@@ -3,8 +3,8 @@ KV cache), lengths measured on the stage's data, the measured peak beside the es
 with remedies before a run that will not fit."""
 from conftest import EMBEDDED, compose, tiny_overrides
 
-from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan, memory_warnings
+from pipeline.engine.store import Store
 from pipeline.models import memory
 from pipeline.models.memory import ModelShape, Workload, estimate
 

@@ -9,9 +9,10 @@ import pytest
 from conftest import compose, tiny_overrides
 
 from exports.merge import MergeConfig, merge_adapter
-from pipeline.engine.artifacts import Artifact, Store
+from pipeline.artifact import Artifact
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
 from pipeline.models.config import ModelConfig
 

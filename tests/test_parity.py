@@ -3,8 +3,8 @@ device, then reused by the next export of the same source (quant_lab runs six)."
 from conftest import EMBEDDED
 
 from exports.parity import ParityFields, compare_with_source
+from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec
-from pipeline.engine.artifacts import Artifact
 from pipeline.engine.context import StageContext
 from pipeline.models.config import ModelConfig
 

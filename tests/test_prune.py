@@ -48,15 +48,15 @@ def test_pruned_model_reloads_and_decodes_the_same_with_its_cache(tmp_path):
     ("stages.student.keep_fraction=0", r"stages\.student\.keep_fraction: must be in \(0, 1\]"),
 ])
 def test_bad_layer_choices_fail_at_plan_time(override, message, tmp_path):
-    from pipeline.engine.artifacts import Store
     from pipeline.engine.plan import build_plan
+    from pipeline.engine.store import Store
 
     with pytest.raises(ConfigError, match=message):
         build_plan(compose(["recipe=distill", "logger=none", override]), Store(tmp_path), recipe="distill", device="cpu")
 
 
 def test_distill_recipes_student_is_pruned_then_trained(tmp_path):
-    from pipeline.engine.artifacts import Artifact
+    from pipeline.artifact import Artifact
     from pipeline.engine.runner import run_chain
 
     cfg = compose(["recipe=distill", "logger=none", "hardware.num_threads=1",

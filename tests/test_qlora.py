@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import compose, tiny_overrides
 
-from pipeline.engine.artifacts import Store
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
 from pipeline.errors import ConfigError, PlanError
 from pipeline.stages.qlora import QLoRAConfig
 

@@ -88,8 +88,8 @@ def test_every_recipe_plans_on_the_real_model(recipe, tmp_path, chain):
 
     from conftest import compose
 
-    from pipeline.engine.artifacts import Store
     from pipeline.engine.plan import build_plan
+    from pipeline.engine.store import Store
     from pipeline.errors import PlanError
 
     cfg = compose([f"recipe={recipe}", "model=smollm2-135m", "logger=none"])

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from conftest import EMBEDDED, ROOT, compose
 
+from pipeline.artifact import Artifact
 from pipeline.data.chat_tokens import assistant_spans, tokenize_chat
-from pipeline.engine.artifacts import Artifact, Store
 from pipeline.engine.plan import build_plan
+from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
 from pipeline.models.config import ModelConfig
 from pipeline.models.loading import load_tokenizer, with_thinking

@@ -14,11 +14,12 @@ pytest.importorskip("openai")
 
 from conftest import EMBEDDED, compose  # noqa: E402
 
+from pipeline.artifact import MANIFEST, Artifact  # noqa: E402
 from pipeline.engine import registry  # noqa: E402
-from pipeline.engine.artifacts import MANIFEST, Artifact, Store  # noqa: E402
 from pipeline.engine.context import Inputs, StageContext  # noqa: E402
 from pipeline.engine.plan import Step  # noqa: E402
 from pipeline.engine.runner import run_stage  # noqa: E402
+from pipeline.engine.store import Store  # noqa: E402
 from pipeline.engine.tracking import LoggerConfig, Tracker  # noqa: E402
 from pipeline.errors import ConfigError, PlanError  # noqa: E402
 from pipeline.models.config import ModelConfig  # noqa: E402

@@ -4,8 +4,9 @@ import os
 import subprocess
 import sys
 
-from pipeline.engine.artifacts import MANIFEST, Artifact, Store
+from pipeline.artifact import MANIFEST, Artifact
 from pipeline.engine.fingerprint import stage_fingerprint
+from pipeline.engine.store import Store
 
 
 def _make(store: Store, fp: str, payload: str = "weights") -> Artifact:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.engine.artifacts import Artifact, weight_bytes
+from pipeline.artifact import Artifact, weight_bytes
 from pipeline.errors import PlanError
 
 

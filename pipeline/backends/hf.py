@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
+from pipeline.artifact import Artifact
 from pipeline.backends.base import Generation, Progress, Timing, _Clock
-from pipeline.engine.artifacts import Artifact
 
 
 class HFBackend:

@@ -25,7 +25,7 @@ from pipeline import paths
 from pipeline.data.formats import FORMATS, converter, detect
 from pipeline.data.problems import DataError, Invalid, kind_name, summarise
 from pipeline.data.readers import entries, existing_file, is_hub, where_of
-from pipeline.engine.fingerprint import file_digest
+from pipeline.hashing import file_digest
 
 PURPOSES = ("sft", "preference", "prompt", "gsm8k", "text", "instruct")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.engine.configstore import register
-from pipeline.paths import PROJECT_ROOT
 from pipeline.errors import TunechainError
+from pipeline.paths import PROJECT_ROOT
 
 register()  # before Hydra composes anything (main.py imports this module first)
 

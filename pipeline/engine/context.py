@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.engine.artifacts import Artifact
+from pipeline.artifact import Artifact
 from pipeline.models.config import ModelConfig
 
 

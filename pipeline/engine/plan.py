@@ -13,12 +13,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.artifact import Artifact
 from pipeline.data import datasets as data
 from pipeline.engine import registry
-from pipeline.engine.artifacts import Artifact, Store
-from pipeline.engine.fingerprint import hash_json, stage_fingerprint
+from pipeline.engine.fingerprint import stage_fingerprint
+from pipeline.engine.store import Store
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
+from pipeline.hashing import hash_json
 from pipeline.models import memory
 from pipeline.models.config import ModelConfig
 from pipeline.models.loading import base_artifact, check_available, check_thinking_switch, local_folder

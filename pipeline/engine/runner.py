@@ -15,10 +15,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
 from pipeline.engine import report
-from pipeline.engine.artifacts import MANIFEST, Artifact, Store, write_json_atomic
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
+from pipeline.engine.store import Store
 from pipeline.engine.tracking import LoggerConfig, Tracker, redact
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import PlanError

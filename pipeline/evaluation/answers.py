@@ -1,12 +1,15 @@
-"""The one answer normaliser (data targets, eval predictions, GRPO rewards, tool answers all go
-through `normalize_number`), answer extraction, and perplexity."""
+"""How answers are read: the one number normaliser (data targets, eval predictions, GRPO rewards,
+tool answers all go through `normalize_number`), the final-number extraction, the JSON value of
+an answer (instruction checks and the json_valid reward), and perplexity."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from decimal import Decimal, InvalidOperation
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
 _MARKER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 
 
@@ -39,3 +42,14 @@ def extract_answer(output: str) -> str | None:
 def perplexity(total_nll: float, n_tokens: int) -> float:
     """exp(mean negative log-likelihood per token)."""
     return math.exp(total_nll / n_tokens) if n_tokens else float("nan")
+
+
+def json_value(text: str):
+    """The JSON object or list an answer holds (bare, or in a ```json fence); None if it holds neither."""
+    text = text.strip()
+    fenced = _FENCE.match(text)
+    try:
+        value = json.loads(fenced.group(1) if fenced else text)
+    except ValueError:
+        return None
+    return value if isinstance(value, (dict, list)) else None

@@ -13,9 +13,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pipeline import paths
-from pipeline.engine.artifacts import Artifact
-from pipeline.engine.fingerprint import folder_digest
+from pipeline.artifact import Artifact
 from pipeline.errors import ModelUnavailable
+from pipeline.hashing import folder_digest
 from pipeline.models.config import ModelConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

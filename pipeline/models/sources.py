@@ -28,8 +28,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from pipeline.engine.cache import cache_root
 from pipeline.errors import ModelUnavailable
+from pipeline.paths import cache_root
 
 PYPI_PREFIX = "pypi:"
 UNQUANTIZED = ("F32", "F16", "BF16")
@@ -138,7 +138,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def hf_folder_for_gguf(spec: str, log: Callable[[str], None] = print) -> Path:
     """The HF folder converted from the GGUF a source names (made once, then reused)."""
-    from pipeline.engine.fingerprint import file_digest
+    from pipeline.hashing import file_digest
 
     source = gguf_file(spec, log)
     digest = file_digest(source)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from pipeline.engine.artifacts import Artifact
+from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, ModelUnavailable
@@ -127,7 +127,7 @@ def _check_teacher_model(where: str, path: str) -> None:
 
 def _tokenizer_files(path: str) -> dict[str, str]:
     """Hashes of the files that define a local model's vocabulary (empty for a hub id)."""
-    from pipeline.engine.fingerprint import file_digest
+    from pipeline.hashing import file_digest
     from pipeline.models.loading import local_folder
 
     folder = local_folder(path)

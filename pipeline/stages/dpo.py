@@ -25,8 +25,8 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from pipeline.artifact import Artifact
 from pipeline.data.datasets import DataError, DatasetSpec, load, validate_records
-from pipeline.engine.artifacts import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError

@@ -14,8 +14,8 @@ from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
+from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec
-from pipeline.engine.artifacts import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 
-from pipeline.engine.artifacts import Artifact
+from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from pipeline.artifact import Artifact
 from pipeline.backends import serving
 from pipeline.backends.base import gguf_file
-from pipeline.engine.artifacts import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError

@@ -15,8 +15,8 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
+from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec, load
-from pipeline.engine.artifacts import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.training.common import LoraSpec, device_args, lora_config, loss_curve, save_tokenizer, tokenizer_source

@@ -89,7 +89,7 @@ def save_policy(trainer, out_dir: Path, lora: bool) -> None:
 
 def policy_artifact(source, out_dir: Path, full: bool, new_lora, metrics: dict, meta: dict):
     """The artifact of a stage that trained `source` (a model, or an adapter it continued)."""
-    from pipeline.engine.artifacts import Artifact
+    from pipeline.artifact import Artifact
 
     if full:
         return Artifact(kind="model", path=str(out_dir), fingerprint="", format="hf",

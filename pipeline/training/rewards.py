@@ -16,7 +16,6 @@ chat prompts. Paths are imported at plan time, so a typo fails before any traini
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 import sys
@@ -24,13 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from pipeline.errors import ConfigError
-from pipeline.evaluation.answers import extract_answer
+from pipeline.evaluation.answers import extract_answer, json_value
 
 _MARKER_AT_END = re.compile(r"####\s*-?[\d,]*\.?\d+\s*$")
 _MARKER = re.compile(r"####\s*-?[\d,]*\.?\d+")
-_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
-
-
 def completion_text(completion: Any) -> str:
     """A completion as text: chat completions are lists of messages (the assistant's turn)."""
     if isinstance(completion, list):
@@ -70,17 +66,7 @@ def answer_format(completions: list, **_: Any) -> list[float]:
 
 def json_valid(completions: list, **_: Any) -> list[float]:
     """1.0 when the completion (optionally in a ```json fence) is a JSON object or list, else 0.0."""
-    rewards = []
-    for completion in completions:
-        text = completion_text(completion).strip()
-        fenced = _FENCE.match(text)
-        try:
-            value = json.loads(fenced.group(1) if fenced else text)
-        except ValueError:
-            rewards.append(0.0)
-            continue
-        rewards.append(1.0 if isinstance(value, (dict, list)) else 0.0)
-    return rewards
+    return [0.0 if json_value(completion_text(c)) is None else 1.0 for c in completions]
 
 
 def length_penalty(completions: list, completion_ids: list | None = None, limit: int = 64, **_: Any) -> list[float]:

@@ -5,7 +5,26 @@ import json
 
 from embedded_data.numbers import en_number
 from embedded_data.problems import _cap, _person
-from embedded_data.vocab import CATEGORIES, EN_ANIMALS, EN_CITIES, EN_COLORS, EN_COUNTRIES, EN_FOODS, EN_JOBS, EN_OBJECTS, JSON_KEYS, ZH_ANIMALS, ZH_CITIES, ZH_COLORS, ZH_COUNTRIES, ZH_FOODS, ZH_FRUITS, ZH_JOBS, ZH_OBJECTS
+from embedded_data.vocab import (
+    CATEGORIES,
+    EN_ANIMALS,
+    EN_CITIES,
+    EN_COLORS,
+    EN_COUNTRIES,
+    EN_FOODS,
+    EN_JOBS,
+    EN_OBJECTS,
+    JSON_KEYS,
+    ZH_ANIMALS,
+    ZH_CITIES,
+    ZH_COLORS,
+    ZH_COUNTRIES,
+    ZH_FOODS,
+    ZH_FRUITS,
+    ZH_JOBS,
+    ZH_OBJECTS,
+)
+
 
 def _json_value(rng, key, lang):
     zh = lang == "zh"

@@ -1,8 +1,6 @@
 """Numbers in words (Chinese numerals, English words) for arithmetic facts."""
 from __future__ import annotations
 
-
-
 _ZH_DIG = "零一二三四五六七八九"
 
 

@@ -10,6 +10,7 @@ from embedded_data.problems import _apply, _cap, make_problem
 from embedded_data.tool_cases import make_tool
 from embedded_data.vocab import CATEGORIES, normalize
 
+
 def _fact(rng, lang):
     op = rng.choice(["+", "+", "-", "*"])
     if op == "*":

@@ -5,7 +5,19 @@ import random
 import re
 from dataclasses import dataclass
 
-from embedded_data.vocab import EN_CONTAINERS, EN_FEMALE, EN_MALE, EN_OBJECTS, EN_PLACES, ZH_CONTAINERS, ZH_FEMALE, ZH_MALE, ZH_OBJECTS, ZH_PLACES
+from embedded_data.vocab import (
+    EN_CONTAINERS,
+    EN_FEMALE,
+    EN_MALE,
+    EN_OBJECTS,
+    EN_PLACES,
+    ZH_CONTAINERS,
+    ZH_FEMALE,
+    ZH_MALE,
+    ZH_OBJECTS,
+    ZH_PLACES,
+)
+
 
 @dataclass
 class Problem:

@@ -14,6 +14,7 @@ from embedded_data.tool_cases import make_tool
 from embedded_data.tools import tool_call_text
 from embedded_data.vocab import SEED, normalize
 
+
 @dataclass
 class Sizes:
     test_math: int = 200

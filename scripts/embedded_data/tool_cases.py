@@ -1,9 +1,9 @@
 """Tool-call conversations and held-out tool cases."""
 from __future__ import annotations
 
-
 from embedded_data.tools import calc, execute_tool, weather_of
 from embedded_data.vocab import EN_CITIES, KNOWLEDGE, ZH_CITIES
+
 
 def _expression(rng):
     t = rng.randrange(4)

@@ -7,6 +7,7 @@ import zlib
 
 from embedded_data.vocab import EN_CONDITIONS, KNOWLEDGE, ZH_CITIES, ZH_CONDITIONS, ZH_QUERY_TO_KEY
 
+
 def weather_of(city: str) -> dict:
     h = zlib.crc32(city.encode("utf-8"))
     zh = city in ZH_CITIES

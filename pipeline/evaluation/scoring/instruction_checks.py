@@ -27,13 +27,11 @@ Outputs are checked as given (the eval stage strips surrounding whitespace): an 
 """
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from typing import Any, Callable, Mapping
 
-from pipeline.training.rewards import _FENCE
-from pipeline.training.rewards import json_valid as _json_valid_reward
+from pipeline.evaluation.answers import json_value as _json_value
 
 RELATIONS = ("exactly", "at_most", "at_least")
 UNITS = ("word", "char")
@@ -45,15 +43,6 @@ _CHAR = re.compile(r"[^\W_]")
 _ITEM = re.compile(r"^(?P<indent>[ \t]*)(?:[-*+•·]\s+|\d{1,3}[.)]\s+|\d{1,3}[、．]\s*|[(（]\d{1,3}[)）]\s*"
                    r"|[一二三四五六七八九十]{1,3}[、．.]\s*)\S")
 _QUOTES = "\"'`“”‘’「」『』"
-
-
-def _json_value(output: str) -> Any:
-    """The output's JSON value (a ```json fence allowed, as for the json_valid reward); None if none."""
-    if not _json_valid_reward([output])[0]:
-        return None
-    text = output.strip()
-    fenced = _FENCE.match(text)
-    return json.loads(fenced.group(1) if fenced else text)
 
 
 def count_words(text: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from pipeline.engine.artifacts import Artifact
+from pipeline.artifact import Artifact
 from pipeline.errors import ConfigError
 
 INSTALL = "pip install -e '.[eval]' (lm-eval)"

@@ -1,59 +1,19 @@
-"""Artifacts and the store they live in.
-
-An artifact is a folder with an `artifact.json`. The store keeps finished artifacts under
-`<store>/<kind>/<fingerprint>/`; a stage writes into a temporary folder that is renamed into
-place only when complete, so a crash never leaves something that looks finished. A lock per
-fingerprint keeps two multirun jobs from building the same artifact at once.
+"""The store: finished artifacts under `<store>/<kind>/<fingerprint>/`. A stage writes into a
+temporary folder that is renamed into place only when complete, so a crash never leaves something
+that looks finished. A lock per fingerprint keeps two multirun jobs from building the same
+artifact at once.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
-import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-MANIFEST = "artifact.json"
-
-
-@dataclass
-class Artifact:
-    kind: str                      # model | adapter | eval | ...
-    path: str                      # folder (or hub id for a base model)
-    fingerprint: str
-    format: str = ""               # hf-safetensors | peft-lora | eval-report | hub
-    base_model: str | None = None  # what an adapter applies to / what a model derives from
-    parent: str | None = None      # fingerprint of the input it was made from
-    stage: str | None = None       # stage name that made it
-    metrics: dict[str, Any] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    created: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Artifact":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    @classmethod
-    def read(cls, folder: Path) -> "Artifact":
-        return cls.from_json(json.loads((Path(folder) / MANIFEST).read_text()))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old or the new file, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
 
 
 class Store:
@@ -126,14 +86,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-def weight_bytes(folder: Path | str | None) -> int:
-    """The one size measure: bytes of a model folder's weight files (0 for no folder)."""
-    if folder is None or not Path(folder).is_dir():
-        return 0
-    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in WEIGHT_SUFFIXES)
-
