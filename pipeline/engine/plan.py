@@ -59,6 +59,7 @@ class Plan:
     device: str
     n_params: int | None = None
     skipped: list[str] = field(default_factory=list)
+    launches: dict[str, str] = field(default_factory=dict)  # stage -> the torchrun command it runs under
 
     def render(self) -> str:
         params = f", {self.n_params / 1e6:.1f}M params" if self.n_params else ""
@@ -76,6 +77,7 @@ class Plan:
         for step in self.steps:
             lines += [f"  data  {step.name}: {note}" for note in step.data_notes]
         lines += [f"  skip  {note}" for note in self.skipped]
+        lines += [f"  launch  {name}: {command}" for name, command in self.launches.items()]
         return "\n".join(lines)
 
 
@@ -122,6 +124,7 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | None = None) -> Plan:
     """`device` None: cuda when available; resolved only if a stage must run (torch loads slowly)."""
+    hardware = OmegaConf.to_container(cfg.hardware, resolve=True) if cfg.get("hardware") is not None else {}
     from pipeline.models.sources import prepare
 
     model = prepare(typed_config(cfg.model, ModelConfig, "model"))
@@ -171,7 +174,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
             step.data_notes.append(f"{field_name} <- {dataset.path} ({count} records, {purpose})")
             data_fps.append(data.fingerprint(dataset))
         step.fingerprint = stage_fingerprint(step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names],
-                                             data_fps, extra={"model": model_extra, "seed": cfg.get("seed")})
+                                             data_fps, extra={"model": model_extra, "seed": cfg.get("seed"), **_world_key(step.kind, hardware)})
         step.cached = store.find(step.output_kind, step.fingerprint) if step.spec.cache else None
         fingerprints[step.name] = step.fingerprint
 
@@ -189,7 +192,31 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
                     _skip(plan, step, str(e))
         check_available(model)
         _plan_memory(plan)
+    _plan_launches(plan, hardware or {})
     return plan
+
+
+def _world_key(kind: str, hardware: dict) -> dict:
+    """A training stage on N processes trains on N times the per-device batch: another artifact. One process
+    adds nothing, so single-process fingerprints stay what they were."""
+    from pipeline.engine import launch
+
+    if not launch.is_distributed(kind, hardware):
+        return {}
+    processes, nodes = launch.world(hardware)
+    return {"world_size": processes * nodes}
+
+
+def _plan_launches(plan: Plan, hardware: dict) -> None:
+    """Training stages that run as torchrun jobs: what the hardware needs checked first, and the command."""
+    from pipeline.engine import launch
+
+    distributed = [s for s in plan.steps if launch.is_distributed(s.kind, hardware) and not s.cached]
+    if distributed:
+        launch.check(hardware, plan.device)
+    for step in distributed:
+        plan.launches[step.name] = " ".join(launch.launch_command(hardware, "<job.json>")[1:]).replace(
+            "-m torch.distributed.run", "torchrun", 1)
 
 
 def _skip(plan: Plan, step: Step, reason: str) -> None:

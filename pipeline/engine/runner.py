@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
-from pipeline.engine import report
+from pipeline.engine import launch, report
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
 from pipeline.engine.store import Store
@@ -110,7 +110,10 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
 
 
 def _measured_run(step: Step, inputs: Inputs, ctx: StageContext) -> Artifact:
-    """Run the stage and put its measured peak memory beside the plan's estimate in its metrics."""
+    """Run the stage and put its measured peak memory beside the plan's estimate in its metrics. A training
+    stage on several processes runs as a torchrun job (pipeline.engine.launch); its rank 0 measures itself."""
+    if launch.is_distributed(step.kind, ctx.hardware):
+        return launch.run_distributed(step, inputs, ctx)
     with PeakMemory(ctx.device) as peak:
         artifact = step.spec.run(step.cfg, inputs, ctx)
     found = peak.result()

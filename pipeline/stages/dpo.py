@@ -212,8 +212,9 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     result = trainer.train()
     runtime = round(time.time() - started, 2)
     evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
-    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
-    save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+    if trainer.is_world_process_zero():  # every rank trains; one saves
+        save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
+        save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
     shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": runtime, "train_records": len(train_set),

@@ -209,8 +209,9 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
                           callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
     started = time.time()
     result = trainer.train()
-    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
-    save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+    if trainer.is_world_process_zero():  # every rank trains; one saves
+        save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
+        save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
     for scratch in ("trainer", "_policy_start"):
         shutil.rmtree(ctx.out_dir / scratch, ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),

@@ -110,9 +110,10 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()], **(trainer_kwargs or {}))
     started = time.time()
     result = trainer.train()
-    trainer.save_model(str(ctx.out_dir))
-    save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
-    _remove_trainer_dir(ctx.out_dir / "trainer")
+    trainer.save_model(str(ctx.out_dir))  # rank 0 only when distributed (gathered under DeepSpeed / FSDP)
+    if trainer.is_world_process_zero():
+        save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+        _remove_trainer_dir(ctx.out_dir / "trainer")
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
                **loss_curve(trainer.state.log_history, ("loss", *logged)),

@@ -2,6 +2,7 @@
 hardware profile, tokenizer saving, and reading the loss curve back from a trainer."""
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
         "save_strategy": "no",
         "dataloader_num_workers": 0,
     }
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank (pipeline.engine.launch)
+        # every LoRA / full-model parameter takes part in the loss: skip DDP's extra graph traversal
+        args["ddp_find_unused_parameters"] = bool(hardware.get("find_unused_parameters", False))
     if hardware.get("deepspeed"):
         args["deepspeed"] = hardware["deepspeed"]
     if hardware.get("fsdp"):

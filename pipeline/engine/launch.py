@@ -1,0 +1,181 @@
+"""Training stages on several processes (and machines) through an existing launcher: torchrun.
+
+The chain runner stays one process: it plans, fingerprints, evaluates and commits. A training stage
+whose hardware profile asks for more than one process is written to a job file in the stage's
+temporary store folder and started as `python -m torch.distributed.run ... -m pipeline.engine.worker
+<job>`; every rank runs the stage (transformers' Trainer reads torchrun's environment and wraps the
+model in DDP, or DeepSpeed / FSDP when the profile says so), rank 0 saves the artifact and writes
+its manifest to `result.json`. The runner streams the job's output, fails the stage with the last
+lines when a rank fails (torchrun stops the others), and commits only a finished result.
+
+    python main.py hardware=ddp hardware.num_processes=2 hardware.device=cpu   # 2 CPU processes (gloo)
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pipeline.artifact import Artifact, write_json_atomic
+from pipeline.errors import TunechainError
+
+# Stage kinds that train through a transformers Trainer and so run under torchrun as they are.
+DISTRIBUTED_KINDS = ("sft", "qlora", "dpo", "grpo", "distill")
+JOB_FILE, RESULT_FILE, WORKER_LOGS = "job.json", "result.json", ".worker"
+FAILED_LINES = 30
+
+
+class StageFailed(TunechainError):
+    """A distributed stage's job ended without a result (a rank failed or was killed)."""
+
+
+def world(hardware: dict[str, Any]) -> tuple[int, int]:
+    """(processes per node, nodes) that a hardware profile asks for."""
+    processes, nodes = hardware.get("num_processes"), hardware.get("num_nodes")
+    return int(1 if processes is None else processes), int(1 if nodes is None else nodes)
+
+
+def is_distributed(kind: str, hardware: dict[str, Any]) -> bool:
+    processes, nodes = world(hardware)
+    return kind in DISTRIBUTED_KINDS and processes * nodes > 1
+
+
+def launch_command(hardware: dict[str, Any], job_file: Path | str) -> list[str]:
+    """torchrun for this profile: one node on a free local port, or several through a c10d rendezvous
+    (run the same command on every node, or under `srun`)."""
+    processes, nodes = world(hardware)
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}"]
+    if nodes > 1:
+        command += [f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={hardware['rdzv_endpoint']}",
+                    f"--rdzv-id={hardware.get('rdzv_id') or 'tunechain'}"]
+    else:
+        command.append("--standalone")
+    return command + ["-m", "pipeline.engine.worker", str(job_file)]
+
+
+def check(hardware: dict[str, Any], device: str) -> None:
+    """Plan time: what a multi-process profile needs, each missing piece in one line."""
+    import importlib.util
+
+    from pipeline.errors import ConfigError, PlanError
+
+    processes, nodes = world(hardware)
+    if processes < 1 or nodes < 1:
+        raise ConfigError(f"hardware.num_processes / num_nodes: must be >= 1, got {processes} / {nodes}")
+    if nodes > 1 and not hardware.get("rdzv_endpoint"):
+        raise ConfigError(f"hardware.rdzv_endpoint: num_nodes is {nodes}; set the rendezvous host:port that every "
+                          f"node reaches, e.g. hardware.rdzv_endpoint=node0:29400")
+    if hardware.get("deepspeed"):
+        if importlib.util.find_spec("deepspeed") is None:
+            raise PlanError("hardware.deepspeed: DeepSpeed is not installed: pip install -e '.[deepspeed]'")
+        if device == "cpu":
+            raise PlanError("hardware.deepspeed: DeepSpeed trains on CUDA devices here (its CPU accelerator needs "
+                            "intel-extension-for-pytorch and oneCCL); on CPU use hardware=ddp")
+    if device == "cuda":
+        import torch
+
+        if processes > torch.cuda.device_count():
+            raise PlanError(f"hardware.num_processes: {processes} processes per node, but this machine has "
+                            f"{torch.cuda.device_count()} CUDA device(s)")
+
+
+def write_job(step, inputs, ctx) -> Path:
+    """The stage as the worker rebuilds it: kind, typed config, inputs, the chain so far, model, device."""
+    job = {
+        "kind": step.kind, "name": step.name,
+        "config": OmegaConf.to_container(OmegaConf.structured(step.cfg), enum_to_str=True),
+        "inputs": [a.to_json() for a in inputs.artifacts],
+        "chain": {name: a.to_json() for name, a in ctx.chain.items()},
+        "model": OmegaConf.to_container(OmegaConf.structured(ctx.model), enum_to_str=True),
+        "device": ctx.device, "seed": ctx.seed, "hardware": ctx.hardware,
+        "out_dir": str(ctx.out_dir), "run_dir": str(ctx.run_dir),
+        "planned_memory_mb": round(step.memory_bytes / 2**20, 1) if step.memory_bytes else None,
+    }
+    path = Path(ctx.out_dir) / JOB_FILE
+    write_json_atomic(path, job)
+    return path
+
+
+def run_distributed(step, inputs, ctx) -> Artifact:
+    """Run one training stage as a torchrun job; returns rank 0's artifact, with world size and launch line."""
+    job_file = write_job(step, inputs, ctx)
+    command = launch_command(ctx.hardware, job_file)
+    processes, nodes = world(ctx.hardware)
+    ctx.log(f"launching {processes * nodes} processes: {' '.join(command)}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_rank(ctx, processes)),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    tail: collections.deque[str] = collections.deque(maxlen=FAILED_LINES)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               start_new_session=True)
+    try:
+        for line in process.stdout:  # type: ignore[union-attr]
+            print(line, end="", flush=True)
+            tail.append(line.rstrip("\n"))
+        code = process.wait()
+    except BaseException:  # Ctrl-C or the runner failing: take every rank down with us
+        _stop(process)
+        raise
+    result = Path(ctx.out_dir) / RESULT_FILE
+    if code != 0 or not result.is_file():
+        raise StageFailed(f"stages.{step.name}: the {processes * nodes}-process job failed (torchrun exit {code}); "
+                          f"its last lines:\n" + "\n".join(tail))
+    artifact = Artifact.from_json(json.loads(result.read_text()))
+    _replay_logs(Path(ctx.out_dir) / WORKER_LOGS, ctx)
+    for leftover in (job_file, result):
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(Path(ctx.out_dir) / WORKER_LOGS, ignore_errors=True)
+    artifact.metrics["world_size"] = processes * nodes
+    artifact.meta["launch"] = " ".join(command)
+    return artifact
+
+
+def _threads_per_rank(ctx, processes: int) -> int:
+    threads = (ctx.hardware or {}).get("num_threads")
+    if threads:
+        return int(threads)
+    return max(1, (os.cpu_count() or 1) // processes) if ctx.device == "cpu" else 1
+
+
+def _replay_logs(folder: Path, ctx) -> None:
+    """Rank 0's training log rows, into the chain's tracker (metrics.jsonl and W&B), in order."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        metrics = {k: v for k, v in row.items() if k not in ("time", "stage", "step")}
+        ctx.tracker.log(ctx.name, metrics, step=row.get("step"))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def job_fields(job: dict) -> dict[str, Any]:
+    """The job's fields a worker needs, with the dataclasses rebuilt (pipeline.engine.worker)."""
+    from pipeline.engine import registry
+    from pipeline.engine.typed_config import typed_config
+    from pipeline.models.config import ModelConfig
+
+    spec = registry.get(job["kind"])
+    return {
+        "spec": spec,
+        "cfg": typed_config(OmegaConf.create(job["config"]), spec.config_cls, f"stages.{job['name']}"),
+        "model": typed_config(OmegaConf.create(job["model"]), ModelConfig, "model"),
+        "inputs": [Artifact.from_json(a) for a in job["inputs"]],
+        "chain": {name: Artifact.from_json(a) for name, a in job["chain"].items()},
+    }

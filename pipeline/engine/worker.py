@@ -1,0 +1,61 @@
+"""One rank of a distributed training stage: `python -m torch.distributed.run ... -m pipeline.engine.worker JOB`
+(pipeline/engine/launch.py writes JOB and starts it). Every rank rebuilds the stage from the job file
+and runs it; the Trainer synchronises them. Rank 0 alone speaks, logs and writes `result.json`."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.engine.context import Inputs, StageContext
+
+
+class RankContext(StageContext):
+    """A stage context whose log lines come from rank 0 only (every rank runs the same code)."""
+
+    rank: int = 0
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            super().log(message)
+
+
+def main(job_path: str) -> None:
+    from pipeline.artifact import write_json_atomic
+    from pipeline.engine.launch import RESULT_FILE, WORKER_LOGS, job_fields
+    from pipeline.engine.runner import seed_everything
+    from pipeline.engine.tracking import LoggerConfig, Tracker
+    from pipeline.models.peak_memory import PeakMemory
+
+    job = json.loads(Path(job_path).read_text())
+    fields = job_fields(job)
+    rank = int(os.environ.get("RANK", "0"))
+    out_dir = Path(job["out_dir"])
+    logs = out_dir / WORKER_LOGS if rank == 0 else Path(tempfile.mkdtemp(prefix=f"tunechain-rank{rank}-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(LoggerConfig(backend="none"), logs, {}, name=job["name"], group=None)
+    ctx = RankContext(name=job["name"], out_dir=out_dir, run_dir=Path(job["run_dir"]), model=fields["model"],
+                      device=job["device"], seed=int(job["seed"]), tracker=tracker, chain=fields["chain"],
+                      hardware=job["hardware"])
+    ctx.rank = rank
+    if job["device"] == "cpu":
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    seed_everything(ctx.seed)
+    with PeakMemory(ctx.device) as peak:
+        artifact = fields["spec"].run(fields["cfg"], Inputs(fields["inputs"]), ctx)
+    if rank == 0:
+        found = peak.result()
+        on_gpu = "peak_cuda_mb" in found
+        artifact.metrics.update(peak_memory_mb=found["peak_cuda_mb"] if on_gpu else found["peak_rss_mb"],
+                                peak_memory_of="cuda (rank 0)" if on_gpu else "process_rss (rank 0)",
+                                peak_rss_mb=found["peak_rss_mb"], start_rss_mb=found["start_rss_mb"],
+                                planned_memory_mb=job.get("planned_memory_mb"))
+        write_json_atomic(out_dir / RESULT_FILE, artifact.to_json())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
