@@ -1,8 +1,11 @@
 """The artifact store: atomic commits, lookups by fingerprint, crash leftovers, fingerprints."""
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from pipeline.artifact import MANIFEST, Artifact
 from pipeline.engine.fingerprint import stage_fingerprint
@@ -52,9 +55,30 @@ def test_stale_tmp_of_dead_process_is_cleaned(tmp_path):
     stale.mkdir(parents=True)
     live = tmp_path / "store" / ".tmp" / f"def-{os.getppid()}-1"
     live.mkdir()
+    host = socket.gethostname()
+    dead_here = tmp_path / "store" / ".tmp" / f"ghi-{host}-{int(dead.stdout)}-1"
+    dead_here.mkdir()
+    elsewhere = tmp_path / "store" / ".tmp" / f"jkl-other-node-7-{int(dead.stdout)}-1"  # a pid on another host
+    elsewhere.mkdir()
     store.clean_stale_tmp()
-    assert not stale.exists()
-    assert live.exists()
+    assert not stale.exists() and not dead_here.exists()
+    assert live.exists() and elsewhere.exists()  # alive here, or not ours to judge
+
+
+def test_a_waiting_run_names_who_holds_the_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from pipeline.engine.store import Store\n"
+        "with Store(sys.argv[2]).lock('abc'):\n    print('held', flush=True); time.sleep(3)"),
+        str(Path(__file__).resolve().parent.parent), str(tmp_path / "store")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    said = []
+    started = time.time()
+    with Store(tmp_path / "store").lock("abc", announce=said.append):
+        waited = time.time() - started
+    holder.wait()
+    assert waited > 1 and len(said) == 1
+    assert said[0].startswith("waiting for stage abc: another run builds it (") and f"pid {holder.pid}" in said[0]
+    assert socket.gethostname() in said[0]
 
 
 def test_store_survives_being_moved(tmp_path):

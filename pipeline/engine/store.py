@@ -1,7 +1,9 @@
 """The store: finished artifacts under `<store>/<kind>/<fingerprint>/`. A stage writes into a
 temporary folder that is renamed into place only when complete, so a crash never leaves something
-that looks finished. A lock per fingerprint keeps two multirun jobs from building the same
-artifact at once.
+that looks finished. A lock per fingerprint keeps two jobs (of a sweep, or on two machines sharing
+the store) from building the same artifact at once; the lock file names its holder (host, pid,
+since when), and a waiting run says who it waits for. Temporary folders carry host and pid, so a
+crashed writer's folder is removed by the next run on the same host, never another host's.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -34,18 +37,29 @@ class Store:
         return None
 
     @contextlib.contextmanager
-    def lock(self, fingerprint: str) -> Iterator[None]:
+    def lock(self, fingerprint: str, announce=print) -> Iterator[None]:
         self.lock_root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_root / f"{fingerprint}.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with open(self.lock_root / f"{fingerprint}.lock", "a+") as handle:  # a+: never truncate the holder's record
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                announce(f"waiting for stage {fingerprint[:12]}: another run builds it "
+                         f"({handle.read().strip() or 'holder unknown'})")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
             try:
                 yield
             finally:
+                handle.truncate(0)
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def new_tmp_dir(self, fingerprint: str) -> Path:
         self.clean_stale_tmp()
-        folder = self.tmp_root / f"{fingerprint}-{os.getpid()}-{int(time.time())}"
+        folder = self.tmp_root / f"{fingerprint}-{_host()}-{os.getpid()}-{int(time.time())}"
         folder.mkdir(parents=True)
         return folder
 
@@ -70,12 +84,18 @@ class Store:
         if not self.tmp_root.is_dir():
             return
         for folder in self.tmp_root.iterdir():
+            parts = folder.name.split("-")  # fingerprint-host-pid-time (host may hold dashes); older: fingerprint-pid-time
             try:
-                pid = int(folder.name.split("-")[-2])
+                pid = int(parts[-2])
             except (ValueError, IndexError):
                 continue
-            if pid != os.getpid() and not _alive(pid):
+            host = "-".join(parts[1:-2]) or _host()
+            if host == _host() and pid != os.getpid() and not _alive(pid):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_")
 
 
 def _alive(pid: int) -> bool:
