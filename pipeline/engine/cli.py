@@ -40,6 +40,8 @@ def precheck_overrides(argv: list[str] | None = None) -> None:
         return
     if argv is None and _path_without_entry(parsed):
         sys.argv.append(f"model={CUSTOM_MODEL}")
+    if _slurm_dry_run(parsed, args.overrides):
+        sys.exit(0)
     for override in parsed:
         if override.key_or_group == "recipe" and not override.is_delete():
             for name in override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]:
@@ -84,6 +86,24 @@ def _compose(overrides: list[str]) -> DictConfig | None:
             return compose(config_name="config", overrides=overrides)
     except Exception:
         return None  # Hydra will report the real problem with its own message
+
+
+def _slurm_dry_run(parsed, overrides: list[str]) -> bool:
+    """`-m hydra/launcher=submitit_slurm +dry_run=true`: Hydra would submit the jobs before any of them could
+    stop at its plan, so the settings sbatch would get are printed here instead, and nothing is submitted."""
+    launcher = next((o.value() for o in parsed if o.key_or_group == "hydra/launcher"), None)
+    dry = any(o.key_or_group in ("dry_run", "+dry_run") and str(o.value()).lower() == "true" for o in parsed)
+    if launcher != "submitit_slurm" or not dry:
+        return False
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.hydra.launcher, resolve=True).items() if k != "_target_"}
+    print("dry run: the Slurm settings each job would be submitted with (sbatch), nothing submitted:")
+    print(OmegaConf.to_yaml(settings).rstrip())
+    return True
 
 
 def unknown_stage_key(cfg: DictConfig, keys: list[str]) -> str | None:
