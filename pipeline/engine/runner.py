@@ -23,7 +23,7 @@ from pipeline.engine.store import Store
 from pipeline.engine.tracking import LoggerConfig, Tracker, redact
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import PlanError
-from pipeline.models.peak_memory import PeakMemory
+from pipeline.models.peak_memory import PeakMemory, peak_metrics
 
 VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
              "gptqmodel", "llama-cpp-python", "vllm")
@@ -116,12 +116,7 @@ def _measured_run(step: Step, inputs: Inputs, ctx: StageContext) -> Artifact:
         return launch.run_distributed(step, inputs, ctx)
     with PeakMemory(ctx.device) as peak:
         artifact = step.spec.run(step.cfg, inputs, ctx)
-    found = peak.result()
-    on_gpu = "peak_cuda_mb" in found
-    artifact.metrics.update(peak_memory_mb=found["peak_cuda_mb"] if on_gpu else found["peak_rss_mb"],
-                            peak_memory_of="cuda" if on_gpu else "process_rss", peak_rss_mb=found["peak_rss_mb"],
-                            start_rss_mb=found["start_rss_mb"],
-                            planned_memory_mb=round(step.memory_bytes / 2**20, 1) if step.memory_bytes else None)
+    artifact.metrics.update(peak_metrics(peak.result(), round(step.memory_bytes / 2**20, 1) if step.memory_bytes else None))
     return artifact
 
 

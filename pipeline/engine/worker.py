@@ -27,7 +27,7 @@ def main(job_path: str) -> None:
     from pipeline.engine.launch import RESULT_FILE, WORKER_LOGS, job_fields
     from pipeline.engine.runner import seed_everything
     from pipeline.engine.tracking import LoggerConfig, Tracker
-    from pipeline.models.peak_memory import PeakMemory
+    from pipeline.models.peak_memory import PeakMemory, peak_metrics
 
     job = json.loads(Path(job_path).read_text())
     fields = job_fields(job)
@@ -48,12 +48,7 @@ def main(job_path: str) -> None:
     with PeakMemory(ctx.device) as peak:
         artifact = fields["spec"].run(fields["cfg"], Inputs(fields["inputs"]), ctx)
     if rank == 0:
-        found = peak.result()
-        on_gpu = "peak_cuda_mb" in found
-        artifact.metrics.update(peak_memory_mb=found["peak_cuda_mb"] if on_gpu else found["peak_rss_mb"],
-                                peak_memory_of="cuda (rank 0)" if on_gpu else "process_rss (rank 0)",
-                                peak_rss_mb=found["peak_rss_mb"], start_rss_mb=found["start_rss_mb"],
-                                planned_memory_mb=job.get("planned_memory_mb"))
+        artifact.metrics.update(peak_metrics(peak.result(), job.get("planned_memory_mb"), of=" (rank 0)"))
         write_json_atomic(out_dir / RESULT_FILE, artifact.to_json())
 
 

@@ -103,3 +103,11 @@ class MemoryWatch:
             return {"memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory_of": "cuda_max_allocated"}
         peak = PeakMemory(self.device).peak_rss()
         return {"memory_mb": round((peak - self.before) / 2**20, 1), "memory_of": "peak_rss_growth"}
+
+
+def peak_metrics(found: dict, planned_mb: float | None, of: str = "") -> dict:
+    """A stage's measured peak beside its plan, as artifact metrics (`of`: whose peak, e.g. " (rank 0)")."""
+    on_gpu = "peak_cuda_mb" in found
+    return {"peak_memory_mb": found["peak_cuda_mb"] if on_gpu else found["peak_rss_mb"],
+            "peak_memory_of": ("cuda" if on_gpu else "process_rss") + of, "peak_rss_mb": found["peak_rss_mb"],
+            "start_rss_mb": found["start_rss_mb"], "planned_memory_mb": planned_mb}
