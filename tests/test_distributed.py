@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, tiny_overrides
 from pipeline.engine import launch
@@ -32,12 +33,29 @@ def test_launch_command_per_profile():
 @pytest.mark.parametrize("hardware, error, message", [
     ({"num_processes": 2, "num_nodes": 2}, ConfigError, r"hardware\.rdzv_endpoint: num_nodes is 2"),
     ({"num_processes": 0}, ConfigError, r"must be >= 1"),
-    ({"num_processes": 2, "deepspeed": {"zero_optimization": {"stage": 2}}}, PlanError, r"hardware\.deepspeed: "),
 ])
 def test_bad_profiles_fail_at_plan_time(hardware, error, message):
-    # DeepSpeed: "not installed" here; where it is installed, the CPU refusal (both name the key)
     with pytest.raises(error, match=message):
         launch.check(hardware, "cpu")
+
+
+def test_deepspeed_missing_fails_at_plan_time(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    with pytest.raises(PlanError, match=r"hardware\.deepspeed: DeepSpeed is not installed"):
+        launch.check({"num_processes": 2, "deepspeed": {"zero_optimization": {"stage": 2}}}, "cpu")
+
+
+def test_offload_switches_become_deepspeed_keys():
+    from pipeline.training.common import deepspeed_config
+
+    profile = compose(["hardware=deepspeed_zero3", "hardware.offload_optimizer=true"]).hardware
+    config = deepspeed_config(OmegaConf.to_container(profile))
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
+    assert "offload_param" not in config["zero_optimization"]
 
 
 def test_plan_shows_the_launch_command(tmp_path):
@@ -110,3 +128,56 @@ def test_a_killed_rank_fails_the_stage_and_leaves_no_artifact(tiny_llama, tmp_pa
     sft = next(s for s in record["stages"] if s["name"] == "sft")
     assert record["status"] == "failed" and sft["status"] == "failed"
     assert not _worker_ranks()  # no orphaned rank
+
+
+def _two_process_chain(tiny_llama, tmp_path, profile: str, *extra):
+    from pipeline.engine.runner import run_chain
+
+    recipe = [o for o in extra if o.startswith("recipe=")]
+    common = [o for o in tiny_overrides(tiny_llama) if not (recipe and o.startswith("stages.eval_"))]
+    cfg = compose([*recipe, *common, f"hardware={profile}", "hardware.num_processes=2",
+                   "hardware.device=cpu", "hardware.num_threads=1", *[o for o in extra if o not in recipe], f"paths.store={tmp_path / 'store'}"])
+    record = run_chain(cfg, tmp_path / "run", "chain", [], None)
+    assert record["status"] == "done"
+    return {s["name"]: s for s in record["stages"]}
+
+
+def _adapter(stage: dict) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(stage["artifact"]) / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+def test_zero3_creates_the_weights_partitioned_and_saves_gathered_adapters(tiny_llama, tmp_path):
+    """DeepSpeed ZeRO-3 on 2 CPU processes (gloo): SFT then DPO, each rank holding half the weights."""
+    import torch
+
+    pytest.importorskip("deepspeed")
+    stages = _two_process_chain(
+        tiny_llama, tmp_path, "deepspeed_zero3", "recipe=sft_dpo", "~stages.eval_sft", "~stages.eval_dpo",
+        "data.sft.limit=32", "stages.sft.learning_rate=1e-2", "data.preference.limit=24", "data.preference_test.limit=8",
+        "stages.dpo.max_steps=3", "stages.dpo.per_device_train_batch_size=2", "stages.dpo.per_device_eval_batch_size=4",
+        "stages.dpo.logging_steps=1", "stages.dpo.learning_rate=1e-3")
+    assert stages["sft"]["metrics"]["rank_param_share"] == pytest.approx(0.5, abs=0.01)  # never whole on one rank
+    assert stages["dpo"]["metrics"]["world_size"] == 2
+    assert stages["dpo"]["metrics"]["loss_first"] == pytest.approx(0.693147, abs=1e-4)  # still ln 2
+    sft, dpo = _adapter(stages["sft"]), _adapter(stages["dpo"])
+    lora_b = [k for k in sft if "lora_B" in k]
+    assert lora_b and all(sft[k].abs().sum() > 0 for k in lora_b)  # gathered values, not empty partitions
+    assert sft.keys() == dpo.keys() and all(sft[k].shape == dpo[k].shape for k in sft)
+    assert any(not torch.equal(sft[k], dpo[k]) for k in sft)
+
+
+@pytest.mark.slow
+def test_fsdp2_trains_on_two_cpu_processes(tiny_llama, tmp_path):
+    stages = _two_process_chain(tiny_llama, tmp_path, "fsdp", "stages.eval_base.tasks=[math]",
+                                "stages.eval_tuned.tasks=[math]", "stages.eval_base.limit=4", "stages.eval_tuned.limit=4")
+    sft = stages["sft"]
+    assert sft["metrics"]["world_size"] == 2 and sft["metrics"]["train_steps"] == 4
+    from transformers import AutoModelForCausalLM
+
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_llama).named_modules())
+    for key, value in _adapter(sft).items():  # whole (gathered) LoRA matrices, not one rank's shard
+        layer = base[key.removeprefix("base_model.model.").split(".lora_")[0]]
+        assert value.shape == ((16, layer.in_features) if ".lora_A." in key else (layer.out_features, 16)), key

@@ -83,3 +83,36 @@ def test_plan_warns_when_a_stage_cannot_fit(tmp_path, monkeypatch):
     warnings = memory_warnings(plan)
     assert len(warnings) == 3 and "stage 'sft' may need" in warnings[1]
     assert "gradient checkpointing" in warnings[1] and "deepspeed_zero3" in warnings[1]
+
+
+# A Llama-3.2-1B-like shape: where sharding decides whether full tuning fits one GPU
+ONE_B = ModelShape(n_params=1_235_814_400, layers=16, hidden=2048, intermediate=8192, heads=32, kv_heads=8,
+                   head_dim=64, vocab=128_256)
+
+
+def test_sharding_divides_what_each_zero_stage_shards():
+    work = Workload(kind="train", method="full", batch=1, length=512)
+    per_gpu = {name: estimate(work, ONE_B, "bfloat16", "cuda", sharding) for name, sharding in {
+        "one": None, "ddp": memory.Sharding(world=8), "zero2": memory.Sharding(world=8, zero_stage=2),
+        "zero3": memory.Sharding(world=8, zero_stage=3),
+        "offload": memory.Sharding(world=8, zero_stage=3, offload_optimizer=True, offload_param=True)}.items()}
+    assert per_gpu["ddp"] == per_gpu["one"]  # plain DDP: every GPU holds everything
+    assert per_gpu["one"] > per_gpu["zero2"] > per_gpu["zero3"] > per_gpu["offload"]
+    n = ONE_B.n_params  # bf16: 2 bytes of weights, 4 of gradient, 12 of AdamW states and master copy per parameter
+    assert abs(per_gpu["one"] - per_gpu["zero2"] - 7 / 8 * 16 * n) < 8
+    assert abs(per_gpu["zero2"] - per_gpu["zero3"] - (2 * n - 2 * n / 8 - 2 * 2 * n / 16)) < 8
+    assert memory.Sharding.from_hardware({"num_processes": 4, "num_nodes": 2, "fsdp": "full_shard"}) == \
+        memory.Sharding(world=8, zero_stage=3)
+    assert memory.Sharding.from_hardware({"num_processes": 2, "offload_optimizer": True,
+                                          "deepspeed": {"zero_optimization": {"stage": 2}}}).offload_optimizer
+
+
+def test_plan_shows_memory_per_process_and_warns_for_all_processes_on_cpu(tmp_path, monkeypatch):
+    overrides = ["logger=none", "hardware=ddp", "hardware.num_processes=2", "hardware.device=cpu"]
+    plan = build_plan(compose(overrides), Store(tmp_path), recipe="quickstart", device="cpu")
+    sft = plan.steps[1]
+    assert sft.memory_processes == 2 and " x2 " in plan.render()
+    assert "memory  sft: per process; DDP: every process holds the whole model over 2" in plan.render()
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(sft.memory_bytes * 1.5))  # one fits, two do not
+    warnings = memory_warnings(plan)
+    assert len(warnings) == 1 and "stage 'sft'" in warnings[0] and "(2 processes x" in warnings[0]

@@ -77,9 +77,6 @@ def check(hardware: dict[str, Any], device: str) -> None:
     if hardware.get("deepspeed"):
         if importlib.util.find_spec("deepspeed") is None:
             raise PlanError("hardware.deepspeed: DeepSpeed is not installed: pip install -e '.[deepspeed]'")
-        if device == "cpu":
-            raise PlanError("hardware.deepspeed: DeepSpeed trains on CUDA devices here (its CPU accelerator needs "
-                            "intel-extension-for-pytorch and oneCCL); on CPU use hardware=ddp")
     if device == "cuda":
         import torch
 
@@ -113,6 +110,10 @@ def run_distributed(step, inputs, ctx) -> Artifact:
     ctx.log(f"launching {processes * nodes} processes: {' '.join(command)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_rank(ctx, processes)),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    if ctx.hardware.get("fsdp"):  # as `accelerate launch` sets it: transformers then loads on rank 0 only
+        env["ACCELERATE_USE_FSDP"] = "true"
+    if ctx.device == "cpu":  # DeepSpeed's CPU accelerator (gloo) instead of guessing, and no warning about it
+        env.setdefault("DS_ACCELERATOR", "cpu")
     tail: collections.deque[str] = collections.deque(maxlen=FAILED_LINES)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                start_new_session=True)

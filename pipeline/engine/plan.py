@@ -40,7 +40,9 @@ class Step:
     output_kind: str
     fingerprint: str = ""
     cached: Artifact | None = None
-    memory_bytes: int | None = None
+    memory_bytes: int | None = None            # per process
+    memory_processes: int = 1                  # processes on this machine that each need memory_bytes
+    sharding: str = ""                         # how a multi-process training stage spreads its memory
     data_notes: list[str] = field(default_factory=list)
     optional: bool = False                     # `optional: true`: skipped (with its dependents) where it cannot run
 
@@ -69,7 +71,7 @@ class Plan:
         header = ("#", "stage", "kind", "input", "output", "fingerprint", "memory", "status")
         rows = [header] + [
             (str(i), s.name, s.kind, ",".join(s.input_names), s.output_kind, s.fingerprint[:12],
-             memory.human(s.memory_bytes) if s.memory_bytes else "-", "reuse" if s.cached else "run")
+             _memory_cell(s), "reuse" if s.cached else "run")
             for i, s in enumerate(self.steps, 1)
         ]
         widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
@@ -78,7 +80,14 @@ class Plan:
             lines += [f"  data  {step.name}: {note}" for note in step.data_notes]
         lines += [f"  skip  {note}" for note in self.skipped]
         lines += [f"  launch  {name}: {command}" for name, command in self.launches.items()]
+        lines += [f"  memory  {s.name}: per process; {s.sharding}" for s in self.steps if s.sharding and not s.cached]
         return "\n".join(lines)
+
+
+def _memory_cell(step: Step) -> str:
+    if not step.memory_bytes:
+        return "-"
+    return memory.human(step.memory_bytes) + (f" x{step.memory_processes}" if step.memory_processes > 1 else "")
 
 
 def _stage_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -191,7 +200,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
                         raise
                     _skip(plan, step, str(e))
         check_available(model)
-        _plan_memory(plan)
+        _plan_memory(plan, hardware or {})
     _plan_launches(plan, hardware or {})
     return plan
 
@@ -229,8 +238,10 @@ def _skip(plan: Plan, step: Step, reason: str) -> None:
     plan.skipped.append(f"{', '.join(sorted(dropped))}: skipped (optional) because {reason}")
 
 
-def _plan_memory(plan: Plan) -> None:
-    """Each stage's estimate (pipeline.models.memory), with training lengths and prompt lengths measured on its data."""
+def _plan_memory(plan: Plan, hardware: dict) -> None:
+    """Each stage's estimate (pipeline.models.memory), with training lengths and prompt lengths measured on its
+    data; per process, under the profile's sharding, for training stages that run on several processes."""
+    from pipeline.engine import launch
     from pipeline.models.loading import resolve_dtype
 
     folder = local_folder(plan.model.path)
@@ -250,7 +261,10 @@ def _plan_memory(plan: Plan) -> None:
             work.gguf = getattr(source.cfg, "quant", "f16")  # llama.cpp runs it, not transformers
         if tokenizer is not None:
             _measure_lengths(step, work, tokenizer)
-        step.memory_bytes = memory.estimate(work, shape, dtype, plan.device)
+        sharding = memory.Sharding.from_hardware(hardware) if launch.is_distributed(step.kind, hardware) else None
+        if sharding is not None:
+            step.memory_processes, step.sharding = launch.world(hardware)[0], sharding.describe()
+        step.memory_bytes = memory.estimate(work, shape, dtype, plan.device, sharding)
 
 
 def _plan_tokenizer(plan: Plan, folder):
@@ -288,7 +302,17 @@ def _measure_lengths(step: Step, work: memory.Workload, tokenizer) -> None:
 
 
 def memory_warnings(plan: Plan) -> list[str]:
+    """Stages whose estimate exceeds what is free: per GPU on CUDA (each process has its own), and
+    all of this machine's processes together on CPU (they share its RAM)."""
     have = memory.available_bytes(plan.device)
-    return [f"stage '{s.name}' may need ~{memory.human(s.memory_bytes)} but {plan.device} has "
-            f"{memory.human(have)} available; consider {memory.REMEDIES}"
-            for s in plan.steps if s.memory_bytes and not s.cached and s.memory_bytes > have]
+    warnings = []
+    for s in plan.steps:
+        if not s.memory_bytes or s.cached:
+            continue
+        need = s.memory_bytes * (s.memory_processes if plan.device != "cuda" else 1)
+        if need > have:
+            each = f" ({s.memory_processes} processes x {memory.human(s.memory_bytes)})" if need != s.memory_bytes else ""
+            per = " per GPU" if plan.device == "cuda" and s.memory_processes > 1 else ""
+            warnings.append(f"stage '{s.name}' may need ~{memory.human(need)}{per}{each} but {plan.device} has "
+                            f"{memory.human(have)} available; consider {memory.REMEDIES}")
+    return warnings

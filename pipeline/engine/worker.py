@@ -40,10 +40,15 @@ def main(job_path: str) -> None:
                       device=job["device"], seed=int(job["seed"]), tracker=tracker, chain=fields["chain"],
                       hardware=job["hardware"])
     ctx.rank = rank
-    if job["device"] == "cpu":
-        import torch
+    import torch
 
+    if job["device"] == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    else:  # "cuda" means this rank's GPU from here on (model.to("cuda"), QLoRA's device_map)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    from accelerate import PartialState
+
+    PartialState()  # the process group (gloo / nccl) before any model loads: FSDP's rank-0-only loading needs it
     seed_everything(ctx.seed)
     with PeakMemory(ctx.device) as peak:
         artifact = fields["spec"].run(fields["cfg"], Inputs(fields["inputs"]), ctx)

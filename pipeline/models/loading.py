@@ -189,7 +189,17 @@ def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_na
             lm = lm.merge_and_unload()
     else:
         lm = _from_pretrained(AutoModelForCausalLM, artifact.path, model, **kwargs)
-    return lm.to(device)
+    return lm if placed_by_sharding() else lm.to(device)
+
+
+def placed_by_sharding() -> bool:
+    """True when the trainer arguments of a ZeRO-3 or FSDP (cpu_ram_efficient_loading) job exist: then
+    from_pretrained created the weights partitioned, or on the meta device outside rank 0, and
+    DeepSpeed / FSDP place them; moving them here would gather (or fail on) them."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    from transformers.integrations import is_fsdp_enabled
+
+    return is_deepspeed_zero3_enabled() or is_fsdp_enabled()
 
 
 def _from_pretrained(cls, source: str, model: ModelConfig, **kwargs):

@@ -15,6 +15,11 @@ optimizer lines; the rest is what they leave out):
     logits       tokens x vocabulary x 4 bytes x 3 (fp32 logits, log-softmax, their gradient)
     kv cache     prompts x (prompt + new tokens) x layers x 2 x kv heads x head dim (generation)
 
+Several processes (pipeline.engine.launch) divide by the world size what their sharding shards:
+ZeRO-1 the optimizer states, ZeRO-2 also the gradients, ZeRO-3 and FSDP also the weights (plus
+about two layers gathered at a time); offload_optimizer / offload_param move those to CPU RAM.
+The estimate is then per process (per GPU), and the plan shows it as "<bytes> x<processes>".
+
 Training peaks in the backward pass at about 1.25x the saved activations. Tokens per step are the
 batch times the padded length of a long batch, measured on a sample of the stage's data
 (pipeline.engine.plan), not max_length, since chats are usually much shorter. Measured against it: pipeline.engine.runner
@@ -106,6 +111,32 @@ class Workload:
     scores_window: int = 0          # generate: perplexity window (llama.cpp keeps its logits in full)
 
 
+@dataclass
+class Sharding:
+    """How a training stage spreads over its processes (from the hardware profile)."""
+
+    world: int = 1                  # processes in the job, all nodes
+    zero_stage: int = 0             # 0: plain DDP (every process holds everything); 1-3: ZeRO; FSDP counts as 3
+    offload_optimizer: bool = False
+    offload_param: bool = False
+
+    @classmethod
+    def from_hardware(cls, hardware: dict) -> "Sharding":
+        processes, nodes = int(hardware.get("num_processes") or 1), int(hardware.get("num_nodes") or 1)
+        zero = (hardware.get("deepspeed") or {}).get("zero_optimization") or {}
+        stage = 3 if hardware.get("fsdp") else int(zero.get("stage", 0))
+        offloaded = lambda key: bool(hardware.get(key)) or (zero.get(key) or {}).get("device") in ("cpu", "nvme")  # noqa: E731
+        return cls(world=processes * nodes, zero_stage=stage,
+                   offload_optimizer=offloaded("offload_optimizer"), offload_param=offloaded("offload_param"))
+
+    def describe(self) -> str:
+        kind = {0: "DDP: every process holds the whole model", 1: "ZeRO-1: optimizer states sharded",
+                2: "ZeRO-2: optimizer states and gradients sharded",
+                3: "ZeRO-3/FSDP: weights, gradients and optimizer states sharded"}[min(self.zero_stage, 3)]
+        offload = [name for name, on in (("optimizer", self.offload_optimizer), ("parameters", self.offload_param)) if on]
+        return f"{kind} over {self.world}" + (f"; {' and '.join(offload)} offloaded to CPU" if offload else "")
+
+
 def count_parameters(folder: Path) -> int | None:
     """Sum tensor sizes from safetensors headers, without loading weights or torch."""
     total = 0
@@ -139,8 +170,9 @@ def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int, value_bytes: 
     return sequences * tokens * shape.layers * 2 * shape.kv_heads * shape.head_dim * value_bytes
 
 
-def estimate(work: Workload, shape: ModelShape, dtype: str, device: str) -> int:
-    """Peak bytes of a stage: the process's RSS on CPU, the CUDA allocator's peak on a GPU."""
+def estimate(work: Workload, shape: ModelShape, dtype: str, device: str, sharding: Sharding | None = None) -> int:
+    """Peak bytes of a stage: the process's RSS on CPU, the CUDA allocator's peak on a GPU; per
+    process under `sharding` (training stages on several processes)."""
     value_bytes = BYTES_PER_PARAM.get(dtype, 4)
     runtime = RUNTIME_CPU_BYTES if device != "cuda" else 0
     if work.kind == "train" and work.method == "qlora":
@@ -161,13 +193,33 @@ def estimate(work: Workload, shape: ModelShape, dtype: str, device: str) -> int:
     if work.kind == "generate":
         return int(runtime + weights + max(generation, LOGITS_CHUNK_BYTES))
     trainable = shape.n_params if work.method == "full" else lora_parameters(shape, work.lora_rank)
-    optimizer = trainable * (4 + 8 + (4 if value_bytes < 4 else 0))  # gradient, AdamW moments, fp32 master
+    gradients, states = trainable * 4, trainable * (8 + (4 if value_bytes < 4 else 0))  # AdamW moments, fp32 master
+    if sharding is not None and sharding.world > 1:
+        weights, gradients, states = _shard(sharding, shape, weights, gradients, states, device)
+    optimizer = gradients + states
     tokens = work.batch * work.length
     per_token = activation_bytes_per_token(shape, work.length, value_bytes, device)
     if work.gradient_checkpointing:  # layer inputs only, plus one layer recomputed at a time
         per_token = per_token // shape.layers * 2 + shape.layers * shape.hidden * value_bytes
     saved = tokens * (per_token + LOGIT_COPIES * shape.vocab * 4)
     return int(runtime + weights + optimizer + max(BACKWARD_FACTOR * saved, generation))
+
+
+def _shard(sharding: Sharding, shape: ModelShape, weights: float, gradients: float, states: float,
+           device: str) -> tuple[float, float, float]:
+    """One process's share of weights, gradients and optimizer states. Offloading moves a share off
+    the GPU; on a CPU device it stays in the same RAM, so it only counts there."""
+    world, stage = sharding.world, sharding.zero_stage
+    if stage >= 1:
+        states /= world
+    if stage >= 2:
+        gradients /= world
+    if stage >= 3:
+        weights = weights / world + 2 * weights / max(1, shape.layers)  # ~2 layers gathered for compute
+    if device == "cuda":
+        states = 0 if sharding.offload_optimizer else states
+        weights = 2 * weights / max(1, shape.layers) if sharding.offload_param and stage >= 3 else weights
+    return weights, gradients, states
 
 
 GENERATION_SHARE = 0.5  # of the memory available when a generation batch starts

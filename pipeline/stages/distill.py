@@ -263,8 +263,8 @@ def _train(cfg: DistillConfig, records: list[dict], model, teacher, inputs: Inpu
     from pipeline.training.distillation import trainer_class
 
     if teacher is None:
-        return train(cfg, inputs, ctx, model, meta, records=records)
+        return train(cfg, inputs, ctx, lambda: model, meta, records=records)
     vocab = _shared_vocabulary(cfg, model, teacher, inputs, ctx)
-    return train(cfg, inputs, ctx, model, meta, records=records, trainer_cls=trainer_class(),
+    return train(cfg, inputs, ctx, lambda: model, meta, records=records, trainer_cls=trainer_class(),
                  trainer_kwargs=dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, vocab=vocab),
                  logged=("distill_ce", "distill_kl"))

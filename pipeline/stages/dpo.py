@@ -190,7 +190,6 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
-    model, peft_config, reference, how = _policy_and_reference(cfg, source, ctx)
     train_set = _dataset(cfg.dataset)
     eval_set = _dataset(cfg.eval_dataset, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = TrlDPOConfig(
@@ -203,6 +202,8 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         logging_first_step=True, eval_strategy="no", seed=ctx.seed, **_trl_losses(cfg),
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
     )
+    # after the arguments: under ZeRO-3 the policy and reference are created partitioned (zero.Init)
+    model, peft_config, reference, how = _policy_and_reference(cfg, source, ctx)
     ctx.log(f"{how}; beta {cfg.beta}, loss {'+'.join(args.loss_type)}, {len(train_set)} pairs")
     health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=train_set, eval_dataset=eval_set,
@@ -212,8 +213,8 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     result = trainer.train()
     runtime = round(time.time() - started, 2)
     evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
-    if trainer.is_world_process_zero():  # every rank trains; one saves
-        save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
+    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
+    if trainer.is_world_process_zero():
         save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
     shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),

@@ -187,7 +187,6 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     reward_funcs, weights = build(specs)
     use_vllm = vllm_choice(cfg.use_vllm) == "true" or (vllm_choice(cfg.use_vllm) == "auto" and vllm_usable(ctx.device))
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model, padding_side="left")
-    model, peft_config, how = _policy(cfg, source, ctx)
     dataset = _dataset(cfg)
     args = TrlGRPOConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
@@ -200,6 +199,7 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         logging_first_step=True, seed=ctx.seed, use_vllm=use_vllm, vllm_mode="colocate",
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
     )
+    model, peft_config, how = _policy(cfg, source, ctx)  # after the arguments: partitioned under ZeRO-3
     generation = "vllm" if use_vllm else "transformers"
     ctx.log(f"{how}; G={cfg.num_generations}, {cfg.per_device_train_batch_size // cfg.num_generations} prompts/step, "
             f"rewards {', '.join(f'{s.name} x{s.weight:g}' for s in specs)}; generation with {generation}")
@@ -209,8 +209,8 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
                           callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
     started = time.time()
     result = trainer.train()
-    if trainer.is_world_process_zero():  # every rank trains; one saves
-        save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
+    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
+    if trainer.is_world_process_zero():
         save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
     for scratch in ("trainer", "_policy_start"):
         shutil.rmtree(ctx.out_dir / scratch, ignore_errors=True)

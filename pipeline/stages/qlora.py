@@ -93,14 +93,19 @@ def run(cfg: QLoRAConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     settings = quantization_settings(cfg, ctx.device)
-    quant = BitsAndBytesConfig(**{**settings, "bnb_4bit_compute_dtype": getattr(torch, settings["bnb_4bit_compute_dtype"])})
-    source = inputs.primary
-    model = AutoModelForCausalLM.from_pretrained(
-        source.path, quantization_config=quant, dtype=getattr(torch, settings["bnb_4bit_compute_dtype"]),
-        device_map={"": 0} if ctx.device == "cuda" else {"": "cpu"}, trust_remote_code=ctx.model.trust_remote_code)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    compute_dtype = getattr(torch, settings["bnb_4bit_compute_dtype"])
+    quant = BitsAndBytesConfig(**{**settings, "bnb_4bit_compute_dtype": compute_dtype})
     optim = cfg.optim if cfg.optim != "auto" else ("paged_adamw_8bit" if ctx.device == "cuda" else "adamw_torch")
+
+    def load_4bit():
+        # each rank's 4-bit base on its own GPU (the worker sets the current device per LOCAL_RANK)
+        place = torch.cuda.current_device() if ctx.device == "cuda" else "cpu"
+        model = AutoModelForCausalLM.from_pretrained(
+            inputs.primary.path, quantization_config=quant, dtype=compute_dtype, device_map={"": place},
+            trust_remote_code=ctx.model.trust_remote_code)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+
     ctx.log(f"4-bit {settings['bnb_4bit_quant_type']} base (double quant {cfg.double_quant}, compute "
             f"{settings['bnb_4bit_compute_dtype']}), optimizer {optim}")
-    return train(dataclasses.replace(cfg, optim=optim), inputs, ctx, model,
+    return train(dataclasses.replace(cfg, optim=optim), inputs, ctx, load_4bit,
                  meta={"quantized_base": settings, "optimizer": optim})

@@ -19,7 +19,8 @@ from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
-from pipeline.training.common import LoraSpec, device_args, lora_config, loss_curve, save_tokenizer, tokenizer_source
+from pipeline.training.common import (LoraSpec, device_args, lora_config, loss_curve, rank_share, save_tokenizer,
+                                      tokenizer_source)
 from pipeline.training.health import HealthMonitor
 
 
@@ -72,13 +73,16 @@ def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input model on chat data; produce a LoRA adapter or a full model."""
     from pipeline.models.loading import load_causal_lm
 
-    return train(cfg, inputs, ctx, load_causal_lm(inputs.primary, ctx.model, ctx.device))
+    return train(cfg, inputs, ctx, lambda: load_causal_lm(inputs.primary, ctx.model, ctx.device))
 
 
-def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict | None = None,
+def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: dict | None = None,
           records: list[dict] | None = None, trainer_cls=None, trainer_kwargs: dict | None = None,
           logged: tuple[str, ...] = ()) -> Artifact:
-    """SFTTrainer on `model` (full weights, or a LoRA on top; the qlora stage passes a 4-bit model).
+    """SFTTrainer on the model that `load_model()` returns (full weights, or a LoRA on top; the qlora
+    stage loads a 4-bit model). It is called after the trainer arguments exist, so that under
+    DeepSpeed ZeRO-3 transformers creates the weights already partitioned (zero.Init), and under
+    FSDP with cpu_ram_efficient_loading only rank 0 reads them.
 
     `records` replace cfg.dataset (distill's teacher-written chats); `trainer_cls` is an SFTTrainer
     subclass with its own loss (distill's logit mode); `logged` are extra log keys kept as
@@ -104,6 +108,10 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing), **_optimizer_args(cfg),
     )
     peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules) if cfg.method == Method.lora else None
+    model = load_model()
+    share = rank_share(model)
+    if share:
+        ctx.log(f"ZeRO-3: weights created partitioned (zero.Init); this rank holds {share['rank_param_share']:.0%}")
     health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
     trainer = (trainer_cls or SFTTrainer)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
@@ -117,7 +125,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, model, meta: dict |
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
                **loss_curve(trainer.state.log_history, ("loss", *logged)),
-               "health_warnings": health.warnings}
+               "health_warnings": health.warnings, **share}
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
     if cfg.method == Method.full:

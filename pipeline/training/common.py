@@ -48,11 +48,33 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
         # every LoRA / full-model parameter takes part in the loss: skip DDP's extra graph traversal
         args["ddp_find_unused_parameters"] = bool(hardware.get("find_unused_parameters", False))
     if hardware.get("deepspeed"):
-        args["deepspeed"] = hardware["deepspeed"]
+        args["deepspeed"] = deepspeed_config(hardware)
     if hardware.get("fsdp"):
         args["fsdp"] = hardware["fsdp"]
         args["fsdp_config"] = hardware.get("fsdp_config") or {}
     return args
+
+
+def deepspeed_config(hardware: dict[str, Any]) -> dict[str, Any]:
+    """The profile's DeepSpeed config with its offload switches written in (DeepSpeed's own keys)."""
+    import copy
+
+    config = copy.deepcopy(dict(hardware["deepspeed"]))
+    zero = config.setdefault("zero_optimization", {})
+    for switch in ("offload_optimizer", "offload_param"):
+        if hardware.get(switch):
+            zero[switch] = {"device": "cpu", "pin_memory": True}
+    return config
+
+
+def rank_share(model) -> dict[str, float]:
+    """Under ZeRO-3 (weights created by zero.Init) the fraction of the parameters this rank holds,
+    which shows the model was never whole on one device; {} when parameters are not partitioned."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_numel")]
+    if not params:
+        return {}
+    held = sum(p.ds_tensor.numel() for p in params)
+    return {"rank_param_share": round(held / max(1, sum(p.ds_numel for p in params)), 4)}
 
 
 def loss_curve(log_history: list[dict[str, Any]], keys: tuple[str, ...] = ("loss",)) -> dict[str, float]:
@@ -83,12 +105,16 @@ def tokenizer_source(artifact) -> str:
 
 def save_policy(trainer, out_dir: Path, lora: bool) -> None:
     """Save what an RL/preference trainer trained: for LoRA only the "default" adapter, not the
-    frozen "ref" copy that trl adds when it continues an input adapter."""
+    frozen "ref" copy that trl adds when it continues an input adapter. Every rank calls it: the
+    state dict is gathered from all of them under ZeRO-3 / FSDP, and rank 0 writes it."""
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # the DeepSpeed engine, if any
+    if not trainer.is_world_process_zero():
+        return
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if lora:
-        trained.save_pretrained(str(out_dir), selected_adapters=["default"])
+        trained.save_pretrained(str(out_dir), state_dict=state, selected_adapters=["default"])
     else:
-        trained.save_pretrained(str(out_dir))
+        trained.save_pretrained(str(out_dir), state_dict=state)
 
 
 def policy_artifact(source, out_dir: Path, full: bool, new_lora, metrics: dict, meta: dict):
