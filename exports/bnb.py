@@ -28,6 +28,7 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.ranges import at_least
 
 MODES = ("nf4", "fp4", "int8")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -41,7 +42,7 @@ class BnbConfig(ParityFields):
     mode: str = "nf4"                        # nf4 | fp4 (4-bit) | int8 (LLM.int8)
     double_quant: bool = True                # 4-bit: quantize the quantization constants too (~0.4 bit/param)
     compute_dtype: str = "auto"              # auto: bf16 on GPU (fp16 for int8), fp32 on CPU
-    int8_threshold: float = 6.0              # int8: activations above this stay in 16 bit (LLM.int8 outliers)
+    int8_threshold: float = at_least(0, 6.0)  # int8: activations above this stay in 16 bit (LLM.int8 outliers)
     skip_modules: Optional[List[str]] = None  # modules kept unquantized; null: [lm_head]
 
     def validate(self, where: str, earlier: dict) -> None:
@@ -51,8 +52,6 @@ class BnbConfig(ParityFields):
                               f"(nf4/fp4: 4-bit, int8: LLM.int8)")
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"{where}.compute_dtype: '{self.compute_dtype}'; valid: {', '.join(COMPUTE_DTYPES)}")
-        if self.int8_threshold < 0:
-            raise ConfigError(f"{where}.int8_threshold: {self.int8_threshold}; must be >= 0 (0: no outlier columns)")
         refuse_quantized_input(where, self.inputs, earlier)
 
     def check_device(self, where: str, device: str) -> None:
@@ -244,7 +243,8 @@ def reload_check(folder: Path, source: Artifact, ctx, is_quantized: Callable[[An
             "reload_top1_agreement": round(same / max(positions, 1), 4), "reload_positions": positions}
 
 
-@stage("bnb", config=BnbConfig, consumes={"model"}, produces="model")
+@stage("bnb", config=BnbConfig, consumes={"model"}, produces="model",
+       libraries=("torch", "transformers", "bitsandbytes"))
 def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model with bitsandbytes (NF4/FP4 4-bit or LLM.int8) and save it."""
     import torch

@@ -92,7 +92,8 @@ def intermediate_type(dtype: str) -> str:
     return {"bfloat16": "bf16", "float16": "f16"}.get(dtype, "f32")
 
 
-@stage("gguf", config=GGUFConfig, consumes=set(MODEL_KINDS), produces="gguf")
+@stage("gguf", config=GGUFConfig, consumes=set(MODEL_KINDS), produces="gguf",
+       libraries=("torch", "transformers", "peft", "gguf", "llama-cpp-python"))
 def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Convert the input model (an adapter is merged first) to a checked GGUF and an Ollama Modelfile."""
     source = inputs.primary

@@ -34,6 +34,7 @@ from pipeline.data.datasets import DatasetSpec
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.ranges import at_least, between, one_of
 
 BITS = (4, 8)
 BACKENDS = ("gptqmodel",)
@@ -53,32 +54,21 @@ MIN_CPU_WORKERS = 2  # GPTQModel's default on a 2-core machine is 1 worker, whic
 class GPTQConfig(ParityFields):
     kind: str = "gptq"
     inputs: Optional[List[str]] = None     # default: the latest earlier model
-    bits: int = 4                          # 4: W4A16 | 8: W8A16 (weights quantized, activations 16 bit)
-    group_size: int = 128                  # input columns sharing one scale/zero (-1: one group per row)
-    damp_percent: float = 0.01             # Hessian dampening, a fraction of its mean diagonal (GPTQModel's name)
+    bits: int = one_of(4, BITS)            # 4: W4A16 | 8: W8A16 (weights quantized, activations 16 bit)
+    group_size: int = at_least(1, 128, also=(-1,))  # input columns sharing one scale/zero (-1: one group per row)
+    damp_percent: float = between(0.01, 0, 1, low_open=True, high_open=True)  # Hessian dampening, a fraction of its mean diagonal (GPTQModel's name)
     desc_act: bool = False                 # quantize columns in order of activation size ("act-order")
-    n_samples: int = 128                   # calibration chats
-    max_seq_len: int = 512                 # tokens per calibration chat (longer ones are cut)
+    n_samples: int = at_least(1, 128)      # calibration chats
+    max_seq_len: int = at_least(16, 512)   # tokens per calibration chat (longer ones are cut)
     calibration: DatasetSpec = field(default=MISSING, metadata={"purpose": "sft"})
     backend: str = "gptqmodel"
     model_path: Optional[str] = None       # the chain's model (yaml: ${model.path}): its layer sizes are checked
                                            # against group_size at plan time
 
     def validate(self, where: str, earlier: dict) -> None:
-        if self.bits not in BITS:
-            raise ConfigError(f"{where}.bits: {self.bits}; valid: 4 (W4A16), 8 (W8A16)")
         if self.backend not in BACKENDS:
             raise ConfigError(f"{where}.backend: '{self.backend}'; valid: {', '.join(BACKENDS)} (llmcompressor pins "
                               f"transformers <= 5.17 and cannot share this environment)")
-        if self.group_size != -1 and self.group_size < 1:
-            raise ConfigError(f"{where}.group_size: {self.group_size}; valid: -1 (one group per row) or a positive "
-                              f"divisor of every layer's input size (e.g. 32, 64, 128)")
-        if not 0 < self.damp_percent < 1:
-            raise ConfigError(f"{where}.damp_percent: {self.damp_percent}; valid: 0 < value < 1 (e.g. 0.01)")
-        if self.n_samples < 1:
-            raise ConfigError(f"{where}.n_samples: {self.n_samples}; must be >= 1")
-        if self.max_seq_len < 16:
-            raise ConfigError(f"{where}.max_seq_len: {self.max_seq_len}; must be >= 16")
         from exports.bnb import refuse_quantized_input
 
         refuse_quantized_input(where, self.inputs, earlier)
@@ -181,7 +171,8 @@ def quant_log_metrics(folder: Path) -> dict[str, float]:
             "gptq_modules": len(losses)}
 
 
-@stage("gptq", config=GPTQConfig, consumes={"model"}, produces="model")
+@stage("gptq", config=GPTQConfig, consumes={"model"}, produces="model",
+       libraries=("torch", "transformers", "gptqmodel"))
 def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model's linear layers with GPTQ (GPTQModel) on the chain's chats and save it."""
     import gc

@@ -42,7 +42,7 @@ class MergeConfig:
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the merged weights
 
 
-@stage("merge", config=MergeConfig, consumes={"adapter"}, produces="model")
+@stage("merge", config=MergeConfig, consumes={"adapter"}, produces="model", libraries=("torch", "transformers", "peft"))
 def run(cfg: MergeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Fold the adapter's weights into the base and save the merged model."""
     adapter = inputs.primary

@@ -16,6 +16,7 @@ from pipeline.backends.base import Generation, chat_prompt, open_backend
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.errors import TunechainError
 from pipeline.evaluation.answers import extract_answer
+from pipeline.ranges import at_least, between
 
 
 class ParityError(TunechainError):
@@ -28,9 +29,9 @@ class ParityFields:
 
     parity: bool = True                         # false: skip the comparison
     parity_prompts: DatasetSpec = field(default=MISSING, metadata={"purpose": "gsm8k"})
-    parity_limit: Optional[int] = 50            # first N prompts (null: all)
-    parity_max_new_tokens: int = 64
-    parity_min_identical: Optional[float] = None  # fail the stage when fewer prompts match token for token
+    parity_limit: Optional[int] = at_least(1, 50)  # first N prompts (null: all)
+    parity_max_new_tokens: int = at_least(1, 64)
+    parity_min_identical: Optional[float] = between(None, 0, 1)  # fail the stage when fewer prompts match token for token
 
     def memory_profile(self):
         from pipeline.models.memory import Workload
@@ -45,20 +46,20 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
         return {}
     records = load(cfg.parity_prompts, "gsm8k")
     records = records[:cfg.parity_limit] if cfg.parity_limit else records
-    reference = open_backend(source, ctx, dtype)
-    prompts = [chat_prompt(reference.tokenizer, r["question"]) for r in records]
+    prompts = [chat_prompt(_source_tokenizer(source, ctx), r["question"]) for r in records]
     cached = _reference_file(source, prompts, cfg.parity_max_new_tokens, dtype, ctx)
     if cached is not None and cached.is_file():  # another export of the same model already generated these
         want = [Generation(**g) for g in json.loads(cached.read_text())]
         ctx.log(f"parity: the source's {len(want)} greedy answers reused from {cached}")
-    else:
+    else:  # only now load the source model (a cache hit needs its tokenizer alone)
+        reference = open_backend(source, ctx, dtype)
         want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
+        reference.close()
         if cached is not None:
             from pipeline.artifact import write_json_atomic
 
             cached.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cached, [dataclasses.asdict(g) for g in want])
-    reference.close()
     candidate = open_backend(exported, ctx, dtype)
     got = candidate.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: export")
     candidate.close()
@@ -76,6 +77,14 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
         raise ParityError(f"{ctx.name}: only {metrics['parity_identical']:.1%} of prompts give the source's greedy "
                           f"tokens (parity_min_identical {cfg.parity_min_identical}); see {ctx.out_dir}/parity.jsonl")
     return metrics
+
+
+def _source_tokenizer(source: Artifact, ctx):
+    """The tokenizer the source's backend renders prompts with (pipeline.backends.hf.HFBackend's)."""
+    from pipeline.models.loading import load_tokenizer
+    from pipeline.training.common import tokenizer_source
+
+    return load_tokenizer(tokenizer_source(source), ctx.model, padding_side="left")
 
 
 def _reference_file(source: Artifact, prompts: list[str], max_new_tokens: int, dtype, ctx):

@@ -26,6 +26,8 @@ from pipeline.data.formats import FORMATS, converter, detect
 from pipeline.data.problems import DataError, Invalid, kind_name, summarise
 from pipeline.data.readers import entries, existing_file, is_hub, where_of
 from pipeline.hashing import file_digest
+from pipeline.hub import hub_commit
+from pipeline.ranges import at_least
 
 PURPOSES = ("sft", "preference", "prompt", "gsm8k", "text", "instruct")
 
@@ -38,7 +40,8 @@ class DatasetSpec:
     format: str = "auto"           # auto | messages | alpaca | sharegpt | preference | prompt | gsm8k | text
     split: str = "train"           # hub split
     subset: Optional[str] = None   # hub config name
-    limit: Optional[int] = None    # keep the first N records
+    revision: Optional[str] = None  # hub branch, tag or commit (null: main); its commit enters the fingerprint
+    limit: Optional[int] = at_least(1, None)  # keep the first N records
     columns: Dict[str, str] = field(default_factory=dict)  # source column -> canonical key
 
 
@@ -64,10 +67,10 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> dige
 
 
 def fingerprint(spec: DatasetSpec | Mapping[str, Any] | str) -> str:
-    """sha256 of a local file's bytes; for a hub dataset, its id, subset and split."""
+    """sha256 of a local file's bytes; for a hub dataset, its id, subset, split and resolved commit."""
     spec = _as_spec(spec)
     if is_hub(spec.path):
-        return f"hub:{spec.path}:{spec.subset or ''}:{spec.split}"
+        return f"hub:{spec.path}:{spec.subset or ''}:{spec.split}@{hub_commit(spec.path, spec.revision, 'dataset')}"
     path = existing_file(spec.path)
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size)

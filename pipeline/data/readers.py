@@ -119,7 +119,7 @@ def _read_hub(spec: DatasetSpec, where: str) -> Iterator[tuple[str, Any]]:
     import datasets  # slow to import; only hub ids need it
 
     try:
-        rows = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split)
+        rows = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split, revision=spec.revision)
     except Exception as e:  # offline, gated, unknown id or split...: one actionable line for all
         raise DataError(f"{where}: cannot be loaded from the hub ({_short(e)}); "
                         "use a local file or check the id/network") from e

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from pipeline.artifact import Artifact, write_json_atomic
 from pipeline.errors import TunechainError
+from pipeline.ranges import Range
 
 # Stage kinds that train through a transformers Trainer and so run under torchrun as they are.
 DISTRIBUTED_KINDS = ("sft", "qlora", "dpo", "grpo", "distill")
@@ -60,6 +61,16 @@ def launch_command(hardware: dict[str, Any], job_file: Path | str) -> list[str]:
     else:
         command.append("--standalone")
     return command + ["-m", "pipeline.engine.worker", str(job_file)]
+
+
+# conf/hardware/*.yaml is a free-form dict (DeepSpeed and FSDP settings pass through): its own keys' ranges
+HARDWARE_RANGES = {"num_processes": Range(low=1), "num_nodes": Range(low=1), "num_threads": Range(low=1),
+                   "device": Range(choices=("cpu", "cuda"))}  # null: cuda when available, else cpu
+
+
+def hardware_problems(hardware: dict[str, Any]) -> list[str]:
+    return [f"hardware.{key}: {hardware[key]!r}; valid: {rule}" for key, rule in HARDWARE_RANGES.items()
+            if hardware.get(key) is not None and hardware[key] not in rule]
 
 
 def check(hardware: dict[str, Any], device: str) -> None:

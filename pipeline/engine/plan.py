@@ -13,17 +13,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import ranges
 from pipeline.artifact import Artifact
 from pipeline.data import datasets as data
 from pipeline.engine import registry
-from pipeline.engine.fingerprint import stage_fingerprint
+from pipeline.engine.fingerprint import environment, fingerprint_inputs, fingerprint_of
 from pipeline.engine.store import Store
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
 from pipeline.hashing import hash_json
 from pipeline.models import memory
 from pipeline.models.config import ModelConfig
-from pipeline.models.loading import base_artifact, check_available, check_thinking_switch, local_folder
+from pipeline.models.loading import (base_artifact, check_available, check_thinking_switch, local_folder, pick_device,
+                                     resolve_dtype)
 
 BASE = "base"  # the reserved input name of the chain's starting model
 # Model keys that change no stage's result by themselves: names, planning hints, the recipes' tuning
@@ -43,6 +45,7 @@ class Step:
     memory_bytes: int | None = None            # per process
     memory_processes: int = 1                  # processes on this machine that each need memory_bytes
     sharding: str = ""                         # how a multi-process training stage spreads its memory
+    fingerprint_inputs: dict = field(default_factory=dict)  # what the fingerprint hashes (+explain_fingerprint)
     data_notes: list[str] = field(default_factory=list)
     optional: bool = False                     # `optional: true`: skipped (with its dependents) where it cannot run
 
@@ -134,9 +137,14 @@ def _plain(cfg: Any) -> dict[str, Any]:
 def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | None = None) -> Plan:
     """`device` None: cuda when available; resolved only if a stage must run (torch loads slowly)."""
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True) if cfg.get("hardware") is not None else {}
+    from pipeline.engine import launch
     from pipeline.models.sources import prepare
 
-    model = prepare(typed_config(cfg.model, ModelConfig, "model"))
+    typed_model = typed_config(cfg.model, ModelConfig, "model")
+    # Every out-of-range value of the model, the hardware and all stages, reported together before any
+    # work (a GGUF conversion in prepare(), a stage): pipeline.ranges
+    problems = ranges.problems(typed_model, "model") + launch.hardware_problems(hardware)
+    model = prepare(typed_model) if not problems else typed_model
     check_thinking_switch(model)
     base = base_artifact(model)
     produced: dict[str, str] = {BASE: "model"}
@@ -155,8 +163,10 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
         spec = registry.get(str(kind))
         optional = bool(node.get("optional", False))  # a key of every stage, handled here, not in each dataclass
         typed = typed_config(node, spec.config_cls, f"stages.{name}", ignore=("optional",))
+        out_of_range = ranges.problems(typed, f"stages.{name}")
+        problems += out_of_range
         cannot_run = None
-        if hasattr(typed, "validate"):
+        if hasattr(typed, "validate") and not out_of_range:  # validate() may rely on values being in range
             try:
                 typed.validate(f"stages.{name}", {s.name: s for s in steps})
             except (ConfigError, PlanError) as e:
@@ -164,17 +174,22 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
                     raise
                 cannot_run = str(e)
         inputs = _resolve_inputs(name, spec, getattr(typed, "inputs", None), produced)
-        if hasattr(typed, "check_model") and inputs == [BASE]:  # what only the chain's model can tell
+        if hasattr(typed, "check_model") and inputs == [BASE] and not problems:  # what only the chain's model can tell
             typed.check_model(f"stages.{name}", local_folder(model.path))
         steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=optional))
         produced[name] = steps[-1].output_kind
         if cannot_run:
             unrunnable.append((steps[-1], cannot_run))
+    if problems:
+        raise ConfigError(f"{len(problems)} value(s) out of range:\n  " + "\n  ".join(problems)
+                          if len(problems) > 1 else problems[0])
     plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device or "-")
     for step, reason in unrunnable:
         if step in plan.steps:
             _skip(plan, step, reason)
     steps = plan.steps
+    plan.device = device or pick_device()  # part of every fingerprint: a CPU fp32 artifact is not a GPU bf16 one
+    dtype = resolve_dtype(model.dtype, plan.device, model.path)
     # Pass 2: data, record by record, then fingerprints and what the store already has.
     for step in steps:
         data_fps = []
@@ -182,15 +197,15 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
             count = data.validate_records(dataset, purpose)
             step.data_notes.append(f"{field_name} <- {dataset.path} ({count} records, {purpose})")
             data_fps.append(data.fingerprint(dataset))
-        step.fingerprint = stage_fingerprint(step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names],
-                                             data_fps, extra={"model": model_extra, "seed": cfg.get("seed"), **_world_key(step.kind, hardware)})
+        step.fingerprint_inputs = fingerprint_inputs(
+            step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names], data_fps,
+            extra={"model": model_extra, "seed": cfg.get("seed"), **_world_key(step.kind, hardware)},
+            environment=environment(step.spec, plan.device, dtype))
+        step.fingerprint = fingerprint_of(step.fingerprint_inputs)
         step.cached = store.find(step.output_kind, step.fingerprint) if step.spec.cache else None
         fingerprints[step.name] = step.fingerprint
 
     if any(not s.cached for s in steps):
-        from pipeline.models.loading import pick_device
-
-        plan.device = device or pick_device()
         for step in list(plan.steps):  # what only the device can tell (e.g. 4-bit kernels on CPU)
             if step in plan.steps and not step.cached and hasattr(step.cfg, "check_device"):
                 try:
@@ -242,7 +257,6 @@ def _plan_memory(plan: Plan, hardware: dict) -> None:
     """Each stage's estimate (pipeline.models.memory), with training lengths and prompt lengths measured on its
     data; per process, under the profile's sharding, for training stages that run on several processes."""
     from pipeline.engine import launch
-    from pipeline.models.loading import resolve_dtype
 
     folder = local_folder(plan.model.path)
     shape = memory.ModelShape.from_folder(folder) if folder else None

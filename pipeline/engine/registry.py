@@ -16,6 +16,10 @@ from pipeline.errors import ConfigError
 # Where stage kinds live: training, eval and serve stages; merge and the export formats.
 STAGE_PACKAGES = ("pipeline.stages", "exports")
 
+# What a stage's result depends on unless its @stage says otherwise (their versions enter its fingerprint).
+DEFAULT_LIBRARIES = ("torch", "transformers")
+TRAINING_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate")
+
 # Artifact kinds that stages exchange.
 ARTIFACT_KINDS = ("model", "adapter", "eval", "gguf", "serve")
 
@@ -29,6 +33,7 @@ class StageSpec:
     produces: str | Callable[[Any], str]  # a kind, or a function of the typed config
     doc: str = ""
     cache: bool = True  # False: runs every time (serving), its record goes to the run folder, not the store
+    libraries: tuple[str, ...] = DEFAULT_LIBRARIES  # distributions whose versions enter the fingerprint
 
     def output_kind(self, cfg: Any) -> str:
         return self.produces(cfg) if callable(self.produces) else self.produces
@@ -37,12 +42,14 @@ class StageSpec:
 _REGISTRY: dict[str, StageSpec] = {}
 
 
-def stage(kind: str, *, config: type, consumes: Iterable[str], produces, cache: bool = True):
-    """Register `run(cfg, inputs, ctx) -> Artifact` as the stage kind `kind`."""
+def stage(kind: str, *, config: type, consumes: Iterable[str], produces, cache: bool = True,
+          libraries: Iterable[str] = DEFAULT_LIBRARIES):
+    """Register `run(cfg, inputs, ctx) -> Artifact` as the stage kind `kind`; `libraries` are the
+    distributions (pip names) its result depends on."""
 
     def wrap(fn):
         _REGISTRY[kind] = StageSpec(kind, config, fn, frozenset(consumes), produces, (fn.__doc__ or "").strip(),
-                                    cache)
+                                    cache, tuple(libraries))
         return fn
 
     return wrap

@@ -22,7 +22,7 @@ from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
 from pipeline.engine.store import Store
 from pipeline.engine.tracking import LoggerConfig, Tracker, redact
 from pipeline.engine.typed_config import typed_config
-from pipeline.errors import PlanError
+from pipeline.errors import ConfigError, PlanError
 from pipeline.models.peak_memory import PeakMemory, peak_metrics
 
 VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
@@ -130,6 +130,17 @@ def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:
     artifact.created = dt.datetime.now().isoformat(timespec="seconds")
 
 
+def explain_fingerprint(plan: Plan, name: str) -> str:
+    """`+explain_fingerprint=STAGE`: everything that stage's fingerprint hashes, as JSON."""
+    import json
+
+    step = next((s for s in plan.steps if s.name == name), None)
+    if step is None:
+        raise ConfigError(f"explain_fingerprint: no stage '{name}'; stages: {', '.join(s.name for s in plan.steps)}")
+    return f"fingerprint of stage {name}: {step.fingerprint}\n" + json.dumps(step.fingerprint_inputs, indent=2,
+                                                                           sort_keys=True, default=str)
+
+
 def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str], group: str | None) -> dict[str, Any]:
     store = Store(cfg.paths.store)
     plan = build_plan(cfg, store, recipe=recipe, device=cfg.hardware.get("device"))
@@ -137,6 +148,9 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
     print(plan.render(), flush=True)
     for warning in memory_warnings(plan):
         print(f"warning: {warning}", flush=True)
+    if cfg.get("explain_fingerprint"):
+        print(explain_fingerprint(plan, str(cfg.explain_fingerprint)), flush=True)
+        return {}
     if cfg.get("dry_run"):
         print("dry run: stopping after the plan", flush=True)
         return {}

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from pipeline.engine.context import Inputs, StageContext
@@ -29,6 +30,8 @@ def main(job_path: str) -> None:
     from pipeline.engine.tracking import LoggerConfig, Tracker
     from pipeline.models.peak_memory import PeakMemory, peak_metrics
 
+    # DeepSpeed calls torch.distributed's old collective names; torch warns on every step otherwise
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     job = json.loads(Path(job_path).read_text())
     fields = job_fields(job)
     rank = int(os.environ.get("RANK", "0"))

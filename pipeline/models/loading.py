@@ -7,18 +7,15 @@ work starts instead of after minutes of retries.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from pipeline import paths
 from pipeline.artifact import Artifact
 from pipeline.errors import ModelUnavailable
 from pipeline.hashing import folder_digest
-from pipeline.models.config import ModelConfig
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from pipeline.hub import hub_commit, hub_reachable
+from pipeline.models.config import DTYPES, ModelConfig
 
 
 def local_folder(path: str) -> Path | None:
@@ -37,7 +34,8 @@ def base_artifact(model: ModelConfig) -> Artifact:
     if folder is not None:
         return Artifact(kind="model", path=str(folder), fingerprint=folder_digest(folder)[:20],
                         format="hf", base_model=str(folder), stage="base")
-    return Artifact(kind="model", path=model.path, fingerprint=f"hub-{model.path}@{model.revision or 'main'}",
+    commit = hub_commit(model.path, model.revision, "model")
+    return Artifact(kind="model", path=model.path, fingerprint=f"hub-{model.path}@{commit}",
                     format="hub", base_model=model.path, stage="base")
 
 
@@ -54,19 +52,10 @@ def check_available(model: ModelConfig) -> None:
 
     if isinstance(try_to_load_from_cache(model.path, "config.json", revision=model.revision), str):
         return
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
         raise ModelUnavailable(
             f"model '{model.name}' ({model.path}) cannot be fetched: the hub is unreachable and it is not in the "
             f"local cache. Download it where there is network, or set model.path to a local folder.")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def declared_dtype(path: str | None) -> str | None:
@@ -196,8 +185,8 @@ def placed_by_sharding() -> bool:
     """True when the trainer arguments of a ZeRO-3 or FSDP (cpu_ram_efficient_loading) job exist: then
     from_pretrained created the weights partitioned, or on the meta device outside rank 0, and
     DeepSpeed / FSDP place them; moving them here would gather (or fail on) them."""
-    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
     from transformers.integrations import is_fsdp_enabled
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     return is_deepspeed_zero3_enabled() or is_fsdp_enabled()
 

@@ -14,32 +14,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from pipeline.ranges import at_least, between, positive
+
 
 @dataclass
 class SFTTuning:
-    learning_rate: float = 2e-4        # LoRA / QLoRA (seed 002: 1e-4..2e-4; full fine-tuning wants 1e-5..5e-5)
-    max_steps: int = 200
-    short_steps: int = 100             # recipes that leave room for a later stage (sft_grpo, distill's student)
-    batch_size: int = 8
-    max_length: int = 1024
+    learning_rate: float = positive(2e-4)  # LoRA / QLoRA (seed 002: 1e-4..2e-4; full fine-tuning wants 1e-5..5e-5)
+    max_steps: int = at_least(1, 200, also=(-1,))
+    short_steps: int = at_least(1, 100, also=(-1,))  # recipes that leave room for a later stage (sft_grpo, distill's student)
+    batch_size: int = at_least(1, 8)
+    max_length: int = at_least(1, 1024)
 
 
 @dataclass
 class DPOTuning:
-    learning_rate: float = 5e-6
-    max_steps: int = 100
-    batch_size: int = 8
-    max_length: int = 1024
+    learning_rate: float = positive(5e-6)
+    max_steps: int = at_least(1, 100, also=(-1,))
+    batch_size: int = at_least(1, 8)
+    max_length: int = at_least(1, 1024)
 
 
 @dataclass
 class GRPOTuning:
-    learning_rate: float = 1e-6
-    max_steps: int = 100
-    num_generations: int = 8
-    batch_size: int = 32               # completions per step: batch_size / num_generations prompts
-    max_completion_length: int = 256
-    top_k: int = 0                     # 0: no top-k cut (small vocabularies may need one)
+    learning_rate: float = positive(1e-6)
+    max_steps: int = at_least(1, 100)
+    num_generations: int = at_least(2, 8)
+    batch_size: int = at_least(1, 32)  # completions per step: batch_size / num_generations prompts
+    max_completion_length: int = at_least(1, 256)
+    top_k: int = at_least(0, 0)        # 0: no top-k cut (small vocabularies may need one)
 
 
 @dataclass
@@ -47,14 +49,14 @@ class DistillTuning:
     # Share of the teacher's decoder layers the distill recipe's student keeps (its `student` prune stage;
     # 1.0: a full copy of the base). Measured on 2 CPU cores: the embedded model's 3-layer student reached
     # 12% after 150 steps (the full one 33.5%), so it keeps all 4; SmolLM2 keeps 28 of 30 (22 layers: 4%).
-    student_keep_fraction: float = 0.75
+    student_keep_fraction: float = between(0.75, 0, 1, low_open=True)
 
 
 @dataclass
 class EvalTuning:
-    limit: Optional[int] = None        # records per eval task (null: all)
-    max_new_tokens: int = 256          # generation budget of open answers (math, instruct)
-    batch_size: int = 32
+    limit: Optional[int] = at_least(1, None)  # records per eval task (null: all)
+    max_new_tokens: int = at_least(1, 256)  # generation budget of open answers (math, instruct)
+    batch_size: int = at_least(1, 32)
 
 
 @dataclass

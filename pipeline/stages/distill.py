@@ -29,8 +29,9 @@ from typing import Optional
 
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
-from pipeline.engine.registry import stage
+from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, ModelUnavailable
+from pipeline.ranges import at_least, between, positive
 from pipeline.stages.sft import SFTConfig, trained_kind
 
 BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)
@@ -53,10 +54,10 @@ class DistillConfig(SFTConfig):
     kind: str = "distill"
     mode: Mode = Mode.logit
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
-    temperature: float = 2.0                    # logit mode: T softens both distributions
-    alpha: float = 0.5                          # logit mode: weight of the hard-label CE (1: plain SFT)
-    max_new_tokens: int = 128                   # sequence mode: longest teacher answer
-    generation_batch_size: int = 64             # sequence mode: prompts per teacher generate call
+    temperature: float = positive(2.0)          # logit mode: T softens both distributions
+    alpha: float = between(0.5, 0, 1)           # logit mode: weight of the hard-label CE (1: plain SFT)
+    max_new_tokens: int = at_least(1, 128)      # sequence mode: longest teacher answer
+    generation_batch_size: int = at_least(1, 64)  # sequence mode: prompts per teacher generate call
     # The chain's model (${model.path}): every student derives from it, so its tokenizer is the
     # student's; compared with a teacher model's at plan time in logit mode.
     student_tokenizer: Optional[str] = None
@@ -67,13 +68,6 @@ class DistillConfig(SFTConfig):
         return replace(super().memory_profile(), extra_weights=1.0)  # the teacher, usually the student's size
 
     def validate(self, where: str, earlier: dict) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"{where}.temperature: must be > 0, got {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"{where}.alpha: must be in [0, 1] (1 is plain SFT), got {self.alpha}")
-        for key in ("max_new_tokens", "generation_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
         teacher = self.teacher
         if (teacher.stage is None) == (teacher.model is None):
             raise ConfigError(f"{where}.teacher: set exactly one of stage (an earlier stage's model or adapter) "
@@ -187,7 +181,8 @@ def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx
 
 
 # Consumes adapters too, but only as a teacher: validate() puts the student first in `inputs`.
-@stage("distill", config=DistillConfig, consumes={"model", "adapter"}, produces=trained_kind)
+@stage("distill", config=DistillConfig, consumes={"model", "adapter"}, produces=trained_kind,
+       libraries=TRAINING_LIBRARIES)
 def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Distill the teacher into the input model (logits or teacher-written answers)."""
     from pipeline.data.datasets import load

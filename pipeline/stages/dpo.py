@@ -28,10 +28,12 @@ from omegaconf import MISSING
 from pipeline.artifact import Artifact
 from pipeline.data.datasets import DataError, DatasetSpec, load, validate_records
 from pipeline.engine.context import Inputs, StageContext
-from pipeline.engine.registry import stage
+from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError
+from pipeline.ranges import at_least, between, one_of, positive
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
+    SCHEDULERS,
     LoraSpec,
     device_args,
     lora_config,
@@ -61,40 +63,30 @@ class DPOConfig:
     method: Method = Method.lora                # lora: continue an input adapter, or a new LoRA on a model
     dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "preference"})
     eval_dataset: Optional[DatasetSpec] = field(default=None, metadata={"purpose": "preference"})  # held-out pairs
-    eval_limit: Optional[int] = None            # score the first N held-out pairs (null: all)
+    eval_limit: Optional[int] = at_least(1, None)  # score the first N held-out pairs (null: all)
     reference: Reference = Reference.input
-    beta: float = 0.1                           # strength of the pull toward the reference (higher: stay closer)
-    loss_type: str = "sigmoid"                  # one of LOSS_TYPES
-    label_smoothing: float = 0.0                # robust / exo_pair: assumed share of flipped labels
-    sft_weight: float = 0.0                     # > 0: add trl's "sft" loss on chosen (RPO-style) with this weight
-    max_steps: int = 100                        # -1: train num_train_epochs instead
-    num_train_epochs: float = 1.0
-    learning_rate: float = 5e-5
-    per_device_train_batch_size: int = 8        # pairs per step
-    per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512                       # prompt + completion tokens; longer pairs are cut at the end
-    warmup_steps: float = 0.1                   # < 1: a ratio of all steps
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 10
+    beta: float = positive(0.1)                 # strength of the pull toward the reference (higher: stay closer)
+    loss_type: str = one_of("sigmoid", LOSS_TYPES)
+    label_smoothing: float = between(0.0, 0, 0.5, high_open=True)  # robust / exo_pair: assumed share of flipped labels
+    sft_weight: float = at_least(0, 0.0)        # > 0: add trl's "sft" loss on chosen (RPO-style) with this weight
+    max_steps: int = at_least(1, 100, also=(-1,))  # -1: train num_train_epochs instead
+    num_train_epochs: float = positive(1.0)
+    learning_rate: float = positive(5e-5)
+    per_device_train_batch_size: int = at_least(1, 8)  # pairs per step
+    per_device_eval_batch_size: int = at_least(1, 16)
+    gradient_accumulation_steps: int = at_least(1, 1)
+    max_length: int = at_least(1, 512)          # prompt + completion tokens; longer pairs are cut at the end
+    warmup_steps: float = at_least(0, 0.1)      # < 1: a ratio of all steps
+    lr_scheduler_type: str = one_of("cosine", SCHEDULERS)
+    weight_decay: float = at_least(0, 0.0)
+    max_grad_norm: float = positive(1.0)
+    logging_steps: int = at_least(1, 10)
     gradient_checkpointing: bool = False
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
     def validate(self, where: str, earlier: dict) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise ConfigError(f"{where}.loss_type: '{self.loss_type}'; valid (trl 1.16): {', '.join(LOSS_TYPES)}")
-        for key, value in (("beta", self.beta), ("learning_rate", self.learning_rate)):
-            if value <= 0:
-                raise ConfigError(f"{where}.{key}: {value}; must be > 0")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"{where}.label_smoothing: {self.label_smoothing}; valid: 0 <= value < 0.5")
-        if self.eval_limit is not None and self.eval_limit < 1:
-            raise ConfigError(f"{where}.eval_limit: {self.eval_limit}; must be >= 1 (null: every pair)")
-        if self.sft_weight < 0:
-            raise ConfigError(f"{where}.sft_weight: {self.sft_weight}; must be >= 0 (0: no sft term)")
-        # The plan checks every record later too; here a set that cannot feed DPO is named by its key.
+        # Value ranges are declared on the fields (pipeline.engine.ranges). The plan checks every record
+        # later too; here a set that cannot feed DPO is named by its key.
         for key in ("dataset", "eval_dataset"):
             spec = getattr(self, key)
             if spec is not None:
@@ -179,7 +171,8 @@ def held_out(results: dict[str, Any]) -> dict[str, float]:
     return {short: round(float(results[key]), 4) for key, short in names.items() if key in results}
 
 
-@stage("dpo", config=DPOConfig, consumes={"model", "adapter"}, produces=trained_kind)
+@stage("dpo", config=DPOConfig, consumes={"model", "adapter"}, produces=trained_kind,
+       libraries=TRAINING_LIBRARIES)
 def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input policy on preference pairs against a frozen reference; produce the adapter
     (or model) and its reward margin/accuracy on the held-out pairs."""

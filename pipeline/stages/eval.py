@@ -21,6 +21,7 @@ from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
 from pipeline.evaluation import registry as eval_tasks
 from pipeline.evaluation.scoring.judge import JudgeConfig
+from pipeline.ranges import at_least, one_of, positive
 
 
 @dataclass
@@ -34,24 +35,24 @@ class EvalConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # grades the instruct answers (task judge)
     judge_stage: Optional[str] = None           # a GGUF stage of this chain as the judge (served on loopback);
                                                 # list it in inputs too, so the judge is part of the fingerprint
-    limit: Optional[int] = None                 # evaluate the first N records of each task
-    batch_size: int = 32                        # prompts per generate call
-    max_new_tokens: Dict[str, int] = field(default_factory=eval_tasks.default_budgets)  # budget per generating task
+    limit: Optional[int] = at_least(1, None)    # evaluate the first N records of each task
+    batch_size: int = at_least(1, 32)           # prompts per generate call
+    max_new_tokens: Dict[str, int] = at_least(1, None, default_factory=eval_tasks.default_budgets)  # budget per generating task
     dtype: Optional[str] = None                 # null: the model config's dtype
     compare_with: Optional[str] = None          # an earlier eval stage: the report shows the deltas
-    speed_new_tokens: int = 64                  # speed: tokens generated in each streamed, timed generation
-    speed_prompt_tokens: int = 512              # speed: prompt length (worked examples before the question)
-    speed_repeats: int = 3                      # speed: timed generations; the median is reported
-    perplexity_max_length: int = 1024           # perplexity: window length (capped at the model's context)
-    perplexity_stride: int = 512                # perplexity: window step; each token is scored once
+    speed_new_tokens: int = at_least(1, 64)     # speed: tokens generated in each streamed, timed generation
+    speed_prompt_tokens: int = at_least(1, 512)  # speed: prompt length (worked examples before the question)
+    speed_repeats: int = at_least(1, 3)         # speed: timed generations; the median is reported
+    perplexity_max_length: int = at_least(2, 1024)  # perplexity: window length (capped at the model's context)
+    perplexity_stride: int = at_least(1, 512)   # perplexity: window step; each token is scored once
     tools_path: Optional[str] = "embedded/data/test_tools.jsonl"  # tools: cases {prompt, tool, arguments, answer} for the agent loop
-    tools_max_turns: int = 3
+    tools_max_turns: int = at_least(1, 3)
     mcq_path: Optional[str] = None              # mcq: MMLU / C-Eval style file (question, A, B, C, D, answer)
-    mcq_style: str = "letter"                   # letter: score " A".." D"; text: score the option texts per token
+    mcq_style: str = one_of("letter", ("letter", "text"))  # letter: score " A".." D"; text: score the option texts per token
     code_path: Optional[str] = None             # code: HumanEval-like problems {task_id, prompt, test}
-    code_timeout_s: float = 5.0
+    code_timeout_s: float = positive(5.0)
     lm_eval_tasks: List[str] = field(default_factory=list)  # lm_eval: lm-evaluation-harness task names
-    lm_eval_num_fewshot: Optional[int] = None
+    lm_eval_num_fewshot: Optional[int] = at_least(0, None)
 
     def validate(self, where: str, earlier: dict) -> None:
         valid = eval_tasks.names()
@@ -104,7 +105,8 @@ class EvalConfig:
         return self.max_new_tokens.get(task, eval_tasks.default_budgets()[task])
 
 
-@stage("eval", config=EvalConfig, consumes={"model", "adapter", "gguf"}, produces="eval")
+@stage("eval", config=EvalConfig, consumes={"model", "adapter", "gguf"}, produces="eval",
+       libraries=("torch", "transformers", "peft", "llama-cpp-python"))
 def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Score the input (HF model, adapter, bnb/GPTQ checkpoint or GGUF); results.json, predictions.jsonl."""
     from pipeline.backends.base import open_backend, size_on_disk

@@ -25,10 +25,12 @@ from omegaconf import MISSING
 from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.engine.context import Inputs, StageContext
-from pipeline.engine.registry import stage
+from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.ranges import at_least, between, one_of, positive
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
+    SCHEDULERS,
     LoraSpec,
     device_args,
     lora_config,
@@ -53,24 +55,24 @@ class GRPOConfig:
     dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "prompt"})
     rewards: List[Any] = field(default_factory=lambda: [{"name": "correctness", "weight": 1.0},
                                                         {"name": "format", "weight": 0.2}])  # names or {name, weight, args}
-    num_generations: int = 8                    # group size G: completions sampled per prompt
-    beta: float = 0.04                          # KL coefficient to the reference (0: no reference model)
-    epsilon: float = 0.2                        # clipping of the policy ratio
-    max_completion_length: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0                              # 0: off; small models sample junk from the long tail without it
-    learning_rate: float = 1e-5
-    max_steps: int = 100
-    per_device_train_batch_size: int = 16       # completions per step (prompts per step = this / G)
-    gradient_accumulation_steps: int = 1
-    num_iterations: int = 1                     # optimisation passes over each generated batch (mu)
-    loss_type: str = "dapo"                     # grpo | dapo | dr_grpo | bnpo (trl's token aggregation)
-    scale_rewards: str = "group"                # group | batch | none: divide advantages by this std
-    warmup_steps: float = 0.0                   # < 1: a ratio of all steps
-    lr_scheduler_type: str = "constant"
-    max_grad_norm: float = 1.0
-    logging_steps: int = 1
+    num_generations: int = at_least(2, 8)       # group size G: completions sampled per prompt
+    beta: float = at_least(0, 0.04)             # KL coefficient to the reference (0: no reference model)
+    epsilon: float = positive(0.2)              # clipping of the policy ratio
+    max_completion_length: int = at_least(1, 64)
+    temperature: float = positive(1.0)          # GRPO needs sampled, different completions
+    top_p: float = between(1.0, 0, 1, low_open=True)
+    top_k: int = at_least(0, 0)                 # 0: off; small models sample junk from the long tail without it
+    learning_rate: float = positive(1e-5)
+    max_steps: int = at_least(1, 100)
+    per_device_train_batch_size: int = at_least(1, 16)  # completions per step (prompts per step = this / G)
+    gradient_accumulation_steps: int = at_least(1, 1)
+    num_iterations: int = at_least(1, 1)        # optimisation passes over each generated batch (mu)
+    loss_type: str = one_of("dapo", LOSS_TYPES)  # trl's token aggregation
+    scale_rewards: str = one_of("group", SCALE_REWARDS)  # group | batch | none: divide advantages by this std
+    warmup_steps: float = at_least(0, 0.0)      # < 1: a ratio of all steps
+    lr_scheduler_type: str = one_of("constant", SCHEDULERS)
+    max_grad_norm: float = positive(1.0)
+    logging_steps: int = at_least(1, 1)
     use_vllm: str = "auto"                      # auto: vLLM where a GPU and vllm are present | true | false
     gradient_checkpointing: bool = False
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
@@ -79,22 +81,13 @@ class GRPOConfig:
         from pipeline.training.rewards import parse
 
         parse(self.rewards, f"{where}.rewards")
-        if self.num_generations < 2:
-            raise ConfigError(f"{where}.num_generations: {self.num_generations}; GRPO needs at least 2 completions "
-                              "per prompt to compare them")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             raise ConfigError(f"{where}.per_device_train_batch_size: {self.per_device_train_batch_size} x "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps} = {batch} completions "
                               f"per step must be a multiple of num_generations ({self.num_generations})")
-        if self.temperature <= 0:
-            raise ConfigError(f"{where}.temperature: {self.temperature}; must be > 0 (GRPO needs sampled, "
-                              "different completions)")
-        for key, value, valid in (("use_vllm", vllm_choice(self.use_vllm), VLLM_CHOICES),
-                                  ("loss_type", self.loss_type, LOSS_TYPES),
-                                  ("scale_rewards", self.scale_rewards, SCALE_REWARDS)):
-            if value not in valid:
-                raise ConfigError(f"{where}.{key}: '{getattr(self, key)}'; valid: {', '.join(valid)}")
+        if vllm_choice(self.use_vllm) not in VLLM_CHOICES:
+            raise ConfigError(f"{where}.use_vllm: '{self.use_vllm}'; valid: {', '.join(VLLM_CHOICES)}")
 
     def check_device(self, where: str, device: str) -> None:
         if vllm_choice(self.use_vllm) == "true" and not vllm_usable(device):
@@ -172,7 +165,8 @@ def _dataset(cfg: GRPOConfig):
     return Dataset.from_list([{k: r.get(k) for k in keys} for r in records])
 
 
-@stage("grpo", config=GRPOConfig, consumes={"model", "adapter"}, produces=trained_kind)
+@stage("grpo", config=GRPOConfig, consumes={"model", "adapter"}, produces=trained_kind,
+       libraries=TRAINING_LIBRARIES)
 def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Sample groups of completions, score them with the rewards, and push the policy toward the
     better ones; produce the trained adapter (or model)."""

@@ -21,14 +21,15 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
+from pipeline.ranges import at_least, between
 
 
 @dataclass
 class PruneConfig:
     kind: str = "prune"
     inputs: Optional[List[str]] = None
-    keep_fraction: float = 0.75          # of the decoder layers, rounded, at least 1
-    layers: Optional[List[int]] = None   # or exactly these layer indices (0-based, ascending)
+    keep_fraction: float = between(0.75, 0, 1, low_open=True)  # of the decoder layers, rounded, at least 1
+    layers: Optional[List[int]] = at_least(0, None)  # or exactly these layer indices (0-based, ascending)
     dtype: Optional[str] = None          # null: the model config's dtype
 
     def validate(self, where: str, earlier: dict) -> None:

@@ -16,7 +16,7 @@ from enum import Enum
 
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
-from pipeline.engine.registry import stage
+from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
 from pipeline.stages.sft import Method, SFTConfig, train
 
@@ -85,7 +85,8 @@ def quantization_settings(cfg: QLoRAConfig, device: str) -> dict:
             "bnb_4bit_compute_dtype": resolve_compute_dtype(cfg.compute_dtype, device)}
 
 
-@stage("qlora", config=QLoRAConfig, consumes={"model"}, produces="adapter")
+@stage("qlora", config=QLoRAConfig, consumes={"model"}, produces="adapter",
+       libraries=(*TRAINING_LIBRARIES, "bitsandbytes"))
 def run(cfg: QLoRAConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model to 4 bits on load and train a LoRA adapter on it."""
     import torch

@@ -31,6 +31,7 @@ from pipeline.backends.base import gguf_file
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.ranges import at_least, between, positive
 
 BACKENDS = ("auto", "llama.cpp", "vllm")
 SERVABLE = ("gguf", "model")
@@ -50,14 +51,14 @@ class ServeConfig:
     inputs: Optional[List[str]] = None          # default: the latest earlier gguf or model stage
     backend: str = "auto"                       # auto (llama.cpp for a gguf, vllm for a model) | llama.cpp | vllm
     host: str = "127.0.0.1"                     # 0.0.0.0: reachable from other machines
-    port: int = 0                               # 0: a free port
+    port: int = between(0, 0, 65535)            # 0: a free port
     api_key_env: Optional[str] = "TUNECHAIN_API_KEY"  # the variable holding the key (unset: no key)
     block: bool = False                         # true: keep serving after the checks, until Ctrl-C
-    ready_timeout_s: float = 120.0
+    ready_timeout_s: float = positive(120.0)
     smoke_prompt: str = "What is 12 plus 7?"
-    max_tokens: int = 64
-    concurrency: int = 16                       # chat requests sent at once (0: skip)
-    n_ctx: int = 2048
+    max_tokens: int = at_least(1, 64)
+    concurrency: int = at_least(0, 16)          # chat requests sent at once (0: skip)
+    n_ctx: int = at_least(16, 2048)
     extra_args: List[str] = field(default_factory=list)  # appended to the server's command line
     model_alias: Optional[str] = None           # the model name clients send (null: the chain's model name)
 

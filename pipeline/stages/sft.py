@@ -18,9 +18,18 @@ from omegaconf import MISSING
 from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.engine.context import Inputs, StageContext
-from pipeline.engine.registry import stage
-from pipeline.training.common import (LoraSpec, device_args, lora_config, loss_curve, rank_share, save_tokenizer,
-                                      tokenizer_source)
+from pipeline.engine.registry import TRAINING_LIBRARIES, stage
+from pipeline.ranges import at_least, one_of, positive
+from pipeline.training.common import (
+    SCHEDULERS,
+    LoraSpec,
+    device_args,
+    lora_config,
+    loss_curve,
+    rank_share,
+    save_tokenizer,
+    tokenizer_source,
+)
 from pipeline.training.health import HealthMonitor
 
 
@@ -40,17 +49,17 @@ class SFTConfig:
     inputs: Optional[List[str]] = None          # default: the latest earlier model, else the base
     method: Method = Method.lora
     dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "sft"})
-    max_steps: int = 200                        # -1: train num_train_epochs instead
-    num_train_epochs: float = 1.0
-    learning_rate: float = 2e-4
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    warmup_steps: float = 0.05                  # < 1: a ratio of all steps
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 10
+    max_steps: int = at_least(1, 200, also=(-1,))  # -1: train num_train_epochs instead
+    num_train_epochs: float = positive(1.0)
+    learning_rate: float = positive(2e-4)
+    per_device_train_batch_size: int = at_least(1, 8)
+    gradient_accumulation_steps: int = at_least(1, 1)
+    max_length: int = at_least(1, 512)
+    warmup_steps: float = at_least(0, 0.05)     # < 1: a ratio of all steps
+    lr_scheduler_type: str = one_of("cosine", SCHEDULERS)
+    weight_decay: float = at_least(0, 0.0)
+    max_grad_norm: float = positive(1.0)
+    logging_steps: int = at_least(1, 10)
     gradient_checkpointing: bool = False
     packing: bool = False
     assistant_turns: AssistantTurns = AssistantTurns.all
@@ -68,7 +77,7 @@ def trained_kind(cfg) -> str:
     return "model" if cfg.method == Method.full else "adapter"
 
 
-@stage("sft", config=SFTConfig, consumes={"model"}, produces=trained_kind)
+@stage("sft", config=SFTConfig, consumes={"model"}, produces=trained_kind, libraries=TRAINING_LIBRARIES)
 def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input model on chat data; produce a LoRA adapter or a full model."""
     from pipeline.models.loading import load_causal_lm

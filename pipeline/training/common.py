@@ -8,12 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
+from pipeline.ranges import at_least, between, positive
+
+# transformers' SchedulerType values (tests/test_ranges.py keeps them in step)
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+              "warmup_stable_decay", "greedy")
+
 
 @dataclass
 class LoraSpec:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = at_least(1, 16)
+    alpha: int = positive(32)
+    dropout: float = between(0.0, 0, 1, high_open=True)
     target_modules: Optional[List[str]] = None  # null: the model config's lora_target_modules
     use_dora: bool = False
     use_rslora: bool = False

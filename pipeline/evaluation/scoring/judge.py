@@ -36,6 +36,7 @@ from pipeline.evaluation.scoring.judge_verdicts import (
     parse_preference,
     parse_score,
 )
+from pipeline.ranges import at_least, positive
 
 LANGUAGES = ("auto", "zh", "en")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -52,11 +53,11 @@ class JudgeConfig:
     api_key_env: Optional[str] = "TUNECHAIN_JUDGE_API_KEY"     # the variable holding the key (unset: no key)
     base_url: Optional[str] = None     # a literal URL (e.g. a loopback server the chain started) wins over the env
     model: str = "judge"
-    timeout_s: float = 30.0            # per request; a slower answer counts as failed
-    max_retries: int = 1               # the openai client's own retries (connection errors, 408/429/5xx)
-    concurrency: int = 4               # requests in flight at once
-    temperature: float = 0.0
-    max_tokens: int = 256              # the verdict's length
+    timeout_s: float = positive(30.0)  # per request; a slower answer counts as failed
+    max_retries: int = at_least(0, 1)  # the openai client's own retries (connection errors, 408/429/5xx)
+    concurrency: int = at_least(1, 4)  # requests in flight at once
+    temperature: float = at_least(0, 0.0)
+    max_tokens: int = at_least(1, 256)  # the verdict's length
     language: str = "auto"             # zh | en rubric; auto: zh when the question contains CJK characters
 
 
