@@ -45,6 +45,12 @@ class BnbConfig(ParityFields):
     int8_threshold: float = at_least(0, 6.0)  # int8: activations above this stay in 16 bit (LLM.int8 outliers)
     skip_modules: Optional[List[str]] = None  # modules kept unquantized; null: [lm_head]
 
+    def disk_bytes(self, n_params: int, dtype: str) -> int:
+        from pipeline.models.memory import BYTES_PER_PARAM, NF4_OVERHEAD
+
+        per_param = 1.0 if self.mode == "int8" else BYTES_PER_PARAM["nf4"] * NF4_OVERHEAD
+        return int(n_params * per_param)
+
     def validate(self, where: str, earlier: dict) -> None:
         if self.mode not in MODES:
             hint = f" (lower case: '{self.mode.lower()}')" if self.mode.lower() in MODES else ""
@@ -244,7 +250,7 @@ def reload_check(folder: Path, source: Artifact, ctx, is_quantized: Callable[[An
 
 
 @stage("bnb", config=BnbConfig, consumes={"model"}, produces="model",
-       libraries=("torch", "transformers", "bitsandbytes"))
+       libraries=("torch", "transformers", "bitsandbytes"), isolated=True)
 def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model with bitsandbytes (NF4/FP4 4-bit or LLM.int8) and save it."""
     import torch

@@ -39,6 +39,14 @@ class GGUFConfig(ParityFields):
     modelfile: bool = True               # write an Ollama Modelfile beside the .gguf
     keep_intermediate: bool = False      # keep the f32/f16/bf16 GGUF a quantized type is made from
 
+    def disk_bytes(self, n_params: int, dtype: str) -> int:
+        """The .gguf, plus the lossless GGUF a quantized type is made from (removed after, unless kept)."""
+        from pipeline.models.memory import GGUF_BYTES_PER_PARAM
+
+        lossless = {"f32": 4.0, "f16": 2.0, "bf16": 2.0}
+        made_from = 0.0 if self.quant in lossless else lossless[intermediate_type(dtype)]
+        return int(n_params * (GGUF_BYTES_PER_PARAM.get(self.quant, 2.0) + made_from))
+
     def validate(self, where: str, earlier: dict) -> None:
         if self.quant not in llamacpp.QUANT_TYPES:
             hint = f" (lower case: '{self.quant.lower()}')" if self.quant.lower() in llamacpp.QUANT_TYPES else ""
@@ -93,7 +101,7 @@ def intermediate_type(dtype: str) -> str:
 
 
 @stage("gguf", config=GGUFConfig, consumes=set(MODEL_KINDS), produces="gguf",
-       libraries=("torch", "transformers", "peft", "gguf", "llama-cpp-python"))
+       libraries=("torch", "transformers", "peft", "gguf", "llama-cpp-python"), isolated=True)
 def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Convert the input model (an adapter is merged first) to a checked GGUF and an Ollama Modelfile."""
     source = inputs.primary

@@ -65,6 +65,9 @@ class GPTQConfig(ParityFields):
     model_path: Optional[str] = None       # the chain's model (yaml: ${model.path}): its layer sizes are checked
                                            # against group_size at plan time
 
+    def disk_bytes(self, n_params: int, dtype: str) -> int:
+        return int(n_params * self.bits / 8 * 1.1)  # packed weights plus scales and zero points
+
     def validate(self, where: str, earlier: dict) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"{where}.backend: '{self.backend}'; valid: {', '.join(BACKENDS)} (llmcompressor pins "
@@ -172,7 +175,7 @@ def quant_log_metrics(folder: Path) -> dict[str, float]:
 
 
 @stage("gptq", config=GPTQConfig, consumes={"model"}, produces="model",
-       libraries=("torch", "transformers", "gptqmodel"))
+       libraries=("torch", "transformers", "gptqmodel"), isolated=True)
 def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model's linear layers with GPTQ (GPTQModel) on the chain's chats and save it."""
     import gc

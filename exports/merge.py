@@ -32,6 +32,12 @@ class MergeConfig:
     dtype: Optional[str] = None     # null: the model config's dtype
     merge_into: str = "auto"        # auto: the dequantized base for QLoRA adapters, else the original weights
 
+    def disk_bytes(self, n_params: int, dtype: str) -> int:
+        """What the merged model writes (pipeline.engine.plan checks the store's free space against it)."""
+        from pipeline.models.memory import BYTES_PER_PARAM
+
+        return int(n_params * BYTES_PER_PARAM.get(self.dtype or dtype, 4))
+
     def validate(self, where: str, earlier: dict) -> None:
         if self.merge_into not in MERGE_TARGETS:
             raise ConfigError(f"{where}.merge_into: '{self.merge_into}'; valid: {', '.join(MERGE_TARGETS)}")

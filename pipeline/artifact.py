@@ -41,10 +41,13 @@ class Artifact:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that readers see the old or the new file, never half of one."""
+    """Write JSON so that readers see the old or the new file, never half of one; never a secret
+    (pipeline.redaction: every JSON file tunechain writes goes through here)."""
+    from pipeline.redaction import redact
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    tmp.write_text(json.dumps(redact(data), indent=2, ensure_ascii=False, default=str) + "\n")
     os.replace(tmp, path)
 
 

@@ -116,3 +116,22 @@ def test_plan_shows_memory_per_process_and_warns_for_all_processes_on_cpu(tmp_pa
     monkeypatch.setattr(memory, "available_bytes", lambda device: int(sft.memory_bytes * 1.5))  # one fits, two do not
     warnings = memory_warnings(plan)
     assert len(warnings) == 1 and "stage 'sft'" in warnings[0] and "(2 processes x" in warnings[0]
+
+
+def test_an_export_that_will_not_fit_on_disk_stops_at_plan_time(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import pytest
+
+    from pipeline.errors import PlanError
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 1000, 1000))
+    with pytest.raises(PlanError, match=r"stages\.merge: needs ~.* free in the store .*which has 1000 B"):
+        build_plan(compose(["recipe=sft_to_gguf", "logger=none"]), Store(tmp_path / "store"), recipe="sft_to_gguf",
+                   device="cpu")
+    monkeypatch.undo()
+    build_plan(compose(["recipe=sft_to_gguf", "logger=none"]), Store(tmp_path / "store"), recipe="sft_to_gguf",
+               device="cpu")  # real free space: fits
+    assert not (tmp_path / "store").exists()  # planning creates nothing

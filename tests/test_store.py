@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.artifact import MANIFEST, Artifact
 from pipeline.engine.fingerprint import stage_fingerprint
 from pipeline.engine.store import Store
@@ -79,6 +81,25 @@ def test_a_waiting_run_names_who_holds_the_lock(tmp_path):
     assert waited > 1 and len(said) == 1
     assert said[0].startswith("waiting for stage abc: another run builds it (") and f"pid {holder.pid}" in said[0]
     assert socket.gethostname() in said[0]
+
+
+def test_a_waiting_run_gives_up_after_lock_timeout_s(tmp_path):
+    from pipeline.engine.store import StoreLockTimeout
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from pipeline.engine.store import Store\n"
+        "with Store(sys.argv[2]).lock('abc'):\n    print('held', flush=True); time.sleep(20)"),
+        str(Path(__file__).resolve().parent.parent), str(tmp_path / "store")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        said = []
+        started = time.time()
+        with pytest.raises(StoreLockTimeout, match=rf"gave up after 2 s .* pid {holder.pid} .* is still building"):
+            with Store(tmp_path / "store", lock_timeout_s=2).lock("abc", announce=said.append):
+                pass
+        assert 2 <= time.time() - started < 10 and said[0].endswith("for at most 2 s")
+    finally:
+        holder.kill()
 
 
 def test_store_survives_being_moved(tmp_path):

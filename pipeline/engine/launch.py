@@ -1,4 +1,7 @@
-"""Training stages on several processes (and machines) through an existing launcher: torchrun.
+"""Stages in their own processes: training stages on several processes (and machines) through an
+existing launcher, torchrun; and stages that load native code (llama.cpp, bitsandbytes and GPTQ
+kernels) as one child process (`python -m pipeline.engine.worker <job>`), so a segfault or an
+out-of-memory kill fails that stage, named with its signal and last lines, not the whole chain.
 
 The chain runner stays one process: it plans, fingerprints, evaluates and commits. A training stage
 whose hardware profile asks for more than one process is written to a job file in the stage's
@@ -36,7 +39,12 @@ FAILED_LINES = 30
 
 
 class StageFailed(TunechainError):
-    """A distributed stage's job ended without a result (a rank failed or was killed)."""
+    """A stage's process (or a rank of its job) ended without a result: an error, or a signal."""
+
+    def __init__(self, message: str, signal_name: str | None = None, tail: list[str] | None = None):
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.tail = tail or []
 
 
 def world(hardware: dict[str, Any]) -> tuple[int, int]:
@@ -113,12 +121,16 @@ def write_job(step, inputs, ctx) -> Path:
     return path
 
 
-def run_distributed(step, inputs, ctx) -> Artifact:
-    """Run one training stage as a torchrun job; returns rank 0's artifact, with world size and launch line."""
+def run_in_child(step, inputs, ctx) -> Artifact:
+    """Run one stage in its own process (a torchrun job for a distributed training stage); returns its
+    (rank 0's) artifact. The child's output is streamed; its training log rows are replayed here."""
     job_file = write_job(step, inputs, ctx)
-    command = launch_command(ctx.hardware, job_file)
-    processes, nodes = world(ctx.hardware)
-    ctx.log(f"launching {processes * nodes} processes: {' '.join(command)}")
+    distributed = is_distributed(step.kind, ctx.hardware)
+    processes, nodes = world(ctx.hardware) if distributed else (1, 1)
+    command = launch_command(ctx.hardware, job_file) if distributed else \
+        [sys.executable, "-m", "pipeline.engine.worker", str(job_file)]
+    if distributed:
+        ctx.log(f"launching {processes * nodes} processes: {' '.join(command)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_rank(ctx, processes)),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     if ctx.hardware.get("fsdp"):  # as `accelerate launch` sets it: transformers then loads on rank 0 only
@@ -138,16 +150,28 @@ def run_distributed(step, inputs, ctx) -> Artifact:
         raise
     result = Path(ctx.out_dir) / RESULT_FILE
     if code != 0 or not result.is_file():
-        raise StageFailed(f"stages.{step.name}: the {processes * nodes}-process job failed (torchrun exit {code}); "
-                          f"its last lines:\n" + "\n".join(tail))
+        raise _failure(step.name, code, distributed, processes * nodes, list(tail))
     artifact = Artifact.from_json(json.loads(result.read_text()))
     _replay_logs(Path(ctx.out_dir) / WORKER_LOGS, ctx)
     for leftover in (job_file, result):
         leftover.unlink(missing_ok=True)
     shutil.rmtree(Path(ctx.out_dir) / WORKER_LOGS, ignore_errors=True)
-    artifact.metrics["world_size"] = processes * nodes
-    artifact.meta["launch"] = " ".join(command)
+    if distributed:
+        artifact.metrics["world_size"] = processes * nodes
+        artifact.meta["launch"] = " ".join(command)
     return artifact
+
+
+def _failure(name: str, code: int, distributed: bool, size: int, tail: list[str]) -> StageFailed:
+    """What ended the stage: a signal (segfault, OOM kill) by name, or the exit code, with the last lines."""
+    signal_name = signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() else None
+    if code > 128 and code - 128 in signal.valid_signals():  # a shell-style 128+N exit
+        signal_name = signal.Signals(code - 128).name
+    how = f"died of {signal_name}" if signal_name else f"exited with {code}"
+    what = f"the {size}-process job failed (torchrun exit {code})" if distributed else f"the stage process {how}"
+    if signal_name == "SIGKILL" and not distributed:
+        what += " (an out-of-memory kill, or kill -9)"
+    return StageFailed(f"stages.{name}: {what}; its last lines:\n" + "\n".join(tail), signal_name, tail)
 
 
 def _threads_per_rank(ctx, processes: int) -> int:

@@ -216,6 +216,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
                     _skip(plan, step, str(e))
         check_available(model)
         _plan_memory(plan, hardware or {})
+        _check_disk(plan)
     _plan_launches(plan, hardware or {})
     return plan
 
@@ -313,6 +314,27 @@ def _measure_lengths(step: Step, work: memory.Workload, tokenizer) -> None:
         if prompts:
             found = longest_of(sample_lengths(prompts[0][0], prompts[0][1], tokenizer), work.batch)
             work.prompt_length = found or work.prompt_length
+
+
+def _check_disk(plan: Plan) -> None:
+    """Stages that write a model-sized file (merge, exports) must fit in the store's free space, counting what
+    the earlier stages of this run will write first; else one line, before any stage runs."""
+    import shutil
+
+    if not plan.n_params:
+        return
+    dtype = resolve_dtype(plan.model.dtype, plan.device, plan.model.path)
+    existing = next(p for p in (plan.store.root, *plan.store.root.parents) if p.exists())  # a new store: its disk
+    free = shutil.disk_usage(existing).free
+    needed = 0
+    for step in plan.steps:
+        if step.cached or not hasattr(step.cfg, "disk_bytes"):
+            continue
+        needed += step.cfg.disk_bytes(plan.n_params, dtype)
+        if needed > free:
+            raise PlanError(f"stages.{step.name}: needs ~{memory.human(needed)} free in the store {plan.store.root} "
+                            f"(with the stages before it), which has {memory.human(free)}; free space there or set "
+                            f"paths.store to a larger disk")
 
 
 def memory_warnings(plan: Plan) -> list[str]:

@@ -34,6 +34,7 @@ class StageSpec:
     doc: str = ""
     cache: bool = True  # False: runs every time (serving), its record goes to the run folder, not the store
     libraries: tuple[str, ...] = DEFAULT_LIBRARIES  # distributions whose versions enter the fingerprint
+    isolated: bool = False  # runs in a child process (native code: a crash fails the stage, not the chain)
 
     def output_kind(self, cfg: Any) -> str:
         return self.produces(cfg) if callable(self.produces) else self.produces
@@ -43,13 +44,13 @@ _REGISTRY: dict[str, StageSpec] = {}
 
 
 def stage(kind: str, *, config: type, consumes: Iterable[str], produces, cache: bool = True,
-          libraries: Iterable[str] = DEFAULT_LIBRARIES):
+          libraries: Iterable[str] = DEFAULT_LIBRARIES, isolated: bool = False):
     """Register `run(cfg, inputs, ctx) -> Artifact` as the stage kind `kind`; `libraries` are the
     distributions (pip names) its result depends on."""
 
     def wrap(fn):
         _REGISTRY[kind] = StageSpec(kind, config, fn, frozenset(consumes), produces, (fn.__doc__ or "").strip(),
-                                    cache, tuple(libraries))
+                                    cache, tuple(libraries), isolated)
         return fn
 
     return wrap

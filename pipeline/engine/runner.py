@@ -20,9 +20,10 @@ from pipeline.engine import launch, report
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
 from pipeline.engine.store import Store
-from pipeline.engine.tracking import LoggerConfig, Tracker, redact
+from pipeline.engine.tracking import LoggerConfig, Tracker
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
+from pipeline.redaction import redact, redact_overrides, scrub_file
 from pipeline.models.peak_memory import PeakMemory, peak_metrics
 
 VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
@@ -47,7 +48,7 @@ class ChainRecord:
         self.data: dict[str, Any] = {
             "recipe": plan.recipe, "model": plan.model.name, "model_path": plan.model.path,
             "model_source": plan.model.source,
-            "overrides": overrides, "store": str(plan.store.root), "status": "running", "skipped": plan.skipped,
+            "overrides": redact_overrides(overrides), "store": str(plan.store.root), "status": "running", "skipped": plan.skipped,
             "started": dt.datetime.now().isoformat(timespec="seconds"),
             "stages": [{"name": s.name, "kind": s.kind, "inputs": s.input_names, "status": "pending",
                         "fingerprint": s.fingerprint, "artifact": None, "metrics": {},
@@ -112,8 +113,8 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
 def _measured_run(step: Step, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Run the stage and put its measured peak memory beside the plan's estimate in its metrics. A training
     stage on several processes runs as a torchrun job (pipeline.engine.launch); its rank 0 measures itself."""
-    if launch.is_distributed(step.kind, ctx.hardware):
-        return launch.run_distributed(step, inputs, ctx)
+    if launch.is_distributed(step.kind, ctx.hardware) or step.spec.isolated:
+        return launch.run_in_child(step, inputs, ctx)
     with PeakMemory(ctx.device) as peak:
         artifact = step.spec.run(step.cfg, inputs, ctx)
     artifact.metrics.update(peak_metrics(peak.result(), round(step.memory_bytes / 2**20, 1) if step.memory_bytes else None))
@@ -130,6 +131,14 @@ def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:
     artifact.created = dt.datetime.now().isoformat(timespec="seconds")
 
 
+def _failure_fields(error: Exception) -> dict[str, Any]:
+    """What chain.json keeps of a failed stage: the error's first line, the signal and the last lines."""
+    fields: dict[str, Any] = {"error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+    if isinstance(error, launch.StageFailed):
+        fields.update(signal=error.signal_name, last_lines=error.tail)
+    return fields
+
+
 def explain_fingerprint(plan: Plan, name: str) -> str:
     """`+explain_fingerprint=STAGE`: everything that stage's fingerprint hashes, as JSON."""
     import json
@@ -142,7 +151,7 @@ def explain_fingerprint(plan: Plan, name: str) -> str:
 
 
 def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str], group: str | None) -> dict[str, Any]:
-    store = Store(cfg.paths.store)
+    store = Store(cfg.paths.store, lock_timeout_s=(cfg.get("store") or {}).get("lock_timeout_s"))
     plan = build_plan(cfg, store, recipe=recipe, device=cfg.hardware.get("device"))
     device = plan.device
     print(plan.render(), flush=True)
@@ -156,21 +165,40 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
         return {}
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = ChainRecord(run_dir, plan, overrides)
+    for written in (run_dir / ".hydra").glob("*.yaml"):  # Hydra's own record of the config and command line
+        scrub_file(written)
     logger_cfg = typed_config(cfg.logger, LoggerConfig, "logger")
     config = redact(OmegaConf.to_container(cfg, resolve=True))
-    tracker = Tracker(logger_cfg, run_dir, config, name=f"{recipe}-{run_dir.name}", group=group)
+    tracker = Tracker(logger_cfg, run_dir, config, name=f"{recipe}-{run_dir.name}", group=group)  # fails before work
+    record = ChainRecord(run_dir, plan, overrides)
     chain: dict[str, Artifact] = {BASE: plan.base}
     status = "failed"
+    failed: set[str] = set()  # optional stages that failed, and the stages that needed them
     try:
         for step in plan.steps:
+            needed = (failed & set(step.input_names)) | ({step.cfg.compare_with} & failed
+                                                         if getattr(step.cfg, "compare_with", None) else set())
+            if needed:
+                print(f"\n== stage {step.name}: skipped (needs {', '.join(sorted(needed))}, which failed)", flush=True)
+                record.update(step.name, status="skipped", error=f"needs {', '.join(sorted(needed))}, which failed")
+                failed.add(step.name)
+                continue
             print(f"\n== stage {step.name} ({step.kind}) <- {', '.join(step.input_names)}", flush=True)
             record.update(step.name, status="running")
             ctx = StageContext(name=step.name, out_dir=run_dir, run_dir=run_dir, model=plan.model, device=device,
                                seed=int(cfg.seed), tracker=tracker, chain=chain,
                                hardware=OmegaConf.to_container(cfg.hardware, resolve=True))
             started = time.time()
-            artifact, outcome = run_stage(step, Inputs([chain[n] for n in step.input_names]), ctx, store)
+            try:
+                artifact, outcome = run_stage(step, Inputs([chain[n] for n in step.input_names]), ctx, store)
+            except Exception as e:  # recorded in chain.json; an optional stage's failure does not end the chain
+                record.update(step.name, status="failed", **_failure_fields(e))
+                if not step.optional:
+                    raise
+                print(f"== stage {step.name}: failed ({str(e).splitlines()[0]}); optional: the chain goes on "
+                      f"without it and the stages that need it", flush=True)
+                failed.add(step.name)
+                continue
             seconds = round(time.time() - started, 2)
             chain[step.name] = artifact
             print(f"== stage {step.name}: {outcome} in {seconds}s -> {artifact.path}", flush=True)

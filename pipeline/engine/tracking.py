@@ -1,7 +1,9 @@
 """Experiment tracking: one W&B run per chain, and a local metrics.jsonl whatever the logger.
 
 W&B runs offline (real run files under the run folder, no network) unless an API key is
-configured; `logger=none` turns it off. Stage metrics are logged under `<stage>/...`, each stage
+configured; `logger=none` turns it off. W&B's own environment variables win over the defaults:
+WANDB_MODE (offline, online, disabled), WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR. An online run that
+cannot start (no network, a bad key) stops before any stage, in one line that says how to go offline. Stage metrics are logged under `<stage>/...`, each stage
 with its own step counter so that several trainers can share one run.
 """
 from __future__ import annotations
@@ -9,38 +11,35 @@ from __future__ import annotations
 import json
 import netrc
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-SECRET_KEY = re.compile(r"(api_?key|token|secret|password|passwd|credential)", re.IGNORECASE)
-NAMES_A_VARIABLE = re.compile(r"_env$", re.IGNORECASE)  # e.g. api_key_env: the variable's name, not the key
-
+from pipeline.errors import ConfigError
+from pipeline.redaction import redact, redacted_argv, scrub
 
 @dataclass
 class LoggerConfig:
     backend: str = "wandb"          # wandb | none
-    project: str = "tunechain"
-    entity: Optional[str] = None
-    mode: str = "auto"              # auto (online when an API key is configured) | online | offline
+    project: Optional[str] = None   # null: $WANDB_PROJECT, else "tunechain"
+    entity: Optional[str] = None    # null: $WANDB_ENTITY, else your default entity
+    mode: str = "auto"              # auto ($WANDB_MODE, else online when an API key is configured) | online | offline
     tags: List[str] = field(default_factory=list)
 
 
-def redact(obj: Any) -> Any:
-    """Drop values of secret-looking keys before a config is logged or saved."""
-    if isinstance(obj, dict):
-        return {k: ("<redacted>" if SECRET_KEY.search(str(k)) and not NAMES_A_VARIABLE.search(str(k))
-                     and v not in (None, "") else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
+OFFLINE_HINT = "set WANDB_MODE=offline (or logger.mode=offline) to keep the run files locally, or logger=none"
+
+
+class TrackingError(ConfigError):
+    """W&B cannot start as configured."""
 
 
 def wandb_mode(requested: str) -> str:
     if requested != "auto":
         return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
         return "online"
     try:
@@ -49,6 +48,19 @@ def wandb_mode(requested: str) -> str:
     except (FileNotFoundError, netrc.NetrcParseError):
         pass
     return "offline"
+
+
+def _check_reachable(timeout: float = 3.0) -> None:
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
+            return
+    except OSError as e:
+        raise TrackingError(f"logger: W&B is online but {url.hostname} cannot be reached ({e.strerror or e}); "
+                            f"{OFFLINE_HINT}") from None
 
 
 class Tracker:
@@ -65,11 +77,19 @@ class Tracker:
         import wandb
 
         mode = wandb_mode(cfg.mode)
-        self.wandb_run = wandb.init(
-            project=cfg.project, entity=cfg.entity, name=name, group=group, tags=list(cfg.tags),
-            config=config, dir=str(self.run_dir), mode=mode, reinit="create_new",
-            settings=wandb.Settings(silent=True, x_disable_stats=True, console="off"),
-        )
+        if mode == "online":
+            _check_reachable()
+        try:
+            with redacted_argv():  # W&B records the command line in its run files
+                self.wandb_run = wandb.init(
+                    project=cfg.project or os.environ.get("WANDB_PROJECT") or "tunechain", entity=cfg.entity,
+                    name=name, group=group, tags=list(cfg.tags), config=config,
+                    dir=os.environ.get("WANDB_DIR") or str(self.run_dir), mode=mode, reinit="create_new",
+                    settings=wandb.Settings(silent=True, x_disable_stats=True, console="off"),
+                )
+        except Exception as e:  # noqa: BLE001 - AuthenticationError, UsageError, CommError: one line for all
+            first = scrub(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:200]
+            raise TrackingError(f"logger: W&B ({mode}) could not start: {first}; {OFFLINE_HINT}") from None
         self.wandb_dir = Path(self.wandb_run.dir).parent
         self.wandb_mode = mode
 
@@ -80,7 +100,7 @@ class Tracker:
         self.steps[stage] = step
         row = {"time": round(time.time(), 3), "stage": stage, "step": step, **metrics}
         with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            handle.write(json.dumps(redact(row), ensure_ascii=False, default=str) + "\n")
         if self.wandb_run is not None:
             numeric = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
             if numeric:

@@ -1,4 +1,5 @@
-"""One rank of a distributed training stage: `python -m torch.distributed.run ... -m pipeline.engine.worker JOB`
+"""A stage in its own process: `python -m pipeline.engine.worker JOB`, or one rank of a distributed
+training stage under `python -m torch.distributed.run ... -m pipeline.engine.worker JOB`
 (pipeline/engine/launch.py writes JOB and starts it). Every rank rebuilds the stage from the job file
 and runs it; the Trainer synchronises them. Rank 0 alone speaks, logs and writes `result.json`."""
 from __future__ import annotations
@@ -49,9 +50,10 @@ def main(job_path: str) -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     else:  # "cuda" means this rank's GPU from here on (model.to("cuda"), QLoRA's device_map)
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    from accelerate import PartialState
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
 
-    PartialState()  # the process group (gloo / nccl) before any model loads: FSDP's rank-0-only loading needs it
+        PartialState()  # the process group (gloo / nccl) before any model loads: FSDP's sharded loading needs it
     seed_everything(ctx.seed)
     with PeakMemory(ctx.device) as peak:
         artifact = fields["spec"].run(fields["cfg"], Inputs(fields["inputs"]), ctx)

@@ -43,6 +43,8 @@ from pipeline.training.common import (
     save_tokenizer,
     tokenizer_source,
 )
+from pipeline.training import checkpoints
+from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
@@ -82,6 +84,7 @@ class DPOConfig:
     max_grad_norm: float = positive(1.0)
     logging_steps: int = at_least(1, 10)
     gradient_checkpointing: bool = False
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
     def validate(self, where: str, earlier: dict) -> None:
@@ -193,6 +196,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         label_smoothing=cfg.label_smoothing, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         logging_first_step=True, eval_strategy="no", seed=ctx.seed, **_trl_losses(cfg),
+        **checkpoints.trainer_args(cfg.checkpoint),
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
     )
     # after the arguments: under ZeRO-3 the policy and reference are created partitioned (zero.Init)
@@ -201,9 +205,10 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
+                         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
+                                    checkpoints.callback(cfg.checkpoint)])
     started = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
     runtime = round(time.time() - started, 2)
     evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
     save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes

@@ -106,7 +106,7 @@ class EvalConfig:
 
 
 @stage("eval", config=EvalConfig, consumes={"model", "adapter", "gguf"}, produces="eval",
-       libraries=("torch", "transformers", "peft", "llama-cpp-python"))
+       libraries=("torch", "transformers", "peft", "llama-cpp-python"), isolated=True)
 def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Score the input (HF model, adapter, bnb/GPTQ checkpoint or GGUF); results.json, predictions.jsonl."""
     from pipeline.backends.base import open_backend, size_on_disk

@@ -39,6 +39,8 @@ from pipeline.training.common import (
     save_tokenizer,
     tokenizer_source,
 )
+from pipeline.training import checkpoints
+from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
 
 VLLM_CHOICES = ("auto", "true", "false")
@@ -75,6 +77,7 @@ class GRPOConfig:
     logging_steps: int = at_least(1, 1)
     use_vllm: str = "auto"                      # auto: vLLM where a GPU and vllm are present | true | false
     gradient_checkpointing: bool = False
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
     def validate(self, where: str, earlier: dict) -> None:
@@ -191,6 +194,7 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=weights, warmup_steps=cfg.warmup_steps,
         lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         logging_first_step=True, seed=ctx.seed, use_vllm=use_vllm, vllm_mode="colocate",
+        **checkpoints.trainer_args(cfg.checkpoint),
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
     )
     model, peft_config, how = _policy(cfg, source, ctx)  # after the arguments: partitioned under ZeRO-3
@@ -200,9 +204,10 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()])
+                          callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
+                                     checkpoints.callback(cfg.checkpoint)])
     started = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
     save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
     if trainer.is_world_process_zero():
         save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)

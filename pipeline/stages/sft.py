@@ -30,6 +30,8 @@ from pipeline.training.common import (
     save_tokenizer,
     tokenizer_source,
 )
+from pipeline.training import checkpoints
+from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
 
 
@@ -63,6 +65,7 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     packing: bool = False
     assistant_turns: AssistantTurns = AssistantTurns.all
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)
 
     def memory_profile(self):
@@ -113,7 +116,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
         warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
-        packing=cfg.packing, seed=ctx.seed,
+        packing=cfg.packing, seed=ctx.seed, **checkpoints.trainer_args(cfg.checkpoint),
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing), **_optimizer_args(cfg),
     )
     peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules) if cfg.method == Method.lora else None
@@ -124,9 +127,10 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
     trainer = (trainer_cls or SFTTrainer)(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback()], **(trainer_kwargs or {}))
+        callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(), checkpoints.callback(cfg.checkpoint)],
+        **(trainer_kwargs or {}))
     started = time.time()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
     trainer.save_model(str(ctx.out_dir))  # rank 0 only when distributed (gathered under DeepSpeed / FSDP)
     if trainer.is_world_process_zero():
         save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)

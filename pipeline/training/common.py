@@ -48,7 +48,6 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
         # Checkpointing made CPU steps 2-10x slower for tiny models (ENVIRONMENT.md): opt-in only.
         "activation_checkpointing": gradient_checkpointing,
         "report_to": "none",  # tracking goes through pipeline.engine.tracking (one W&B run per chain)
-        "save_strategy": "no",
         "dataloader_num_workers": 0,
     }
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a torchrun rank (pipeline.engine.launch)

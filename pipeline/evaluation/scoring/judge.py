@@ -37,10 +37,10 @@ from pipeline.evaluation.scoring.judge_verdicts import (
     parse_score,
 )
 from pipeline.ranges import at_least, positive
+from pipeline.redaction import REDACTED
 
 LANGUAGES = ("auto", "zh", "en")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-REDACTED = "<redacted>"
 
 
 class JudgeConfigError(ConfigError, ValueError):

@@ -1,0 +1,103 @@
+"""What is a secret, decided in one place, and the one filter that keeps secrets out of everything a run
+writes: chain.json (config and command-line overrides), Hydra's .hydra/ record, manifests, metrics,
+logs and the W&B run (its config and the command line it records).
+
+A value is a secret when
+  - its key names one: `api_key`, `*_api_key`, `password`, `secret`, `credential(s)`, `auth`;
+  - its key ends in `token` (`hf_token`, `access_token`) and the value looks like a token (16+ characters
+    without spaces): `max_new_tokens: 256` and `pad_token: <|endoftext|>` are not secrets;
+  - it is the value of an environment variable whose name holds a secret (`WANDB_API_KEY`, `HF_TOKEN`,
+    `OPENAI_API_KEY`, `TUNECHAIN_JUDGE_API_KEY`...), wherever it appears in a string.
+Keys ending in `_env` (e.g. `api_key_env`) hold a variable's name, not its value, and stay visible.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+REDACTED = "<redacted>"
+ALWAYS_SECRET = re.compile(r"(^|[._-])(api_?key|password|passwd|secret|credentials?|auth)$", re.IGNORECASE)
+TOKEN_KEY = re.compile(r"(^|[._-])token$", re.IGNORECASE)
+LOOKS_LIKE_TOKEN = re.compile(r"^[A-Za-z0-9_\-.:/+=]{16,}$")
+NAMES_A_VARIABLE = re.compile(r"_env$", re.IGNORECASE)
+SECRET_ENV = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
+MIN_SECRET_LENGTH = 8  # shorter environment values ("1", "true") are not scrubbed out of every text
+
+
+def is_secret(key: str, value: Any) -> bool:
+    key = str(key)
+    if value in (None, "") or NAMES_A_VARIABLE.search(key):
+        return False
+    if ALWAYS_SECRET.search(key):
+        return True
+    return bool(TOKEN_KEY.search(key)) and isinstance(value, str) and bool(LOOKS_LIKE_TOKEN.match(value))
+
+
+def environment_secrets() -> list[str]:
+    """Values of this process's secret-named environment variables, longest first."""
+    found = {v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v) >= MIN_SECRET_LENGTH}
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    """`text` with every secret environment value replaced."""
+    for secret in environment_secrets():
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact(obj: Any) -> Any:
+    """A config (dicts, lists, scalars) with secret values replaced, keys kept."""
+    if isinstance(obj, dict):
+        return {k: REDACTED if is_secret(k, v) else redact(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return scrub(obj) if isinstance(obj, str) else obj
+
+
+def redact_override(override: str) -> str:
+    """A command-line override (`key=value`, `+key=value`) with a secret value replaced."""
+    key, sep, value = override.partition("=")
+    if sep and is_secret(key.lstrip("+~").split(".")[-1], value):
+        return f"{key}={REDACTED}"
+    return scrub(override)
+
+
+def redact_overrides(overrides: list[str]) -> list[str]:
+    return [redact_override(o) for o in overrides]
+
+
+def scrub_file(path: Path) -> None:
+    """Rewrite a text file another library wrote (Hydra's .hydra/*.yaml) without secrets."""
+    text = path.read_text(encoding="utf-8")
+    cleaned = "\n".join(_scrub_yaml_line(line) for line in text.split("\n"))
+    if cleaned != text:
+        path.write_text(cleaned, encoding="utf-8")
+
+
+_YAML_PAIR = re.compile(r"^(\s*-?\s*)([^\s:=]+)([:=]\s*)(\S.*)$")
+
+
+def _scrub_yaml_line(line: str) -> str:
+    """`key: value`, `- key=value` (Hydra's override lists) with a secret value replaced."""
+    match = _YAML_PAIR.match(line)
+    if match:
+        lead, key, sep, value = match.groups()
+        if is_secret(key.lstrip("+~").split(".")[-1], value.strip("'\"")):
+            return f"{lead}{key}{sep}{REDACTED}"
+    return scrub(line)
+
+
+@contextlib.contextmanager
+def redacted_argv() -> Iterator[None]:
+    """sys.argv without secrets while a library records it (W&B keeps the command line in its run files)."""
+    original = sys.argv
+    sys.argv = [original[0], *redact_overrides(original[1:])]
+    try:
+        yield
+    finally:
+        sys.argv = original

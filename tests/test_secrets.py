@@ -1,0 +1,65 @@
+"""Secrets never land in what a run writes (pipeline/redaction.py): redaction by what is a secret, not by
+a substring (`max_new_tokens` stays visible), the same filter for chain.json's overrides, Hydra's
+record, manifests, metrics and the W&B run files; and W&B's own environment variables are respected."""
+from pathlib import Path
+
+import pytest
+
+from conftest import run_main, tiny_overrides
+from pipeline.redaction import REDACTED, is_secret, redact, redact_override
+
+
+@pytest.mark.parametrize("key, value, secret", [
+    ("api_key", "abc", True), ("wandb_api_key", "abc", True), ("password", "x", True), ("secret", "x", True),
+    ("hf_token", "hf_abcdefghijklmnopqrstuvwxyz", True), ("access_token", "ghp_0123456789abcdef0123", True),
+    ("max_new_tokens", 256, False), ("speed_new_tokens", 64, False), ("max_tokens", 64, False),
+    ("pad_token", "<|im_end|>", False), ("api_key_env", "TUNECHAIN_API_KEY", False), ("api_key", None, False),
+])
+def test_what_is_a_secret(key, value, secret):
+    assert is_secret(key, value) is secret
+
+
+def test_configs_and_overrides_are_redacted_by_key_and_by_environment_value(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_environment_secret_0123456789")
+    config = {"eval": {"max_new_tokens": {"math": 256}}, "judge": {"api_key": "sk-abc"},
+              "note": "token is hf_environment_secret_0123456789"}
+    assert redact(config) == {"eval": {"max_new_tokens": {"math": 256}}, "judge": {"api_key": REDACTED},
+                              "note": f"token is {REDACTED}"}
+    assert redact_override("+some.api_key=sk-live-1") == f"+some.api_key={REDACTED}"
+    assert redact_override("stages.eval_base.max_new_tokens.math=8") == "stages.eval_base.max_new_tokens.math=8"
+
+
+SECRETS = {"WANDB_API_KEY": "wandb-env-secret-0123456789abcdef", "HF_TOKEN": "hf_env_secret_abcdefghijklmnop",
+           "OPENAI_API_KEY": "sk-env-secret-0123456789abcdef"}
+CLI_SECRET = "sk-cli-secret-0123456789abcdefgh"
+
+
+def test_no_secret_in_any_file_of_the_run(tiny_llama, tmp_path):
+    """Tokens in the environment and on the command line; W&B on (offline by WANDB_MODE, although a key is set)."""
+    overrides = [*tiny_overrides(tiny_llama), "logger=wandb", "stages.eval_base.tasks=[math]",
+                 "stages.eval_tuned.tasks=[math]", f"+some.api_key={CLI_SECRET}", "+note=${oc.env:HF_TOKEN}"]
+    result = run_main(overrides, tmp_path, env={**SECRETS, "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    wandb_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert wandb_runs, "W&B did not write an offline run although WANDB_MODE=offline"
+    leaked = []
+    for folder in (tmp_path / "run", tmp_path / "store"):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                leaked += [f"{path}: {name}" for name, value in {**SECRETS, "cli": CLI_SECRET}.items()
+                           if value.encode() in data]
+    assert not leaked, leaked
+    chain = (tmp_path / "run" / "chain.json").read_text()
+    assert f"+some.api_key={REDACTED}" in chain and "max_new_tokens.math=8" in chain  # visible, not redacted
+    assert "max_new_tokens" in next(Path(w).read_text() for w in (wandb_runs[0] / "files").glob("config.yaml"))
+
+
+def test_an_online_setup_that_cannot_work_stops_before_any_stage(tmp_path):
+    env = {"WANDB_API_KEY": "not-a-real-key-0123456789", "WANDB_BASE_URL": "http://127.0.0.1:9",
+           "WANDB_MODE": ""}
+    result = run_main(["logger=wandb", "logger.mode=online"], tmp_path, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    assert "cannot be reached" in line and "WANDB_MODE=offline" in line
+    assert not list((tmp_path / "store").glob("*/*/artifact.json"))  # no stage ran
