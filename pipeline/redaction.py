@@ -80,6 +80,15 @@ def scrub_file(path: Path) -> None:
 
 
 _YAML_PAIR = re.compile(r"^(\s*-?\s*)([^\s:=]+)([:=]\s*)(\S.*)$")
+_INLINE_PAIR = re.compile(r"([\w.+~-]+)=([^,\s'\"\]]+)")  # key=value inside a line (Hydra's override_dirname)
+
+
+def _scrub_inline(line: str) -> str:
+    def replace(match: re.Match) -> str:
+        key, value = match.groups()
+        return f"{key}={REDACTED}" if is_secret(key.lstrip("+~").split(".")[-1], value) else match.group(0)
+
+    return _INLINE_PAIR.sub(replace, line)
 
 
 def _scrub_yaml_line(line: str) -> str:
@@ -89,7 +98,7 @@ def _scrub_yaml_line(line: str) -> str:
         lead, key, sep, value = match.groups()
         if is_secret(key.lstrip("+~").split(".")[-1], value.strip("'\"")):
             return f"{lead}{key}{sep}{REDACTED}"
-    return scrub(line)
+    return scrub(_scrub_inline(line))
 
 
 @contextlib.contextmanager

@@ -255,7 +255,7 @@ def test_spec_works_as_structured_config_and_plain_mapping(tmp_path):
 def test_hub_failure_is_one_line(monkeypatch):
     import datasets
 
-    def fake_hub_unreachable(path, name=None, split=None):
+    def fake_hub_unreachable(path, name=None, split=None, revision=None):
         raise ConnectionError("Couldn't reach the Hub\nretry later")
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub_unreachable)
@@ -269,14 +269,14 @@ def test_hub_rows_are_validated_like_files(monkeypatch):
 
     calls = []
 
-    def fake_hub(path, name=None, split=None):
-        calls.append((path, name, split))
+    def fake_hub(path, name=None, split=None, revision=None):
+        calls.append((path, name, split, revision))
         return [{"question": "Q", "answer": "#### 3"}, {"question": "Q", "answer": "three"}]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub)
     spec = DatasetSpec(path="openai/gsm8k", subset="main", split="test")
     assert error_of(spec, "gsm8k") == "dataset 'openai/gsm8k': row 2: 'answer' has no number after '####'"
-    assert calls == [("openai/gsm8k", "main", "test")]
+    assert calls == [("openai/gsm8k", "main", "test", None)]
 
 
 # --- fingerprints --------------------------------------------------------------------------------
@@ -290,7 +290,11 @@ def test_fingerprint_follows_file_content(tmp_path):
 
 
 def test_fingerprint_of_hub_id_names_it():
-    assert data.fingerprint(DatasetSpec(path="openai/gsm8k", subset="main")) == "hub:openai/gsm8k:main:train"
+    # offline (tests never reach a hub) and not cached: the revision cannot be resolved, and says so
+    assert data.fingerprint(DatasetSpec(path="openai/gsm8k", subset="main")) == \
+        "hub:openai/gsm8k:main:train@main (unresolved)"
+    pinned = DatasetSpec(path="openai/gsm8k", subset="main", revision="e" * 40)
+    assert data.fingerprint(pinned) == f"hub:openai/gsm8k:main:train@{'e' * 40}"
 
 
 def test_unknown_purpose_is_a_programming_error(tmp_path):

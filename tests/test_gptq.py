@@ -81,9 +81,9 @@ def test_a_group_size_that_does_not_divide_a_layer_is_refused_with_the_numbers(t
 
 
 @pytest.mark.parametrize("override, message", [
-    ("stages.gptq.bits=3", r"^stages\.gptq\.bits: 3; valid: 4 \(W4A16\), 8 \(W8A16\)$"),
+    ("stages.gptq.bits=3", r"^stages\.gptq\.bits: 3; valid: one of 4, 8$"),
     ("stages.gptq.backend=llmcompressor", r"^stages\.gptq\.backend: 'llmcompressor'; valid: gptqmodel "),
-    ("stages.gptq.damp_percent=1.5", r"^stages\.gptq\.damp_percent: 1\.5; valid: 0 < value < 1"),
+    ("stages.gptq.damp_percent=1.5", r"^stages\.gptq\.damp_percent: 1\.5; valid: \(0, 1\)$"),
 ])
 def test_bad_settings_fail_at_plan_time(override, message, tmp_path):
     cfg = compose(["+stage@stages.gptq=gptq", override, "logger=none"])

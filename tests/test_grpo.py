@@ -83,11 +83,11 @@ def _override(entry):
 
 
 @pytest.mark.parametrize("node, message", [
-    ({"num_generations": 1}, r"stages\.grpo\.num_generations: 1; GRPO needs at least 2"),
+    ({"num_generations": 1}, r"stages\.grpo\.num_generations: 1; valid: >= 2"),
     ({"per_device_train_batch_size": 6, "num_generations": 4}, r"stages\.grpo\.per_device_train_batch_size: 6 .* "
                                                                r"multiple of num_generations \(4\)"),
     ({"use_vllm": "maybe"}, r"stages\.grpo\.use_vllm: 'maybe'; valid: auto, true, false"),
-    ({"loss_type": "ppo"}, r"stages\.grpo\.loss_type: 'ppo'; valid: grpo, dapo"),
+    ({"loss_type": "ppo"}, r"stages\.grpo\.loss_type: 'ppo'; valid: one of grpo, dapo"),
 ])
 def test_bad_grpo_settings_fail_at_plan_time(node, message, tmp_path):
     cfg = compose(["recipe=sft_grpo", "logger=none"] + [f"stages.grpo.{k}={v}" for k, v in node.items()])

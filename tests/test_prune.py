@@ -45,7 +45,7 @@ def test_pruned_model_reloads_and_decodes_the_same_with_its_cache(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("stages.student.layers=[0,9]", r"stages\.student\.layers: \[0, 9\] names layer 9, but the model has 4 \(valid: 0\.\.3\)"),
     ("stages.student.layers=[2,1]", r"stages\.student\.layers: distinct ascending"),
-    ("stages.student.keep_fraction=0", r"stages\.student\.keep_fraction: must be in \(0, 1\]"),
+    ("stages.student.keep_fraction=0", r"stages\.student\.keep_fraction: 0\.0; valid: \(0, 1\]"),
 ])
 def test_bad_layer_choices_fail_at_plan_time(override, message, tmp_path):
     from pipeline.engine.plan import build_plan

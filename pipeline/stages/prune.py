@@ -33,8 +33,6 @@ class PruneConfig:
     dtype: Optional[str] = None          # null: the model config's dtype
 
     def validate(self, where: str, earlier: dict) -> None:
-        if not 0.0 < self.keep_fraction <= 1.0:
-            raise ConfigError(f"{where}.keep_fraction: must be in (0, 1], got {self.keep_fraction}")
         if self.layers is not None and (not self.layers or sorted(set(self.layers)) != list(self.layers)
                                         or self.layers[0] < 0):
             raise ConfigError(f"{where}.layers: distinct ascending indices >= 0, e.g. [0, 2, 3]; got {self.layers}")
