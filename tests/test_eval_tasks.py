@@ -14,14 +14,18 @@ def test_every_shipped_task_is_registered_in_run_order():
     assert [s.name for s in registry.with_needs(["judge", "reasoning"])] == ["math", "reasoning", "instruct", "judge"]
 
 
-def test_a_new_task_is_one_registration_and_no_edit_to_the_eval_stage(tmp_path):
+def test_a_new_task_is_one_registration_and_no_edit_to_the_eval_stage(tmp_path, monkeypatch):
+    """A task in the user's own module: registered on import, and known to the eval stage's child process."""
     from pipeline.engine.runner import run_chain
 
-    @registry.task("answer_length", order=90, headlines=("answer_length_mean",), needs=("math",))
-    def _answer_length(ev: registry.EvalRun) -> dict:
-        answers = ev.shared["math"]
-        return {"answer_length_mean": round(sum(len(a.text) for a in answers) / len(answers), 2)}
-
+    (tmp_path / "my_tasks.py").write_text(
+        "from pipeline.evaluation import registry\n\n\n"
+        "@registry.task('answer_length', order=90, headlines=('answer_length_mean',), needs=('math',))\n"
+        "def answer_length(ev):\n"
+        "    answers = ev.shared['math']\n"
+        "    return {'answer_length_mean': round(sum(len(a.text) for a in answers) / len(answers), 2)}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("my_tasks")
     try:
         cfg = compose(["logger=none", "~stages.eval_base", "~stages.sft", "stages.eval_tuned.inputs=[base]",
                        "stages.eval_tuned.tasks=[answer_length]", "stages.eval_tuned.limit=4", "stages.eval_tuned.compare_with=null",

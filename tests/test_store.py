@@ -128,3 +128,21 @@ def test_the_chain_seed_is_part_of_every_fingerprint(tmp_path):
 
     assert prints(42) == prints(42)
     assert all(a != b for a, b in zip(prints(42), prints(7)))  # seed=7 must not reuse seed 42's artifacts
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_train_once(tiny_llama, tmp_path):
+    """Two `python main.py` on one empty store: both finish, the SFT adapter is trained once and reused."""
+    from conftest import ROOT, tiny_overrides
+
+    env = {**os.environ, "TUNECHAIN_STORE": str(tmp_path / "store"), "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.Popen([sys.executable, str(ROOT / "main.py"), *tiny_overrides(tiny_llama),
+                              "stages.eval_base.tasks=[math]", "stages.eval_tuned.tasks=[math]",
+                              f"hydra.run.dir={tmp_path / f'run{i}'}"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env) for i in (0, 1)]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    outcomes = sorted(next(s["status"] for s in json.loads((tmp_path / f"run{i}" / "chain.json").read_text())["stages"]
+                           if s["name"] == "sft") for i in (0, 1))
+    assert outcomes == ["done", "reused"]
+    assert len(list((tmp_path / "store" / "adapter").iterdir())) == 1

@@ -115,10 +115,42 @@ def write_job(step, inputs, ctx) -> Path:
         "device": ctx.device, "seed": ctx.seed, "hardware": ctx.hardware,
         "out_dir": str(ctx.out_dir), "run_dir": str(ctx.run_dir),
         "planned_memory_mb": round(step.memory_bytes / 2**20, 1) if step.memory_bytes else None,
+        "modules": user_modules(),
     }
     path = Path(ctx.out_dir) / JOB_FILE
     write_json_atomic(path, job)
     return path
+
+
+BUILT_IN = ("pipeline.", "exports.")
+
+
+def user_modules() -> list[dict[str, str]]:
+    """Modules outside tunechain that registered stage kinds or eval tasks in this process (a user's own
+    package or file): the child process imports them too, so it knows what the plan knows."""
+    import importlib
+
+    from pipeline.engine import registry
+    from pipeline.evaluation import registry as tasks
+
+    functions = [registry.get(kind).run for kind in registry.kinds()] + [t.run for t in tasks.all_tasks().values()]
+    found = {}
+    for fn in functions:
+        name = fn.__module__
+        if name.startswith(BUILT_IN) or name in found or name == "__main__":
+            continue
+        origin = getattr(importlib.import_module(name), "__file__", None)
+        found[name] = str(Path(origin).resolve().parent) if origin else ""
+    return [{"name": name, "folder": folder} for name, folder in sorted(found.items())]
+
+
+def import_user_modules(modules: list[dict[str, str]]) -> None:
+    import importlib
+
+    for module in modules:
+        if module["folder"] and module["folder"] not in sys.path:
+            sys.path.append(module["folder"])
+        importlib.import_module(module["name"])
 
 
 def run_in_child(step, inputs, ctx) -> Artifact:

@@ -26,7 +26,7 @@ class RankContext(StageContext):
 
 def main(job_path: str) -> None:
     from pipeline.artifact import write_json_atomic
-    from pipeline.engine.launch import RESULT_FILE, WORKER_LOGS, job_fields
+    from pipeline.engine.launch import RESULT_FILE, WORKER_LOGS, import_user_modules, job_fields
     from pipeline.engine.runner import seed_everything
     from pipeline.engine.tracking import LoggerConfig, Tracker
     from pipeline.models.peak_memory import PeakMemory, peak_metrics
@@ -34,6 +34,7 @@ def main(job_path: str) -> None:
     # DeepSpeed calls torch.distributed's old collective names; torch warns on every step otherwise
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     job = json.loads(Path(job_path).read_text())
+    import_user_modules(job.get("modules") or [])
     fields = job_fields(job)
     rank = int(os.environ.get("RANK", "0"))
     out_dir = Path(job["out_dir"])
@@ -58,7 +59,8 @@ def main(job_path: str) -> None:
     with PeakMemory(ctx.device) as peak:
         artifact = fields["spec"].run(fields["cfg"], Inputs(fields["inputs"]), ctx)
     if rank == 0:
-        artifact.metrics.update(peak_metrics(peak.result(), job.get("planned_memory_mb"), of=" (rank 0)"))
+        of = " (rank 0)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        artifact.metrics.update(peak_metrics(peak.result(), job.get("planned_memory_mb"), of=of))
         write_json_atomic(out_dir / RESULT_FILE, artifact.to_json())
 
 

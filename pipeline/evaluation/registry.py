@@ -55,15 +55,21 @@ def task(name: str, *, order: int, headlines: tuple[str, ...] = (), budget: int 
     return wrap
 
 
+_loaded = False
+
+
 def _load_all() -> None:
+    """Import every built-in task file once (a user's own task module may have registered first)."""
+    global _loaded
     from pipeline.evaluation import tasks
 
     for module in pkgutil.iter_modules(tasks.__path__):
         importlib.import_module(f"{tasks.__name__}.{module.name}")
+    _loaded = True
 
 
 def all_tasks() -> dict[str, TaskSpec]:
-    if not _TASKS:
+    if not _loaded:
         _load_all()
     return dict(sorted(_TASKS.items(), key=lambda item: item[1].order))
 

@@ -21,8 +21,8 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 @dataclass
 class CheckpointSpec:
-    every_steps: Optional[int] = at_least(1, None)  # null: by time only
-    every_minutes: Optional[float] = positive(10.0)  # null: by steps only
+    every_steps: Optional[int] = at_least(1, 100)  # null: by time only
+    every_minutes: Optional[float] = positive(10.0)  # and at most this long apart (null: by steps only)
     keep: int = at_least(1, 2)                    # newest checkpoints kept while training
 
 
