@@ -279,7 +279,7 @@ def _plan_memory(plan: Plan, hardware: dict) -> None:
         sharding = memory.Sharding.from_hardware(hardware) if launch.is_distributed(step.kind, hardware) else None
         if sharding is not None:
             step.memory_processes, step.sharding = launch.world(hardware)[0], sharding.describe()
-        step.memory_bytes = memory.estimate(work, shape, dtype, plan.device, sharding)
+        step.memory_bytes = memory.estimate(work, shape, dtype, plan.device, sharding, own_process=step.spec.isolated)
 
 
 def _plan_tokenizer(plan: Plan, folder):

@@ -35,6 +35,9 @@ from pathlib import Path
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "nf4": 0.5}
 NF4_OVERHEAD = 1.15              # seed 001's k: scales and zero points beside the 4-bit values
 RUNTIME_CPU_BYTES = 650 * 2**20  # measured: RSS with torch, transformers, peft, trl, datasets imported (330-750 MB)
+# A stage in its own process (pipeline.engine.launch: eval and the exports) starts at ~230 MB and imports
+# only what it uses: measured on SmolLM2, eval of a merged model peaked at 1205 MB with 513 MB of weights.
+RUNTIME_CHILD_CPU_BYTES = 330 * 2**20
 BACKWARD_FACTOR = 1.25           # peak / saved activations: the backward pass's transient gradients
 ATTENTION_COPIES = {"cpu": 8.6, "cuda": 1.0}  # attention-score values kept per head and key position
 LOGIT_COPIES = 3
@@ -170,11 +173,13 @@ def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int, value_bytes: 
     return sequences * tokens * shape.layers * 2 * shape.kv_heads * shape.head_dim * value_bytes
 
 
-def estimate(work: Workload, shape: ModelShape, dtype: str, device: str, sharding: Sharding | None = None) -> int:
+def estimate(work: Workload, shape: ModelShape, dtype: str, device: str, sharding: Sharding | None = None,
+             own_process: bool = False) -> int:
     """Peak bytes of a stage: the process's RSS on CPU, the CUDA allocator's peak on a GPU; per
-    process under `sharding` (training stages on several processes)."""
+    process under `sharding` (training stages on several processes); `own_process`: a stage run in
+    a child process of its own."""
     value_bytes = BYTES_PER_PARAM.get(dtype, 4)
-    runtime = RUNTIME_CPU_BYTES if device != "cuda" else 0
+    runtime = (RUNTIME_CHILD_CPU_BYTES if own_process else RUNTIME_CPU_BYTES) if device != "cuda" else 0
     if work.kind == "train" and work.method == "qlora":
         weights = shape.n_params * BYTES_PER_PARAM["nf4"] * NF4_OVERHEAD
     else:
