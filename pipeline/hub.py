@@ -9,13 +9,19 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+def reachable(url: str, timeout: float = 3.0) -> OSError | None:
+    """A short TCP probe of a service's host: None when it answers, else the error."""
+    endpoint = urlparse(url)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return e
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    return reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout) is None
 
 
 def hub_commit(repo: str, revision: str | None, repo_type: str) -> str:

@@ -29,7 +29,8 @@ MIN_SECRET_LENGTH = 8  # shorter environment values ("1", "true") are not scrubb
 
 
 def is_secret(key: str, value: Any) -> bool:
-    key = str(key)
+    """`key` may be dotted or an override's (`+some.api_key`): its last part decides."""
+    key = str(key).lstrip("+~").split(".")[-1]
     if value in (None, "") or NAMES_A_VARIABLE.search(key):
         return False
     if ALWAYS_SECRET.search(key):
@@ -43,26 +44,28 @@ def environment_secrets() -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
-def scrub(text: str) -> str:
-    """`text` with every secret environment value replaced."""
-    for secret in environment_secrets():
+def scrub(text: str, secrets: list[str] | None = None) -> str:
+    """`text` with every secret environment value (`secrets`, default: read now) replaced."""
+    for secret in environment_secrets() if secrets is None else secrets:
         text = text.replace(secret, REDACTED)
     return text
 
 
-def redact(obj: Any) -> Any:
-    """A config (dicts, lists, scalars) with secret values replaced, keys kept."""
+def redact(obj: Any, secrets: list[str] | None = None) -> Any:
+    """A config (dicts, lists, scalars) with secret values replaced, keys kept. The environment is read
+    once per call, not once per string (manifests and eval results hold thousands)."""
+    secrets = environment_secrets() if secrets is None else secrets
     if isinstance(obj, dict):
-        return {k: REDACTED if is_secret(k, v) else redact(v) for k, v in obj.items()}
+        return {k: REDACTED if is_secret(k, v) else redact(v, secrets) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return scrub(obj) if isinstance(obj, str) else obj
+        return [redact(v, secrets) for v in obj]
+    return scrub(obj, secrets) if isinstance(obj, str) else obj
 
 
 def redact_override(override: str) -> str:
     """A command-line override (`key=value`, `+key=value`) with a secret value replaced."""
     key, sep, value = override.partition("=")
-    if sep and is_secret(key.lstrip("+~").split(".")[-1], value):
+    if sep and is_secret(key, value):
         return f"{key}={REDACTED}"
     return scrub(override)
 
@@ -86,7 +89,7 @@ _INLINE_PAIR = re.compile(r"([\w.+~-]+)=([^,\s'\"\]]+)")  # key=value inside a l
 def _scrub_inline(line: str) -> str:
     def replace(match: re.Match) -> str:
         key, value = match.groups()
-        return f"{key}={REDACTED}" if is_secret(key.lstrip("+~").split(".")[-1], value) else match.group(0)
+        return f"{key}={REDACTED}" if is_secret(key, value) else match.group(0)
 
     return _INLINE_PAIR.sub(replace, line)
 
@@ -96,7 +99,7 @@ def _scrub_yaml_line(line: str) -> str:
     match = _YAML_PAIR.match(line)
     if match:
         lead, key, sep, value = match.groups()
-        if is_secret(key.lstrip("+~").split(".")[-1], value.strip("'\"")):
+        if is_secret(key, value.strip("'\"")):
             return f"{lead}{key}{sep}{REDACTED}"
     return scrub(_scrub_inline(line))
 

@@ -50,16 +50,13 @@ def wandb_mode(requested: str) -> str:
     return "offline"
 
 
-def _check_reachable(timeout: float = 3.0) -> None:
-    import socket
-    from urllib.parse import urlparse
+def _check_reachable() -> None:
+    from pipeline.hub import reachable
 
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
-            return
-    except OSError as e:
-        raise TrackingError(f"logger: W&B is online but {url.hostname} cannot be reached ({e.strerror or e}); "
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    error = reachable(url)
+    if error is not None:
+        raise TrackingError(f"logger: W&B is online but {url} cannot be reached ({error.strerror or error}); "
                             f"{OFFLINE_HINT}") from None
 
 
