@@ -20,6 +20,11 @@ def file_digest(path: Path) -> str:
     stat = path.stat()
     if stat.st_size > FULL_HASH_LIMIT:
         return hash_json([path.name, stat.st_size, int(stat.st_mtime)])
+    return content_digest(path)
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of every byte, whatever the size (data files: pipeline.data.check_cache keeps it per file version)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -15,6 +15,15 @@ ASSISTANT = {"role": "assistant", "content": "4"}
 WRONG = {"role": "assistant", "content": "5"}
 
 
+@pytest.fixture(autouse=True, params=["records", "arrow"])
+def check_path(request, monkeypatch):
+    """Every test twice: files checked record by record, and (as large files are) through Arrow batches and the
+    column screens. The messages must be the same: the screens only choose which records the converters see."""
+    if request.param == "arrow":
+        monkeypatch.setattr(data, "ARROW_FROM_BYTES", 0)
+    return request.param
+
+
 def write_jsonl(path, records):
     """Records are dicts (dumped) or raw strings (written as-is, to make bad lines)."""
     lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
@@ -255,7 +264,7 @@ def test_spec_works_as_structured_config_and_plain_mapping(tmp_path):
 def test_hub_failure_is_one_line(monkeypatch):
     import datasets
 
-    def fake_hub_unreachable(path, name=None, split=None, revision=None):
+    def fake_hub_unreachable(path, name=None, split=None, revision=None, **options):
         raise ConnectionError("Couldn't reach the Hub\nretry later")
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub_unreachable)
@@ -269,14 +278,14 @@ def test_hub_rows_are_validated_like_files(monkeypatch):
 
     calls = []
 
-    def fake_hub(path, name=None, split=None, revision=None):
-        calls.append((path, name, split, revision))
+    def fake_hub(path, name=None, split=None, revision=None, streaming=False):
+        calls.append((path, name, split, revision, streaming))
         return [{"question": "Q", "answer": "#### 3"}, {"question": "Q", "answer": "three"}]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub)
     spec = DatasetSpec(path="openai/gsm8k", subset="main", split="test")
-    assert error_of(spec, "gsm8k") == "dataset 'openai/gsm8k': row 2: 'answer' has no number after '####'"
-    assert calls == [("openai/gsm8k", "main", "test", None)]
+    assert error_of(spec, "gsm8k") == "dataset 'openai/gsm8k' test:1: 'answer' has no number after '####'"
+    assert calls == [("openai/gsm8k", "main", "test", None, True)]  # streamed: the plan reads a sample only
 
 
 # --- fingerprints --------------------------------------------------------------------------------

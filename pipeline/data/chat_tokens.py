@@ -57,3 +57,8 @@ def tokenize_chat(tokenizer, messages: list[dict], turns: str = ALL) -> dict:
 
 def tokenize_chats(tokenizer, records: Iterable[dict], turns: str = ALL) -> list[dict]:
     return [tokenize_chat(tokenizer, r["messages"], turns) for r in records]
+
+
+def tokenize_record(record: dict, tokenizer, turns: str = ALL) -> dict:
+    """tokenize_chat for one canonical sft record: the transform of pipeline.data.datasets.prepared."""
+    return tokenize_chat(tokenizer, record["messages"], turns)

@@ -1,8 +1,11 @@
 """Datasets for every stage: where they come from, what they must contain, what stages get.
 
-A stage names its data with a DatasetSpec (from conf/data/*.yaml) and a purpose. `validate_records`
-validates every record before any training starts, so a bad line fails the plan in seconds
-instead of a run hours in; `load` hands the stage records in one canonical shape per purpose:
+A stage names its data with a DatasetSpec (from conf/data/*.yaml) and a purpose. `check` validates
+every record of a local file before any training starts (a bad line fails the plan in seconds
+instead of a run hours in; a large file through Arrow, pipeline/data/arrow.py; the result kept per
+file version, pipeline/data/check_cache.py), and a sample of a hub split. Training stages get a
+`datasets.Dataset` from `prepared` (Arrow, memory-mapped, converted with `map`); evals and exports
+read their small sets with `load`. Records have one canonical shape per purpose:
 
     sft         {"messages": [...]}  ending with an assistant message
     preference  {"prompt": [...], "chosen": [...], "rejected": [...]}
@@ -17,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Mapping, Optional
 
 from omegaconf import MISSING
 
@@ -25,9 +28,12 @@ from pipeline import paths
 from pipeline.data.formats import FORMATS, converter, detect
 from pipeline.data.problems import DataError, Invalid, kind_name, summarise
 from pipeline.data.readers import entries, existing_file, is_hub, where_of
-from pipeline.hashing import file_digest
+from pipeline.hashing import content_digest
 from pipeline.hub import hub_commit
 from pipeline.ranges import at_least
+
+if TYPE_CHECKING:
+    from pipeline.data.check_cache import CheckCache
 
 PURPOSES = ("sft", "preference", "prompt", "gsm8k", "text", "instruct")
 
@@ -53,30 +59,115 @@ def resolve_path(path: str) -> Path:
     return paths.resolve(path)
 
 
+ARROW_FROM_BYTES = 8 << 20  # local files from this size are checked through Arrow (below: record by record)
+HUB_SAMPLE = 64             # hub rows checked at plan time; all of them when the stage prepares the split
+
+
+@dataclass
+class DataCheck:
+    records: Optional[int]  # None: a hub split whose size its card does not give
+    format: str
+    sampled: int = 0        # hub: rows checked at plan time (0: every record was checked)
+    cached: bool = False    # the result came from the store's check cache (no record was read)
+
+    def describe(self, purpose: str) -> str:
+        if self.sampled:
+            size = f"{self.records} records" if self.records is not None else "size unknown"
+            return f"{size}, {purpose}; {self.sampled} sampled, all checked when prepared"
+        return f"{self.records} records, {purpose}" + (", checked before" if self.cached else "")
+
+
+def check(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, cache: "CheckCache | None" = None) -> DataCheck:
+    """Validate `spec` for `purpose` (every record of a file, a sample of a hub split); raise DataError."""
+    spec = _as_spec(spec)
+    _check_spec(spec, purpose)
+    if is_hub(spec.path):
+        return _check_hub_sample(spec, purpose)
+    path = existing_file(spec.path)
+    key = None
+    if cache is not None:
+        key = cache.check_key(cache.digest(path), purpose=purpose, format=spec.format, limit=spec.limit,
+                              columns=spec.columns, where=where_of(spec))
+        known = cache.result(key)
+        if known:
+            if known.get("error"):
+                raise DataError(known["error"])
+            return DataCheck(known["records"], known["format"], cached=True)
+    try:
+        result = _check_file(spec, purpose, path)
+    except DataError as e:
+        if key:
+            cache.keep(key, {"error": str(e)})
+        raise
+    if key:
+        cache.keep(key, {"records": result.records, "format": result.format})
+    return result
+
+
 def validate_records(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str) -> int:
-    """Validate every record for `purpose`; return the record count or raise DataError."""
-    return sum(1 for _ in _canonical(spec, purpose))
+    """`check` without a cache: the record count (of a hub split: the rows sampled) or DataError."""
+    result = check(spec, purpose)
+    return result.sampled or result.records
 
 
 def load(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str) -> list[dict]:
-    """Every record in the canonical shape for `purpose` (validated as `check` does)."""
+    """Every record in the canonical shape for `purpose`, as Python dicts: for the small sets of evals and
+    exports. Training data goes through `prepared`."""
     return list(_canonical(spec, purpose))
 
 
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> digest: plans re-check often
+def prepared(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str,
+             transform: Optional[Callable[[dict], dict]] = None, hardware: Optional[dict] = None, desc: str = ""):
+    """The data set as a datasets.Dataset in the stage's form (pipeline.data.arrow.prepared)."""
+    from pipeline.data import arrow
+
+    spec = _as_spec(spec)
+    _check_spec(spec, purpose)
+    return arrow.prepared(spec, purpose, transform, hardware, desc)
 
 
-def fingerprint(spec: DatasetSpec | Mapping[str, Any] | str) -> str:
+def fingerprint(spec: DatasetSpec | Mapping[str, Any] | str, cache: "CheckCache | None" = None) -> str:
     """sha256 of a local file's bytes; for a hub dataset, its id, subset, split and resolved commit."""
     spec = _as_spec(spec)
     if is_hub(spec.path):
         return f"hub:{spec.path}:{spec.subset or ''}:{spec.split}@{hub_commit(spec.path, spec.revision, 'dataset')}"
     path = existing_file(spec.path)
+    if cache is not None:
+        return cache.digest(path)
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size)
     if key not in _DIGESTS:
-        _DIGESTS[key] = file_digest(path)
+        _DIGESTS[key] = content_digest(path)
     return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> digest, when no store is at hand
+
+
+def _check_file(spec: DatasetSpec, purpose: str, path: Path) -> DataCheck:
+    if path.stat().st_size >= ARROW_FROM_BYTES:
+        from pipeline.data import arrow
+
+        try:
+            checked = arrow.check_file(spec, purpose)
+            return DataCheck(checked.records, checked.format)
+        except arrow.NotArrow:
+            pass  # a malformed line or a key whose type changes: the record readers name it or read it
+    seen: dict = {}
+    count = sum(1 for _ in _canonical(spec, purpose, seen))
+    return DataCheck(count, seen["format"])
+
+
+def _check_hub_sample(spec: DatasetSpec, purpose: str) -> DataCheck:
+    """The split's first HUB_SAMPLE rows, streamed (nothing else is downloaded); its size from the card."""
+    from pipeline.data.readers import hub_stream
+
+    rows, total = hub_stream(spec, where_of(spec))
+    sample = DatasetSpec(**{**spec.__dict__, "limit": min(spec.limit or HUB_SAMPLE, HUB_SAMPLE)})
+    seen: dict = {}
+    count = sum(1 for _ in _canonical(sample, purpose, seen, source=rows))
+    records = min(total, spec.limit) if total is not None and spec.limit else total
+    return DataCheck(records, seen["format"], sampled=count)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,25 +189,37 @@ def _as_spec(spec: DatasetSpec | Mapping[str, Any] | str) -> DatasetSpec:
     return spec
 
 
-def _canonical(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str) -> Iterator[dict]:
-    """Yield canonical records; after the last one, raise DataError if any record was bad."""
+def _check_spec(spec: DatasetSpec, purpose: str) -> None:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown data purpose '{purpose}' (known: {', '.join(PURPOSES)})")
-    spec = _as_spec(spec)
     where = where_of(spec)
     if spec.format != "auto" and spec.format not in FORMATS:
         raise DataError(f"{where}: unknown format '{spec.format}' (known: auto, {', '.join(FORMATS)})")
     if spec.limit is not None and spec.limit < 1:
         raise DataError(f"{where}: limit must be a positive number of records, got {spec.limit}")
+
+
+def _canonical(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, seen: Optional[dict] = None,
+               source: Optional[Iterator] = None) -> Iterator[dict]:
+    """Yield canonical records; after the last one, raise DataError if any record was bad. `seen` gets the
+    format; `source` replaces the spec's reader (a hub stream)."""
+    spec = _as_spec(spec)
+    _check_spec(spec, purpose)
+    where = where_of(spec)
     convert = None if spec.format == "auto" else converter(spec.format, purpose, where)
+    if seen is not None and convert is not None:
+        seen["format"] = spec.format
     errors: list[str] = []
     count = 0
-    for location, item in islice(entries(spec, where), spec.limit):
+    for location, item in islice(source if source is not None else entries(spec, where), spec.limit):
         count += 1
         try:
             record = _record(item, spec.columns)
             if convert is None:
-                convert = converter(detect(record, location), purpose, where, detected=True)
+                fmt = detect(record, location)
+                convert = converter(fmt, purpose, where, detected=True)
+                if seen is not None:
+                    seen["format"] = fmt
             yield convert(record)
         except Invalid as e:
             errors.append(f"{location}: {e}")

@@ -116,15 +116,24 @@ def _read_parquet(path: Path, where: str) -> Iterator[tuple[str, Any]]:
 
 
 def _read_hub(spec: DatasetSpec, where: str) -> Iterator[tuple[str, Any]]:
+    rows, _ = hub_stream(spec, where)
+    return rows
+
+
+def hub_stream(spec: DatasetSpec, where: str) -> tuple[Iterator[tuple[str, Any]], int | None]:
+    """A hub split streamed row by row (nothing downloaded ahead), each named `split:index`, and its size
+    where the dataset's card gives it."""
     import datasets  # slow to import; only hub ids need it
 
     try:
-        rows = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split, revision=spec.revision)
+        rows = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split, revision=spec.revision,
+                                     streaming=True)
+        splits = getattr(getattr(rows, "info", None), "splits", None) or {}
+        total = splits[spec.split].num_examples if spec.split in splits else None
     except Exception as e:  # offline, gated, unknown id or split...: one actionable line for all
         raise DataError(f"{where}: cannot be loaded from the hub ({_short(e)}); "
                         "use a local file or check the id/network") from e
-    for number, row in enumerate(rows, 1):
-        yield f"{where}: row {number}", row
+    return ((f"{where} {spec.split}:{index}", row) for index, row in enumerate(rows)), total or None
 
 
 def _short(error: Exception) -> str:

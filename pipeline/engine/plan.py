@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import ranges
 from pipeline.artifact import Artifact
 from pipeline.data import datasets as data
+from pipeline.data.check_cache import CheckCache
 from pipeline.engine import registry
 from pipeline.engine.fingerprint import environment, fingerprint_inputs, fingerprint_of
 from pipeline.engine.store import Store
@@ -190,13 +191,17 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
     steps = plan.steps
     plan.device = device or pick_device()  # part of every fingerprint: a CPU fp32 artifact is not a GPU bf16 one
     dtype = resolve_dtype(model.dtype, plan.device, model.path)
-    # Pass 2: data, record by record, then fingerprints and what the store already has.
+    # Pass 2: data (each file version checked once, then known), then fingerprints and what the store already has.
+    checks = CheckCache(store.root / ".data")  # what earlier plans learned of each data file version
     for step in steps:
         data_fps = []
         for field_name, dataset, purpose in _dataset_fields(step.cfg):
-            count = data.validate_records(dataset, purpose)
-            step.data_notes.append(f"{field_name} <- {dataset.path} ({count} records, {purpose})")
-            data_fps.append(data.fingerprint(dataset))
+            try:
+                checked = data.check(dataset, purpose, checks)
+            except data.DataError as e:
+                raise ConfigError(f"stages.{step.name}.{field_name}: {e}") from None
+            step.data_notes.append(f"{field_name} <- {dataset.path} ({checked.describe(purpose)})")
+            data_fps.append(data.fingerprint(dataset, checks))
         step.fingerprint_inputs = fingerprint_inputs(
             step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names], data_fps,
             extra={"model": model_extra, "seed": cfg.get("seed"), **_world_key(step.kind, hardware)},

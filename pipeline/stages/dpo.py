@@ -26,10 +26,9 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact
-from pipeline.data.datasets import DataError, DatasetSpec, load, validate_records
+from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
-from pipeline.errors import ConfigError
 from pipeline.ranges import at_least, between, one_of, positive
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
@@ -87,17 +86,6 @@ class DPOConfig:
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
-    def validate(self, where: str, earlier: dict) -> None:
-        # Value ranges are declared on the fields (pipeline.engine.ranges). The plan checks every record
-        # later too; here a set that cannot feed DPO is named by its key.
-        for key in ("dataset", "eval_dataset"):
-            spec = getattr(self, key)
-            if spec is not None:
-                try:
-                    validate_records(spec, "preference")
-                except DataError as e:
-                    raise ConfigError(f"{where}.{key}: {e}") from None
-
     def memory_profile(self):
         from pipeline.models.memory import Workload
 
@@ -107,12 +95,11 @@ class DPOConfig:
                         extra_weights=1.0 if self.method == Method.full else 0.0)
 
 
-def _dataset(spec: DatasetSpec, limit: int | None = None):
-    """Preference records in trl's conversational form; only the three keys trl reads."""
-    from datasets import Dataset
-
-    records = load(spec, "preference")
-    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records[:limit or None]])
+def _dataset(spec: DatasetSpec, hardware: dict, limit: int | None = None):
+    """Preference records in trl's conversational form (Arrow, never a Python list); the three keys trl reads."""
+    rows = prepared(spec, "preference", hardware=hardware, desc="preference pairs")
+    rows = rows.select_columns(["prompt", "chosen", "rejected"])
+    return rows.select(range(limit)) if limit and limit < len(rows) else rows
 
 
 def _model_artifact(path: str) -> Artifact:
@@ -186,8 +173,8 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
-    train_set = _dataset(cfg.dataset)
-    eval_set = _dataset(cfg.eval_dataset, cfg.eval_limit) if cfg.eval_dataset is not None else None
+    train_set = _dataset(cfg.dataset, ctx.hardware)
+    eval_set = _dataset(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = TrlDPOConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,

@@ -23,7 +23,7 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact
-from pipeline.data.datasets import DatasetSpec, load
+from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
@@ -159,13 +159,10 @@ def _policy(cfg: GRPOConfig, source: Artifact, ctx: StageContext):
     return model, None, "full model"
 
 
-def _dataset(cfg: GRPOConfig):
-    """Prompt records as a datasets.Dataset; keys missing from some records become None."""
-    from datasets import Dataset
-
-    records = load(cfg.dataset, "prompt")
-    keys = list(dict.fromkeys(k for r in records for k in r))
-    return Dataset.from_list([{k: r.get(k) for k in keys} for r in records])
+def _dataset(cfg: GRPOConfig, hardware: dict):
+    """Prompt records as a datasets.Dataset (Arrow, never a Python list); the rewards get every column, None
+    where a record has no such key."""
+    return prepared(cfg.dataset, "prompt", hardware=hardware, desc="prompts")
 
 
 @stage("grpo", config=GRPOConfig, consumes={"model", "adapter"}, produces=trained_kind,
@@ -184,7 +181,7 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     reward_funcs, weights = build(specs)
     use_vllm = vllm_choice(cfg.use_vllm) == "true" or (vllm_choice(cfg.use_vllm) == "auto" and vllm_usable(ctx.device))
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model, padding_side="left")
-    dataset = _dataset(cfg)
+    dataset = _dataset(cfg, ctx.hardware)
     args = TrlGRPOConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_train_batch_size,

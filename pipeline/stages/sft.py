@@ -16,7 +16,7 @@ from typing import List, Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact
-from pipeline.data.datasets import DatasetSpec, load
+from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.ranges import at_least, one_of, positive
@@ -99,17 +99,23 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     `records` replace cfg.dataset (distill's teacher-written chats); `trainer_cls` is an SFTTrainer
     subclass with its own loss (distill's logit mode); `logged` are extra log keys kept as
     `<key>_first` / `<key>_last` metrics."""
+    from functools import partial
+
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
-    from pipeline.data.chat_tokens import tokenize_chats
+    from pipeline.data.chat_tokens import tokenize_chats, tokenize_record
     from pipeline.models.loading import load_tokenizer
 
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
-    chats = records if records is not None else load(cfg.dataset, "sft")
-    dataset = Dataset.from_list(tokenize_chats(tokenizer, chats, cfg.assistant_turns.value))
+    turns = cfg.assistant_turns.value
+    if records is not None:  # teacher-written chats: as many as the teacher answered, already in memory
+        dataset = Dataset.from_list(tokenize_chats(tokenizer, records, turns))
+    else:  # Arrow end to end, tokenized once per data and tokenizer version (datasets' cache)
+        dataset = prepared(cfg.dataset, "sft", partial(tokenize_record, tokenizer=tokenizer, turns=turns),
+                           ctx.hardware, desc="tokenizing chats")
     args = TrlSFTConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
