@@ -194,6 +194,8 @@ def raw_dataset(spec: "DatasetSpec"):
                                          **{k: v for k, v in options.items() if v is not None})
         except Exception as e:  # mixed types, malformed lines: the record readers take over
             raise NotArrow(str(e)) from None
+        if _untyped(rows.features):  # datasets' Json columns decode "6" as 6: read the records instead
+            raise NotArrow("a column whose type changes between records")
     if spec.limit is not None and spec.limit < len(rows):
         rows = rows.select(range(spec.limit))
     for old, new in spec.columns.items():
@@ -232,6 +234,18 @@ def prepared(spec: "DatasetSpec", purpose: str, transform: Optional[Callable[[di
                     remove_columns=rows.column_names, desc=desc or f"{purpose} records")
 
 
+def _untyped(feature) -> bool:
+    """A datasets Json feature anywhere (what datasets makes of a key whose type changes between records)."""
+    if type(feature).__name__ == "Json":
+        return True
+    if isinstance(feature, dict):
+        return any(_untyped(f) for f in feature.values())
+    if isinstance(feature, (list, tuple)):
+        return any(_untyped(f) for f in feature)
+    inner = getattr(feature, "feature", None)
+    return inner is not None and _untyped(inner)
+
+
 def _table_batches(rows) -> Iterator["pa.RecordBatch"]:
     """A Dataset's rows (after select/limit) as record batches."""
     for table in rows.with_format("arrow").iter(batch_size=65536):
@@ -245,10 +259,16 @@ def _detected(rows, spec) -> str:
 
 
 def _records(spec, purpose, transform):
+    """The record readers' canonical records, each with every key any record has (an Arrow table has one
+    set of columns); read twice, never held."""
     from pipeline.data.datasets import _canonical
 
+    if transform:
+        yield from map(transform, _canonical(spec, purpose))
+        return
+    keys = list(dict.fromkeys(key for record in _canonical(spec, purpose) for key in record))
     for record in _canonical(spec, purpose):
-        yield transform(record) if transform else arrow_form(record)
+        yield arrow_form(record, keys)
 
 
 def _convert_rows(batch: dict, fmt: str, purpose: str, transform) -> dict:

@@ -188,7 +188,9 @@ def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     from pipeline.data.datasets import load
     from pipeline.models.loading import load_causal_lm
 
-    records = load(cfg.dataset, "sft")
+    # sequence mode rewrites each record with the teacher's answer (generation is per record anyway);
+    # logit mode trains on the data set as it is, through Arrow like the sft stage (records=None)
+    records = load(cfg.dataset, "sft") if cfg.mode == Mode.sequence else None
     teacher, teacher_tokenizer, described = _load_teacher(cfg, ctx)
     meta = {"distill": {"mode": cfg.mode.value, "teacher": described, "temperature": cfg.temperature,
                         "alpha": cfg.alpha}}
@@ -250,7 +252,7 @@ def _teacher_answers(cfg: DistillConfig, teacher, tokenizer, records: list[dict]
     return kept, len(records) - len(kept)
 
 
-def _train(cfg: DistillConfig, records: list[dict], model, teacher, inputs: Inputs, ctx: StageContext,
+def _train(cfg: DistillConfig, records: list[dict] | None, model, teacher, inputs: Inputs, ctx: StageContext,
            meta: dict) -> Artifact:
     """The sft stage's training path: plain SFT on teacher-written records (sequence mode), or the
     distillation subclass of SFTTrainer (logit mode)."""
