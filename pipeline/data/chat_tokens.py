@@ -59,6 +59,12 @@ def tokenize_chats(tokenizer, records: Iterable[dict], turns: str = ALL) -> list
     return [tokenize_chat(tokenizer, r["messages"], turns) for r in records]
 
 
-def tokenize_record(record: dict, tokenizer, turns: str = ALL) -> dict:
-    """tokenize_chat for one canonical sft record: the transform of pipeline.data.datasets.prepared."""
-    return tokenize_chat(tokenizer, record["messages"], turns)
+def tokenize_record(record: dict, tokenizer, turns: str = ALL, max_length: int | None = None) -> dict:
+    """tokenize_chat for one canonical sft record, cut at max_length: the transform of
+    pipeline.data.datasets.prepared."""
+    return truncated(tokenize_chat(tokenizer, record["messages"], turns), max_length)
+
+
+def truncated(row: dict, max_length: int | None) -> dict:
+    """Every column of a tokenized row cut at max_length (trl's truncation, done once when tokenizing)."""
+    return {key: value[:max_length] for key, value in row.items()} if max_length else row

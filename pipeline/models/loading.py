@@ -167,8 +167,8 @@ def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_na
 
     dtype = torch_dtype(dtype_name or model.dtype, device, model.path)
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if model.attn_implementation:
-        kwargs["attn_implementation"] = model.attn_implementation
+    if attention(model, device, dtype):
+        kwargs["attn_implementation"] = attention(model, device, dtype)
     if artifact.kind == "adapter":
         from peft import PeftModel
 
@@ -179,6 +179,31 @@ def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_na
     else:
         lm = _from_pretrained(AutoModelForCausalLM, artifact.path, model, **kwargs)
     return lm if placed_by_sharding() else lm.to(device)
+
+
+def attention(model: ModelConfig, device: str, dtype) -> str | None:
+    """model.attn_implementation, else flash_attention_2 on a GPU in 16-bit where flash-attn is installed,
+    else None: transformers' own choice (sdpa, PyTorch's fused attention, where the model supports it)."""
+    import importlib.util
+
+    import torch
+
+    if model.attn_implementation:
+        return model.attn_implementation
+    if device == "cuda" and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return None
+
+
+def model_type(path: str | None) -> str | None:
+    """config.json's model_type of a local model folder (None for hub ids not yet fetched, GGUF files...)."""
+    import json
+
+    folder = local_folder(path) if path else None
+    try:
+        return json.loads((folder / "config.json").read_text()).get("model_type") if folder else None
+    except (OSError, ValueError):
+        return None
 
 
 def placed_by_sharding() -> bool:

@@ -106,7 +106,7 @@ class Workload:
     new_tokens: int = 0             # generate: tokens generated per prompt
     prompt_length: int = 128        # generate: prompt tokens (the plan measures it on the data)
     lora_rank: int = 16
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = False  # None: checkpointing_by_default
     extra_weights: float = 0.0      # further models held, in units of this model (distill's teacher, a reference)
     generate_batch: int = 0         # train stages that also generate (GRPO): completions per call
     generate_tokens: int = 0
@@ -173,6 +173,16 @@ def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int, value_bytes: 
     return sequences * tokens * shape.layers * 2 * shape.kv_heads * shape.head_dim * value_bytes
 
 
+CHECKPOINTING_FROM_PARAMS = 1_000_000_000
+
+
+def checkpointing_by_default(device: str, n_params: int | None) -> bool:
+    """Gradient checkpointing where a training stage leaves it null: on GPUs for models of 1B parameters and
+    more, where activations outgrow the weights; off on CPUs, where recomputing made tiny models' steps 2-10x
+    slower (ENVIRONMENT.md) and RAM is rarely what runs out first."""
+    return device == "cuda" and (n_params or 0) >= CHECKPOINTING_FROM_PARAMS
+
+
 def estimate(work: Workload, shape: ModelShape, dtype: str, device: str, sharding: Sharding | None = None,
              own_process: bool = False) -> int:
     """Peak bytes of a stage: the process's RSS on CPU, the CUDA allocator's peak on a GPU; per
@@ -204,7 +214,10 @@ def estimate(work: Workload, shape: ModelShape, dtype: str, device: str, shardin
     optimizer = gradients + states
     tokens = work.batch * work.length
     per_token = activation_bytes_per_token(shape, work.length, value_bytes, device)
-    if work.gradient_checkpointing:  # layer inputs only, plus one layer recomputed at a time
+    checkpointing = work.gradient_checkpointing
+    if checkpointing is None:
+        checkpointing = checkpointing_by_default(device, shape.n_params)
+    if checkpointing:  # layer inputs only, plus one layer recomputed at a time
         per_token = per_token // shape.layers * 2 + shape.layers * shape.hidden * value_bytes
     saved = tokens * (per_token + LOGIT_COPIES * shape.vocab * 4)
     return int(runtime + weights + optimizer + max(BACKWARD_FACTOR * saved, generation))

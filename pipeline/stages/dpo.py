@@ -82,7 +82,7 @@ class DPOConfig:
     weight_decay: float = at_least(0, 0.0)
     max_grad_norm: float = positive(1.0)
     logging_steps: int = at_least(1, 10)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Optional[bool] = None  # null: on for GPUs and models >= 1B
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
@@ -184,7 +184,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         logging_first_step=True, eval_strategy="no", seed=ctx.seed, **_trl_losses(cfg),
         **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source),
     )
     # after the arguments: under ZeRO-3 the policy and reference are created partitioned (zero.Init)
     model, peft_config, reference, how = _policy_and_reference(cfg, source, ctx)

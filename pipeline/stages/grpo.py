@@ -76,7 +76,7 @@ class GRPOConfig:
     max_grad_norm: float = positive(1.0)
     logging_steps: int = at_least(1, 1)
     use_vllm: str = "auto"                      # auto: vLLM where a GPU and vllm are present | true | false
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Optional[bool] = None  # null: on for GPUs and models >= 1B
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
@@ -192,7 +192,7 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         logging_first_step=True, seed=ctx.seed, use_vllm=use_vllm, vllm_mode="colocate",
         **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source),
     )
     model, peft_config, how = _policy(cfg, source, ctx)  # after the arguments: partitioned under ZeRO-3
     generation = "vllm" if use_vllm else "transformers"

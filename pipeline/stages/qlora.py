@@ -19,6 +19,7 @@ from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
 from pipeline.stages.sft import Method, SFTConfig, train
+from pipeline.training.common import resolved_checkpointing
 
 MIN_BNB_FOR_CPU = (0, 50)  # first bitsandbytes seen here to run NF4 load, train and save on CPU
 
@@ -45,6 +46,7 @@ class QLoRAConfig(SFTConfig):
         _bitsandbytes_version(where)
 
     def check_device(self, where: str, device: str) -> None:
+        super().check_device(where, device)
         version = _bitsandbytes_version(where)
         if device == "cpu" and version < MIN_BNB_FOR_CPU:
             raise PlanError(f"{where}: bitsandbytes {'.'.join(map(str, version))} cannot run 4-bit on CPU; "
@@ -104,7 +106,8 @@ def run(cfg: QLoRAConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         model = AutoModelForCausalLM.from_pretrained(
             inputs.primary.path, quantization_config=quant, dtype=compute_dtype, device_map={"": place},
             trust_remote_code=ctx.model.trust_remote_code)
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=resolved_checkpointing(
+            cfg.gradient_checkpointing, ctx.device, inputs.primary))
 
     ctx.log(f"4-bit {settings['bnb_4bit_quant_type']} base (double quant {cfg.double_quant}, compute "
             f"{settings['bnb_4bit_compute_dtype']}), optimizer {optim}")

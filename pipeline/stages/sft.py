@@ -28,6 +28,7 @@ from pipeline.training.common import (
     loss_curve,
     rank_share,
     save_tokenizer,
+    speed_args,
     tokenizer_source,
 )
 from pipeline.training import checkpoints
@@ -62,8 +63,11 @@ class SFTConfig:
     weight_decay: float = at_least(0, 0.0)
     max_grad_norm: float = positive(1.0)
     logging_steps: int = at_least(1, 10)
-    gradient_checkpointing: bool = False
-    packing: bool = False
+    gradient_checkpointing: Optional[bool] = None  # null: on for GPUs and models >= 1B (memory.checkpointing_by_default)
+    packing: bool = False                    # chats packed into max_length rows (trl's bfd), kept apart by position ids
+    padding_free: Optional[bool] = None      # null: on where the model family keeps padding-free rows apart
+    liger: Optional[bool] = None             # Liger kernels; null: on with CUDA where liger-kernel is installed
+    torch_compile: bool = False
     assistant_turns: AssistantTurns = AssistantTurns.all
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     lora: LoraSpec = field(default_factory=LoraSpec)
@@ -73,6 +77,21 @@ class SFTConfig:
 
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing)
+
+    def check_device(self, where: str, device: str) -> None:
+        check_liger(self.liger, where, device)
+
+
+def check_liger(liger: bool | None, where: str, device: str) -> None:
+    import importlib.util
+
+    from pipeline.errors import PlanError
+
+    if liger and device != "cuda":
+        raise PlanError(f"{where}.liger: true, but Liger's Triton kernels need a CUDA GPU (device {device}); "
+                        "set liger: null (on where they can run) or false")
+    if liger and importlib.util.find_spec("liger_kernel") is None:
+        raise PlanError(f"{where}.liger: true, but liger-kernel is not installed: pip install -e '.[liger]'")
 
 
 def trained_kind(cfg) -> str:
@@ -105,25 +124,28 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
-    from pipeline.data.chat_tokens import tokenize_chats, tokenize_record
+    from pipeline.data.chat_tokens import tokenize_chats, tokenize_record, truncated
     from pipeline.models.loading import load_tokenizer
 
     source = inputs.primary
     tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
     turns = cfg.assistant_turns.value
     if records is not None:  # teacher-written chats: as many as the teacher answered, already in memory
-        dataset = Dataset.from_list(tokenize_chats(tokenizer, records, turns))
+        dataset = Dataset.from_list([truncated(r, cfg.max_length) for r in tokenize_chats(tokenizer, records, turns)])
     else:  # Arrow end to end, tokenized once per data and tokenizer version (datasets' cache)
-        dataset = prepared(cfg.dataset, "sft", partial(tokenize_record, tokenizer=tokenizer, turns=turns),
-                           ctx.hardware, desc="tokenizing chats")
+        dataset = prepared(cfg.dataset, "sft", partial(tokenize_record, tokenizer=tokenizer, turns=turns,
+                                                       max_length=cfg.max_length), ctx.hardware, desc="tokenizing chats")
+    speed = speed_args(cfg, ctx.device, source)
+    batching = "packed" if speed["packing"] else "padding-free" if speed["padding_free"] else "padded"
     args = TrlSFTConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_length=None if speed["padding_free"] else cfg.max_length,  # trl's rule: padding-free rows come truncated
         warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
-        packing=cfg.packing, seed=ctx.seed, **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing), **_optimizer_args(cfg),
+        seed=ctx.seed, **speed, **checkpoints.trainer_args(cfg.checkpoint),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source), **_optimizer_args(cfg),
     )
     peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules) if cfg.method == Method.lora else None
     model = load_model()
@@ -142,11 +164,11 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
         save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
         _remove_trainer_dir(ctx.out_dir / "trainer")
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
+               "train_runtime": round(time.time() - started, 2), "train_records": len(dataset), "batching": batching,
                **loss_curve(trainer.state.log_history, ("loss", *logged)),
                "health_warnings": health.warnings, **share}
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
-            f"in {metrics['train_steps']} steps")
+            f"in {metrics['train_steps']} steps ({batching} batches)")
     if cfg.method == Method.full:
         return Artifact(kind="model", path=str(ctx.out_dir), fingerprint="", format="hf",
                         base_model=source.base_model, metrics=metrics, meta=meta or {})
