@@ -217,6 +217,21 @@ def prepared(spec: "DatasetSpec", purpose: str, transform: Optional[Callable[[di
     """The data set in the stage's form as a datasets.Dataset: each canonical record through `transform`
     (default: the record's chat columns as role/content messages, other columns as they are). A hub split is
     checked in full first (the plan saw a sample), so a bad row still stops the stage before training."""
+    with _main_process_first():  # ranks of one job: rank 0 fills datasets' cache, the others then read it
+        return _prepared(spec, purpose, transform, hardware, desc)
+
+
+def _main_process_first():
+    from contextlib import nullcontext
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState().main_process_first()
+    return nullcontext()
+
+
+def _prepared(spec, purpose, transform, hardware, desc):
     import datasets
 
     try:

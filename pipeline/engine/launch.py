@@ -73,6 +73,7 @@ def launch_command(hardware: dict[str, Any], job_file: Path | str) -> list[str]:
 
 # conf/hardware/*.yaml is a free-form dict (DeepSpeed and FSDP settings pass through): its own keys' ranges
 HARDWARE_RANGES = {"num_processes": Range(low=1), "num_nodes": Range(low=1), "num_threads": Range(low=1),
+                   "dataset_num_proc": Range(low=1),
                    "device": Range(choices=("cpu", "cuda"))}  # null: cuda when available, else cpu
 
 
