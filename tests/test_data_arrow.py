@@ -175,3 +175,13 @@ def test_hub_split_is_sampled_at_plan_time_and_checked_in_full_when_prepared(mon
     with pytest.raises(DataError, match=r"^dataset 'openai/gsm8k' test:100: 'answer' has no number after '####'$"):
         data.prepared(spec, "gsm8k")
     assert len(data.prepared(DatasetSpec(path="openai/gsm8k", split="test", limit=100), "gsm8k")) == 100
+
+
+def test_prepared_csv_cells_are_the_record_readers_strings(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,answer,level\nWhat is 2+2?,4,\nWhat is 3?,007,1\n")
+    spec = DatasetSpec(path=str(path))
+    assert data.prepared(spec, "prompt").to_list() == data.load(spec, "prompt") == [
+        {"prompt": [{"role": "user", "content": "What is 2+2?"}], "answer": "4", "level": ""},
+        {"prompt": [{"role": "user", "content": "What is 3?"}], "answer": "007", "level": "1"}]

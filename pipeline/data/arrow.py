@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional
 from pipeline import paths
 from pipeline.data.formats import converter, detect
 from pipeline.data.problems import DataError, Invalid, summarise
-from pipeline.data.readers import entries, existing_file, is_hub, where_of
+from pipeline.data.readers import entries, existing_file, hub_error, is_hub, where_of
 from pipeline.data.screens import screen_for
 
 if TYPE_CHECKING:
@@ -181,17 +181,14 @@ def raw_dataset(spec: "DatasetSpec"):
             rows = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split, revision=spec.revision,
                                          cache_dir=cache_dir())
         except Exception as e:  # offline, gated, unknown id or split...: one actionable line for all
-            from pipeline.data.readers import _short
-
-            raise DataError(f"{where}: cannot be loaded from the hub ({_short(e)}); "
-                            "use a local file or check the id/network") from e
+            raise hub_error(where, e) from e
     else:
         path = existing_file(spec.path)
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix.lower()]
-        options = {"column_names": None, "dtype": str, "keep_default_na": False} if builder == "csv" else {}
+        # CSV cells stay strings, empty ones empty, as the record reader (csv.DictReader) gives them
+        options = {"dtype": str, "keep_default_na": False} if builder == "csv" else {}
         try:
-            rows = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir(),
-                                         **{k: v for k, v in options.items() if v is not None})
+            rows = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir(), **options)
         except Exception as e:  # mixed types, malformed lines: the record readers take over
             raise NotArrow(str(e)) from None
         if _untyped(rows.features):  # datasets' Json columns decode "6" as 6: read the records instead

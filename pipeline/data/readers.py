@@ -131,9 +131,12 @@ def hub_stream(spec: DatasetSpec, where: str) -> tuple[Iterator[tuple[str, Any]]
         splits = getattr(getattr(rows, "info", None), "splits", None) or {}
         total = splits[spec.split].num_examples if spec.split in splits else None
     except Exception as e:  # offline, gated, unknown id or split...: one actionable line for all
-        raise DataError(f"{where}: cannot be loaded from the hub ({_short(e)}); "
-                        "use a local file or check the id/network") from e
+        raise hub_error(where, e) from e
     return ((f"{where} {spec.split}:{index}", row) for index, row in enumerate(rows)), total or None
+
+
+def hub_error(where: str, error: Exception) -> DataError:
+    return DataError(f"{where}: cannot be loaded from the hub ({_short(error)}); use a local file or check the id/network")
 
 
 def _short(error: Exception) -> str:
