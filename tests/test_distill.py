@@ -233,3 +233,15 @@ def test_distill_recipe_beats_sft_alone_on_the_embedded_model(tmp_path):
     distilled = stages["eval_distill"]["metrics"]["math_accuracy"]
     sft_only = stages["eval_sft_student"]["metrics"]["math_accuracy"]
     assert distilled > sft_only, (distilled, sft_only)
+
+
+def test_the_teacher_sees_padding_free_rows_as_the_student_does(tiny_llama, tmp_path):
+    """The base distilled from itself: at the first step the student (a LoRA that starts as the identity) and the
+    teacher give the same logits, so the KL term is 0, in padding-free batches too (position ids to both)."""
+    stages = _run(_tiny_distill(tiny_llama, [
+        "~stages.teacher", "~stages.student", "stages.sft_student.inputs=[base]", "stages.distill.inputs=[base]",
+        "stages.distill.teacher.stage=null", f"stages.distill.teacher.model={tiny_llama}",
+        "stages.distill.padding_free=true"]), tmp_path)
+    metrics = stages["distill"]["metrics"]
+    assert metrics["batching"] == "padding-free"
+    assert metrics["distill_kl_first"] == pytest.approx(0, abs=1e-6) and metrics["distill_ce_first"] > 0

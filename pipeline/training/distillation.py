@@ -70,8 +70,11 @@ def trainer_class():
             outputs = model(**forward)
             student = outputs.logits[:, :-1][mask]
             with torch.no_grad():  # the teacher's head runs on completion positions only, not on every token
+                # position ids too: a padding-free row's sequences stay apart for the teacher as for the student
                 hidden = self.teacher.get_decoder()(input_ids=forward["input_ids"],
-                                                    attention_mask=forward.get("attention_mask")).last_hidden_state
+                                                    attention_mask=forward.get("attention_mask"),
+                                                    position_ids=forward.get("position_ids"),
+                                                    use_cache=False).last_hidden_state
                 teacher = self.teacher_head(hidden[:, :-1][mask])
             if num_items_in_batch is not None:
                 num_items_in_batch = torch.as_tensor(num_items_in_batch, device=student.device).clamp(min=1)
