@@ -86,5 +86,10 @@ def run_main(args: list[str], tmp: Path, timeout: int = 600, env: dict | None = 
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=tmp)
 
 
+def artifacts(store: Path) -> list[Path]:
+    """The committed artifacts of a store (a plan may leave its data checks in `.data/`, never an artifact)."""
+    return sorted(Path(store).glob("*/*/artifact.json"))
+
+
 def read_chain(run_dir: Path) -> dict:
     return json.loads((run_dir / "chain.json").read_text())

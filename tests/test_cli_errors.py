@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from conftest import ROOT, run_main
+from conftest import ROOT, artifacts, run_main
 
 
 def _error_lines(result) -> list[str]:
@@ -40,7 +40,7 @@ def test_malformed_data_line_is_named_before_training(tmp_path):
     result = run_main([f"data.sft.path={bad}", "logger=none"], tmp_path, timeout=120)
     lines = _error_lines(result)
     assert result.returncode == 2
-    assert lines[0].startswith(f"error: {bad}:7: invalid JSON"), lines
+    assert lines[0].startswith(f"error: stages.sft.dataset: {bad}:7: invalid JSON"), lines  # the key, then the line
     assert lines[1].startswith(f"{bad}:12: messages[0]: invalid role 'bot'"), lines
     assert not (tmp_path / "run" / "chain.json").exists()  # nothing started
 
@@ -52,4 +52,4 @@ def test_dry_run_prints_the_plan_and_stops(tmp_path):
     for stage in ("eval_base", "sft", "eval_tuned"):
         assert stage in result.stdout
     assert "dry run: stopping after the plan" in result.stdout
-    assert not (tmp_path / "store").exists()
+    assert not artifacts(tmp_path / "store")  # only what the plan learned of the data files (store/.data)

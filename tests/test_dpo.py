@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
 from pipeline.engine.store import Store
+from pipeline.data.datasets import DataError
 from pipeline.errors import ConfigError
 
 LN2 = math.log(2)
@@ -33,7 +34,7 @@ def test_recipe_plans_dpo_on_the_sft_adapter(tmp_path):
 
 
 def test_a_dataset_without_chosen_rejected_fails_at_plan_time(tmp_path):
-    with pytest.raises(ConfigError, match=r"^stages\.dpo\.dataset: embedded/data/sft_train\.jsonl: format 'messages' "
+    with pytest.raises(DataError, match=r"^stages\.dpo\.dataset: embedded/data/sft_train\.jsonl: format 'messages' "
                                           r"cannot feed a preference stage: needs prompt/chosen/rejected$"):
         _plan(tmp_path, "stages.dpo.dataset=${data.sft}")
 
@@ -42,7 +43,7 @@ def test_a_bad_preference_record_is_named_by_key_file_and_line(tmp_path):
     bad = tmp_path / "pairs.jsonl"
     good = {"prompt": "1 + 1?", "chosen": "#### 2", "rejected": "#### 3"}
     bad.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "2 + 2?", "chosen": "#### 4"}) + "\n")
-    with pytest.raises(ConfigError, match=rf"^stages\.dpo\.eval_dataset: {bad}:2: missing key 'rejected'"):
+    with pytest.raises(DataError, match=rf"^stages\.dpo\.eval_dataset: {bad}:2: missing key 'rejected'"):
         _plan(tmp_path, f"data.preference_test.path={bad}")
 
 

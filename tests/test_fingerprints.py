@@ -3,7 +3,7 @@ stage's own code and a hub revision's commit all enter a stage's fingerprint, an
 `+explain_fingerprint=STAGE` shows what went in."""
 
 
-from conftest import compose, run_main
+from conftest import artifacts, compose, run_main
 from pipeline.engine import fingerprint, registry
 from pipeline.engine.plan import build_plan
 from pipeline.engine.store import Store
@@ -65,4 +65,4 @@ def test_explain_fingerprint_shows_what_went_in(tmp_path):
     assert shown.split()[-1].startswith(plan_line.split()[5])  # the plan's (12-character) fingerprint
     for key in ('"libraries"', '"trl"', '"device": "cpu"', '"dtype": "float32"', '"code"', '"learning_rate"'):
         assert key in result.stdout
-    assert not (tmp_path / "store").exists()  # nothing ran
+    assert not artifacts(tmp_path / "store")  # nothing ran

@@ -178,7 +178,7 @@ def test_malformed_instruct_data_fails_at_plan_time_with_path_and_line(tmp_path)
     bad.write_text('{"prompt": "Say hi", "check": {"type": "question"}}\n'
                    '{"prompt": "Count", "check": {"type": "word_count"}}\n')
     cfg = compose([f"data.test_instruct.path={bad}", "stages.eval_base.tasks=[instruct]", "logger=none"])
-    with pytest.raises(DataError, match=r"instruct\.jsonl:2: check: "):
+    with pytest.raises(DataError, match=r"^stages\.eval_base\.instruct: .*instruct\.jsonl:2: check: "):
         build_plan(cfg, Store(tmp_path))
 
 

@@ -1,7 +1,7 @@
 """The memory planner: the terms a stage's memory follows from (weights, optimizer, activations, logits,
 KV cache), lengths measured on the stage's data, the measured peak beside the estimate, and a warning
 with remedies before a run that will not fit."""
-from conftest import EMBEDDED, compose, tiny_overrides
+from conftest import EMBEDDED, artifacts, compose, tiny_overrides
 
 from pipeline.engine.plan import build_plan, memory_warnings
 from pipeline.engine.store import Store
@@ -134,4 +134,4 @@ def test_an_export_that_will_not_fit_on_disk_stops_at_plan_time(tmp_path, monkey
     monkeypatch.undo()
     build_plan(compose(["recipe=sft_to_gguf", "logger=none"]), Store(tmp_path / "store"), recipe="sft_to_gguf",
                device="cpu")  # real free space: fits
-    assert not (tmp_path / "store").exists()  # planning creates nothing
+    assert not artifacts(tmp_path / "store")  # planning creates no artifact

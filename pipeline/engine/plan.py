@@ -198,8 +198,8 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
         for field_name, dataset, purpose in _dataset_fields(step.cfg):
             try:
                 checked = data.check(dataset, purpose, checks)
-            except data.DataError as e:
-                raise ConfigError(f"stages.{step.name}.{field_name}: {e}") from None
+            except data.DataError as e:  # still a DataError, now naming the key that points at the data
+                raise data.DataError(f"stages.{step.name}.{field_name}: {e}") from None
             step.data_notes.append(f"{field_name} <- {dataset.path} ({checked.describe(purpose)})")
             data_fps.append(data.fingerprint(dataset, checks))
         step.fingerprint_inputs = fingerprint_inputs(
