@@ -185,3 +185,12 @@ def test_prepared_csv_cells_are_the_record_readers_strings(tmp_path, monkeypatch
     assert data.prepared(spec, "prompt").to_list() == data.load(spec, "prompt") == [
         {"prompt": [{"role": "user", "content": "What is 2+2?"}], "answer": "4", "level": ""},
         {"prompt": [{"role": "user", "content": "What is 3?"}], "answer": "007", "level": "1"}]
+
+
+def test_blank_means_what_python_strip_means():
+    """The screens' 'empty' is the converters' `not value.strip()`, character for character."""
+    from pipeline.data.screens import _blank
+
+    chars = [chr(c) for c in range(0x3001) if not 0xD800 <= c <= 0xDFFF]
+    values = chars + [c * 3 for c in chars] + ["a", " a ", "", None]
+    assert _blank(pa.array(values)).tolist() == [v is None or not v.strip() for v in values]

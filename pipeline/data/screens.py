@@ -34,9 +34,13 @@ def _column(batch: pa.RecordBatch, name: str):
     return None if index < 0 else batch.column(index)
 
 
+# Exactly the characters Python's str.isspace() accepts (str.strip() removes them; Arrow's own trim differs)
+_PYTHON_SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}"
+
+
 def _blank(strings) -> np.ndarray:
-    """Null, or nothing but whitespace (formats._string's 'is empty')."""
-    return _mask(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(strings)), 0))
+    """Null, or nothing but whitespace (formats._string's 'is empty': `not value.strip()`)."""
+    return _mask(pc.match_substring_regex(strings, f"^[{_PYTHON_SPACE}]*$"))
 
 
 def _required_string(batch: pa.RecordBatch, name: str) -> np.ndarray:
