@@ -72,3 +72,16 @@ def test_speed_defaults_follow_the_device_and_the_model():
     cfg.liger = True
     with pytest.raises(PlanError, match=r"^stages\.sft\.liger: true, but Liger's Triton kernels need a CUDA GPU"):
         cfg.check_device("stages.sft", "cpu")
+
+
+def test_checkpointing_left_null_follows_the_model_size():
+    from types import SimpleNamespace
+
+    from pipeline.training.common import resolved_checkpointing
+
+    embedded = SimpleNamespace(kind="model", path="embedded/model", base_model=None)
+    hub = SimpleNamespace(kind="model", path="Qwen/Qwen3-8B", base_model=None)
+    assert not resolved_checkpointing(None, "cuda", embedded)           # 4M parameters, counted from the folder
+    assert resolved_checkpointing(None, "cuda", hub, params_b=8.2)      # a hub id: model.params_b
+    assert not resolved_checkpointing(None, "cpu", hub, params_b=8.2)
+    assert resolved_checkpointing(True, "cpu", embedded)                # a setting wins

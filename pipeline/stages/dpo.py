@@ -184,7 +184,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         logging_first_step=True, eval_strategy="no", seed=ctx.seed, **_trl_losses(cfg),
         **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b),
     )
     # after the arguments: under ZeRO-3 the policy and reference are created partitioned (zero.Init)
     model, peft_config, reference, how = _policy_and_reference(cfg, source, ctx)

@@ -192,7 +192,7 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
         logging_first_step=True, seed=ctx.seed, use_vllm=use_vllm, vllm_mode="colocate",
         **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b),
     )
     model, peft_config, how = _policy(cfg, source, ctx)  # after the arguments: partitioned under ZeRO-3
     generation = "vllm" if use_vllm else "transformers"

@@ -107,7 +107,7 @@ def run(cfg: QLoRAConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
             inputs.primary.path, quantization_config=quant, dtype=compute_dtype, device_map={"": place},
             trust_remote_code=ctx.model.trust_remote_code)
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=resolved_checkpointing(
-            cfg.gradient_checkpointing, ctx.device, inputs.primary))
+            cfg.gradient_checkpointing, ctx.device, inputs.primary, ctx.model.params_b))
 
     ctx.log(f"4-bit {settings['bnb_4bit_quant_type']} base (double quant {cfg.double_quant}, compute "
             f"{settings['bnb_4bit_compute_dtype']}), optimizer {optim}")

@@ -36,7 +36,7 @@ def lora_config(spec: LoraSpec, default_targets: list[str]):
 
 
 def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: bool | None,
-                source=None) -> dict[str, Any]:
+                source=None, params_b: float | None = None) -> dict[str, Any]:
     """Trainer arguments that follow from the device and the hardware profile; gradient checkpointing left
     null is decided by the device and the size of the `source` artifact's model (memory.checkpointing_by_default)."""
     import torch
@@ -47,7 +47,7 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
         "use_cpu": not on_gpu,
         "bf16": bf16,
         "fp16": on_gpu and not bf16,
-        "activation_checkpointing": resolved_checkpointing(gradient_checkpointing, device, source),
+        "activation_checkpointing": resolved_checkpointing(gradient_checkpointing, device, source, params_b),
         "report_to": "none",  # tracking goes through pipeline.engine.tracking (one W&B run per chain)
         "dataloader_num_workers": 0,
     }
@@ -62,13 +62,17 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
     return args
 
 
-def resolved_checkpointing(setting: bool | None, device: str, source=None) -> bool:
+def resolved_checkpointing(setting: bool | None, device: str, source=None, params_b: float | None = None) -> bool:
+    """A null setting by the model's size: counted from a local folder's weights, else model.params_b (hub ids)."""
+    from pipeline.models.loading import local_folder
     from pipeline.models.memory import checkpointing_by_default, count_parameters
 
     if setting is not None:
         return bool(setting)
     path = source and (source.base_model if source.kind == "adapter" else source.path)
-    return checkpointing_by_default(device, count_parameters(Path(path)) if path and Path(path).is_dir() else None)
+    folder = local_folder(path) if path else None
+    n_params = count_parameters(folder) if folder else None
+    return checkpointing_by_default(device, n_params or int((params_b or 0) * 1e9))
 
 
 # Families whose attention builds its mask with transformers' masking_utils, which keeps the sequences of one
