@@ -96,6 +96,9 @@ def check_file(spec: "DatasetSpec", purpose: str) -> Checked:
 def check_batches(source: Iterator["pa.RecordBatch"], spec: "DatasetSpec", purpose: str,
                   locate: Callable[[list[int]], dict[int, str]]) -> Checked:
     """The check itself, for any stream of batches (a file's, or a downloaded hub split's table)."""
+    import numpy as np
+    import pyarrow as pa
+
     from pipeline.data.datasets import _record
 
     where = where_of(spec)
@@ -112,10 +115,10 @@ def check_batches(source: Iterator["pa.RecordBatch"], spec: "DatasetSpec", purpo
                                                                    locate([0])[0])
             convert = converter(fmt, purpose, where, detected=spec.format == "auto")
             screen = screen_for(fmt, purpose)
-        rows = screen(batch).nonzero()[0] if screen else range(batch.num_rows)
-        for row in rows:
+        flagged = screen(batch).nonzero()[0] if screen else np.arange(batch.num_rows)
+        for row, item in zip(flagged, batch.take(pa.array(flagged, pa.int64())).to_pylist()):  # one conversion
             try:
-                convert(_record(batch.slice(int(row), 1).to_pylist()[0], {}))
+                convert(_record(item, {}))
             except Invalid as e:
                 bad_rows.append(count + int(row))
                 problems.append(str(e))

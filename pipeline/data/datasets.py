@@ -17,6 +17,7 @@ where messages are [{"role": system|user|assistant|tool, "content": str}, ...].
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -163,7 +164,7 @@ def _check_hub_sample(spec: DatasetSpec, purpose: str) -> DataCheck:
     from pipeline.data.readers import hub_stream
 
     rows, total = hub_stream(spec, where_of(spec))
-    sample = DatasetSpec(**{**spec.__dict__, "limit": min(spec.limit or HUB_SAMPLE, HUB_SAMPLE)})
+    sample = dataclasses.replace(spec, limit=min(spec.limit or HUB_SAMPLE, HUB_SAMPLE))
     seen: dict = {}
     count = sum(1 for _ in _canonical(sample, purpose, seen, source=rows))
     records = min(total, spec.limit) if total is not None and spec.limit else total

@@ -167,8 +167,9 @@ def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_na
 
     dtype = torch_dtype(dtype_name or model.dtype, device, model.path)
     kwargs: dict[str, Any] = {"dtype": dtype}
-    if attention(model, device, dtype):
-        kwargs["attn_implementation"] = attention(model, device, dtype)
+    implementation = attention(model, device, dtype)
+    if implementation:
+        kwargs["attn_implementation"] = implementation
     if artifact.kind == "adapter":
         from peft import PeftModel
 

@@ -37,6 +37,7 @@ from pipeline.training.common import (
     device_args,
     lora_config,
     loss_curve,
+    model_under,
     policy_artifact,
     save_policy,
     save_tokenizer,
@@ -116,7 +117,7 @@ def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
 
     from pipeline.models.loading import load_causal_lm
 
-    under = source.base_model if source.kind == "adapter" else source.path  # what the input sits on
+    under = model_under(source)  # what the input sits on
     base_reference = cfg.reference == Reference.base and (source.kind == "adapter" or source.base_model != source.path)
     reference = load_causal_lm(_model_artifact(source.base_model), ctx.model, ctx.device).eval() \
         if base_reference else None

@@ -62,6 +62,11 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
     return args
 
 
+def model_under(artifact) -> str:
+    """The model folder or hub id an artifact's weights are: an adapter's base, else its own path."""
+    return artifact.base_model if artifact.kind == "adapter" else artifact.path
+
+
 def resolved_checkpointing(setting: bool | None, device: str, source=None, params_b: float | None = None) -> bool:
     """A null setting by the model's size: counted from a local folder's weights, else model.params_b (hub ids)."""
     from pipeline.models.loading import local_folder
@@ -69,8 +74,7 @@ def resolved_checkpointing(setting: bool | None, device: str, source=None, param
 
     if setting is not None:
         return bool(setting)
-    path = source and (source.base_model if source.kind == "adapter" else source.path)
-    folder = local_folder(path) if path else None
+    folder = local_folder(model_under(source)) if source else None
     n_params = count_parameters(folder) if folder else None
     return checkpointing_by_default(device, n_params or int((params_b or 0) * 1e9))
 
@@ -92,7 +96,7 @@ def speed_args(cfg, device: str, source) -> dict[str, Any]:
 
     padding_free = cfg.padding_free
     if padding_free is None:
-        padding_free = model_type(source.base_model if source.kind == "adapter" else source.path) in PADDING_FREE_FAMILIES
+        padding_free = model_type(model_under(source)) in PADDING_FREE_FAMILIES
     liger = cfg.liger if cfg.liger is not None else (device == "cuda" and importlib.util.find_spec("liger_kernel") is not None)
     return {"packing": cfg.packing, "padding_free": bool(padding_free) and not cfg.packing,
             "use_liger_kernel": bool(liger), "torch_compile": cfg.torch_compile}
@@ -167,7 +171,7 @@ def policy_artifact(source, out_dir: Path, full: bool, new_lora, metrics: dict, 
     if full:
         return Artifact(kind="model", path=str(out_dir), fingerprint="", format="hf",
                         base_model=source.base_model, metrics=metrics, meta=meta)
-    adapter_base = source.base_model if source.kind == "adapter" else source.path
+    adapter_base = model_under(source)
     lora = {"r": new_lora.r, "alpha": new_lora.alpha} if new_lora is not None else source.meta.get("lora")
     return Artifact(kind="adapter", path=str(out_dir), fingerprint="", format="peft-lora",
                     base_model=adapter_base, metrics=metrics, meta={"lora": lora, **meta})
