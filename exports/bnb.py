@@ -28,7 +28,7 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.ranges import at_least
+from pipeline.ranges import at_least, setting
 
 MODES = ("nf4", "fp4", "int8")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -37,13 +37,12 @@ INSTALL = "pip install -e '.[bnb]' (bitsandbytes>=0.50.2 runs on CPU too)"
 
 @dataclass
 class BnbConfig(ParityFields):
-    kind: str = "bnb"
-    inputs: Optional[List[str]] = None       # default: the latest earlier model
-    mode: str = "nf4"                        # nf4 | fp4 (4-bit) | int8 (LLM.int8)
-    double_quant: bool = True                # 4-bit: quantize the quantization constants too (~0.4 bit/param)
-    compute_dtype: str = "auto"              # auto: bf16 on GPU (fp16 for int8), fp32 on CPU
-    int8_threshold: float = at_least(0, 6.0)  # int8: activations above this stay in 16 bit (LLM.int8 outliers)
-    skip_modules: Optional[List[str]] = None  # modules kept unquantized; null: [lm_head]
+    kind: str = setting("bnb", "the stage kind")
+    mode: str = setting("nf4", "nf4 | fp4 (4-bit) | int8 (LLM.int8)")
+    double_quant: bool = setting(True, "4-bit: quantize the quantization constants too (~0.4 bit/param)")
+    compute_dtype: str = setting("auto", "auto: bf16 on GPU (fp16 for int8), fp32 on CPU")
+    int8_threshold: float = at_least(0, 6.0, help="int8: activations above this stay in 16 bit (LLM.int8 outliers)")
+    skip_modules: Optional[List[str]] = setting(None, "modules kept unquantized; null: [lm_head]")
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
         from pipeline.models.memory import BYTES_PER_PARAM, NF4_OVERHEAD
@@ -250,7 +249,7 @@ def reload_check(folder: Path, source: Artifact, ctx, is_quantized: Callable[[An
 
 
 @stage("bnb", config=BnbConfig, consumes={"model"}, produces="model",
-       libraries=("torch", "transformers", "bitsandbytes"), isolated=True)
+       libraries=("torch", "transformers", "bitsandbytes"), isolated=True, variant=True)
 def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model with bitsandbytes (NF4/FP4 4-bit or LLM.int8) and save it."""
     import torch

@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 from exports import llamacpp
 from exports.gguf_metadata import converter_folder, hf_expectations, verify_and_fix
 from exports.parity import ParityFields
+from pipeline.ranges import setting
 from pipeline.artifact import Artifact, weight_bytes
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
@@ -33,11 +34,10 @@ MODEL_KINDS = ("model", "adapter")
 
 @dataclass
 class GGUFConfig(ParityFields):
-    kind: str = "gguf"
-    inputs: Optional[List[str]] = None   # default: the latest earlier model or adapter
-    quant: str = "q8_0"                  # one of exports.llamacpp.QUANT_TYPES
-    modelfile: bool = True               # write an Ollama Modelfile beside the .gguf
-    keep_intermediate: bool = False      # keep the f32/f16/bf16 GGUF a quantized type is made from
+    kind: str = setting("gguf", "the stage kind")
+    quant: str = setting("q8_0", "one of exports.llamacpp.QUANT_TYPES")
+    modelfile: bool = setting(True, "write an Ollama Modelfile beside the .gguf")
+    keep_intermediate: bool = setting(False, "keep the f32/f16/bf16 GGUF a quantized type is made from")
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
         """The .gguf, plus the lossless GGUF a quantized type is made from (removed after, unless kept)."""
@@ -101,7 +101,7 @@ def intermediate_type(dtype: str) -> str:
 
 
 @stage("gguf", config=GGUFConfig, consumes=set(MODEL_KINDS), produces="gguf",
-       libraries=("torch", "transformers", "peft", "gguf", "llama-cpp-python"), isolated=True)
+       libraries=("torch", "transformers", "peft", "gguf", "llama-cpp-python"), isolated=True, variant=True)
 def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Convert the input model (an adapter is merged first) to a checked GGUF and an Ollama Modelfile."""
     source = inputs.primary

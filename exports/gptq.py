@@ -34,7 +34,7 @@ from pipeline.data.datasets import DatasetSpec
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.ranges import at_least, between, one_of
+from pipeline.ranges import at_least, between, one_of, setting
 
 BITS = (4, 8)
 BACKENDS = ("gptqmodel",)
@@ -52,17 +52,16 @@ MIN_CPU_WORKERS = 2  # GPTQModel's default on a 2-core machine is 1 worker, whic
 
 @dataclass
 class GPTQConfig(ParityFields):
-    kind: str = "gptq"
-    inputs: Optional[List[str]] = None     # default: the latest earlier model
-    bits: int = one_of(4, BITS)            # 4: W4A16 | 8: W8A16 (weights quantized, activations 16 bit)
-    group_size: int = at_least(1, 128, also=(-1,))  # input columns sharing one scale/zero (-1: one group per row)
-    damp_percent: float = between(0.01, 0, 1, low_open=True, high_open=True)  # Hessian dampening, a fraction of its mean diagonal (GPTQModel's name)
-    desc_act: bool = False                 # quantize columns in order of activation size ("act-order")
-    n_samples: int = at_least(1, 128)      # calibration chats
-    max_seq_len: int = at_least(16, 512)   # tokens per calibration chat (longer ones are cut)
-    calibration: DatasetSpec = field(default=MISSING, metadata={"purpose": "sft"})
-    backend: str = "gptqmodel"
-    model_path: Optional[str] = None       # the chain's model (yaml: ${model.path}): its layer sizes are checked
+    kind: str = setting("gptq", "the stage kind")
+    bits: int = one_of(4, BITS, help="4: W4A16 | 8: W8A16 (weights quantized, activations 16 bit)")
+    group_size: int = at_least(1, 128, also=(-1,), help="input columns sharing one scale/zero (-1: one group per row)")
+    damp_percent: float = between(0.01, 0, 1, low_open=True, high_open=True, help="Hessian dampening, a fraction of its mean diagonal (GPTQModel's name)")
+    desc_act: bool = setting(False, "quantize columns in order of activation size (\"act-order\")")
+    n_samples: int = at_least(1, 128, help="calibration chats")
+    max_seq_len: int = at_least(16, 512, help="tokens per calibration chat (longer ones are cut)")
+    calibration: DatasetSpec = field(default=MISSING, metadata={"help": "chats (messages records), rendered with the tokenizer's chat template", "purpose": "sft"})
+    backend: str = setting("gptqmodel", "gptqmodel (the library that quantizes)")
+    model_path: Optional[str] = setting(MISSING, "the chain's model (yaml: ${model.path}): its layer sizes are checked")
                                            # against group_size at plan time
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
@@ -175,7 +174,7 @@ def quant_log_metrics(folder: Path) -> dict[str, float]:
 
 
 @stage("gptq", config=GPTQConfig, consumes={"model"}, produces="model",
-       libraries=("torch", "transformers", "gptqmodel"), isolated=True)
+       libraries=("torch", "transformers", "gptqmodel"), isolated=True, variant=True)
 def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model's linear layers with GPTQ (GPTQModel) on the chain's chats and save it."""
     import gc

@@ -16,21 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from pipeline.ranges import setting
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
 from pipeline.training.common import save_tokenizer, tokenizer_source
+from pipeline.engine.contract import StageConfig
 
 MERGE_TARGETS = ("auto", "original", "dequantized")
 
 
 @dataclass
-class MergeConfig:
-    kind: str = "merge"
-    inputs: Optional[List[str]] = None
-    dtype: Optional[str] = None     # null: the model config's dtype
-    merge_into: str = "auto"        # auto: the dequantized base for QLoRA adapters, else the original weights
+class MergeConfig(StageConfig):
+    kind: str = setting("merge", "the stage kind")
+    dtype: Optional[str] = setting(None, "null: the model config's dtype")
+    merge_into: str = setting("auto", "auto: the dequantized base for QLoRA adapters, else the original weights")
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
         """What the merged model writes (pipeline.engine.plan checks the store's free space against it)."""
@@ -42,7 +43,7 @@ class MergeConfig:
         if self.merge_into not in MERGE_TARGETS:
             raise ConfigError(f"{where}.merge_into: '{self.merge_into}'; valid: {', '.join(MERGE_TARGETS)}")
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from pipeline.models.memory import Workload
 
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the merged weights

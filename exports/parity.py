@@ -16,7 +16,8 @@ from pipeline.backends.base import Generation, chat_prompt, open_backend
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.errors import TunechainError
 from pipeline.evaluation.answers import extract_answer
-from pipeline.ranges import at_least, between
+from pipeline.ranges import at_least, between, setting
+from pipeline.engine.contract import StageConfig
 
 
 class ParityError(TunechainError):
@@ -24,16 +25,16 @@ class ParityError(TunechainError):
 
 
 @dataclass
-class ParityFields:
+class ParityFields(StageConfig):
     """Config fields shared by every export stage (flat, so `stages.gguf.parity_limit=20` works)."""
 
-    parity: bool = True                         # false: skip the comparison
-    parity_prompts: DatasetSpec = field(default=MISSING, metadata={"purpose": "gsm8k"})
-    parity_limit: Optional[int] = at_least(1, 50)  # first N prompts (null: all)
-    parity_max_new_tokens: int = at_least(1, 64)
-    parity_min_identical: Optional[float] = between(None, 0, 1)  # fail the stage when fewer prompts match token for token
+    parity: bool = setting(True, "false: skip the comparison")
+    parity_prompts: DatasetSpec = field(default=MISSING, metadata={"help": "prompts both models answer (gsm8k records)", "purpose": "gsm8k"})
+    parity_limit: Optional[int] = at_least(1, 50, help="first N prompts (null: all)")
+    parity_max_new_tokens: int = at_least(1, MISSING, help="tokens generated per prompt")
+    parity_min_identical: Optional[float] = between(None, 0, 1, help="fail the stage when fewer prompts match token for token")
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from pipeline.models.memory import Workload
 
         # the source generates in batches of 32 (the transformers backend's default), then the export does

@@ -1,10 +1,14 @@
-"""Valid values of config fields, declared beside each field of the stage, model, data and hardware
-dataclasses (one place), and checked for a whole plan at once before any stage runs:
+"""A config field's default, valid values and one-line help, declared beside the field of the stage,
+model, data and hardware dataclasses (one place), and checked for a whole plan at once before any
+stage runs:
 
-    learning_rate: float = positive(2e-4)
-    max_steps: int = at_least(1, 200, also=(-1,))         # -1: train num_train_epochs instead
-    dropout: float = between(0.0, 0, 1, high_open=True)
-    lr_scheduler_type: str = one_of("cosine", SCHEDULERS)
+    learning_rate: float = positive(2e-4, help="peak learning rate")
+    max_steps: int = at_least(1, 200, also=(-1,), help="optimizer steps; -1: num_train_epochs instead")
+    dropout: float = between(0.0, 0, 1, high_open=True, help="LoRA dropout")
+    lr_scheduler_type: str = one_of("cosine", SCHEDULERS, help="transformers' scheduler name")
+    packing: bool = setting(False, "pack chats into max_length rows")   # no range: any value of its type
+
+`+explain=stages.sft` prints every field with its default and help (pipeline/engine/explain.py).
 
 `problems(config, "stages.sft")` lists every value outside its range as `key: value; valid: range`.
 A range on a list or dict field applies to each of its values; None (an unset optional) is valid.
@@ -58,6 +62,17 @@ def _field(default: Any, rule: Range, default_factory: Any = _MISSING, **metadat
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata={"range": rule, **metadata})
     return dataclasses.field(default=default, metadata={"range": rule, **metadata})
+
+
+def setting(default: Any = _MISSING, help: str = "", *, factory: Any = _MISSING, **metadata: Any):
+    """A field with no range (booleans, paths, nested blocks): its default and its help."""
+    if factory is not _MISSING:
+        return dataclasses.field(default_factory=factory, metadata={"help": help, **metadata})
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def help_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
 
 
 def positive(default: Any, **kw: Any):

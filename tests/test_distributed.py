@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose, tiny_overrides
-from pipeline.engine import launch
+from pipeline.engine import launch, registry
 from pipeline.errors import ConfigError, PlanError
 
 DDP_CPU = ["hardware=ddp", "hardware.num_processes=2", "hardware.device=cpu"]
@@ -26,8 +26,9 @@ def test_launch_command_per_profile():
     nodes = launch.launch_command({"num_processes": 8, "num_nodes": 2, "rdzv_endpoint": "node0:29400"}, "j")
     assert "--nnodes=2" in nodes and "--rdzv-backend=c10d" in nodes and "--rdzv-endpoint=node0:29400" in nodes
     assert "--standalone" not in nodes
-    assert launch.is_distributed("sft", {"num_processes": 2}) and launch.is_distributed("dpo", {"num_nodes": 2})
-    assert not launch.is_distributed("eval", {"num_processes": 2}) and not launch.is_distributed("sft", {})
+    sft, dpo, ev = registry.get("sft"), registry.get("dpo"), registry.get("eval")
+    assert launch.is_distributed(sft, {"num_processes": 2}) and launch.is_distributed(dpo, {"num_nodes": 2})
+    assert not launch.is_distributed(ev, {"num_processes": 2}) and not launch.is_distributed(sft, {})
 
 
 @pytest.mark.parametrize("hardware, error, message", [

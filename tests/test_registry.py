@@ -22,8 +22,10 @@ def test_unknown_kind_lists_known_kinds():
 
 
 def test_typed_config_fills_defaults_and_converts_types():
-    cfg = typed_config({"dataset": {"path": "x.jsonl"}, "learning_rate": "3e-4", "lora": {"r": "8"}}, SFTConfig, "stages.sft")
-    assert cfg.learning_rate == 3e-4 and cfg.lora.r == 8 and cfg.max_steps == 200
+    tuned = {"max_steps": 200, "per_device_train_batch_size": 8, "max_length": 512}  # a model entry's (model.tuning.sft)
+    cfg = typed_config({"dataset": {"path": "x.jsonl"}, "learning_rate": "3e-4", "lora": {"r": "8"}, **tuned}, SFTConfig,
+                       "stages.sft")
+    assert cfg.learning_rate == 3e-4 and cfg.lora.r == 8 and cfg.max_steps == 200 and cfg.packing is False
     assert cfg.dataset.path == "x.jsonl" and cfg.dataset.format == "auto"
 
 

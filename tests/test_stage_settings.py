@@ -45,7 +45,7 @@ def resolved(recipe: str, model: str) -> dict:
     for name in cfg.stages:
         node = cfg.stages[name]
         spec = registry.get(str(node.kind))
-        typed = typed_config(node, spec.config_cls, f"stages.{name}", ignore=("optional",))
+        typed = typed_config(node, spec.config_cls, f"stages.{name}")
         stages[str(name)] = {"optional": bool(node.get("optional", False)), **_flat(typed, "", {})}
     return stages
 

@@ -31,7 +31,7 @@ from pipeline.data.problems import DataError, Invalid, kind_name, summarise
 from pipeline.data.readers import entries, existing_file, is_hub, where_of
 from pipeline.hashing import content_digest
 from pipeline.hub import hub_commit
-from pipeline.ranges import at_least
+from pipeline.ranges import at_least, setting
 
 if TYPE_CHECKING:
     from pipeline.data.check_cache import CheckCache
@@ -43,13 +43,13 @@ PURPOSES = ("sft", "preference", "prompt", "gsm8k", "text", "instruct")
 class DatasetSpec:
     """One dataset as a config names it; types stay OmegaConf-compatible for structured configs."""
 
-    path: str = MISSING            # local .jsonl/.json/.csv/.parquet (absolute or project-root relative), or a hub id
-    format: str = "auto"           # auto | messages | alpaca | sharegpt | preference | prompt | gsm8k | text
-    split: str = "train"           # hub split
-    subset: Optional[str] = None   # hub config name
-    revision: Optional[str] = None  # hub branch, tag or commit (null: main); its commit enters the fingerprint
-    limit: Optional[int] = at_least(1, None)  # keep the first N records
-    columns: Dict[str, str] = field(default_factory=dict)  # source column -> canonical key
+    path: str = setting(MISSING, "local .jsonl/.json/.csv/.parquet (absolute or project-root relative), or a hub id")
+    format: str = setting("auto", "auto | messages | alpaca | sharegpt | preference | prompt | gsm8k | text")
+    split: str = setting("train", "hub split")
+    subset: Optional[str] = setting(None, "hub config name")
+    revision: Optional[str] = setting(None, "hub branch, tag or commit (null: main); its commit enters the fingerprint")
+    limit: Optional[int] = at_least(1, None, help="keep the first N records")
+    columns: Dict[str, str] = field(default_factory=dict, metadata={"help": "source column -> canonical key"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,8 +68,8 @@ HUB_SAMPLE = 64             # hub rows checked at plan time; all of them when th
 class DataCheck:
     records: Optional[int]  # None: a hub split whose size its card does not give
     format: str
-    sampled: int = 0        # hub: rows checked at plan time (0: every record was checked)
-    cached: bool = False    # the result came from the store's check cache (no record was read)
+    sampled: int = setting(0, "hub: rows checked at plan time (0: every record was checked)")
+    cached: bool = setting(False, "the result came from the store's check cache (no record was read)")
 
     def describe(self, purpose: str) -> str:
         if self.sampled:

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.engine.configstore import register
 from pipeline.errors import TunechainError
@@ -56,7 +56,7 @@ def precheck_overrides(argv: list[str] | None = None) -> None:
               and not o.key_or_group.startswith("hydra")]
     cfg = _compose(others)
     if cfg is not None:
-        message = unknown_stage_key(cfg, [o.key_or_group for o in stage_keys])
+        message = unknown_stage_key(cfg, [o.key_or_group for o in stage_keys]) or bad_stage_value(cfg, stage_keys)
         if message:
             fail(message)
 
@@ -122,6 +122,21 @@ def unknown_stage_key(cfg: DictConfig, keys: list[str]) -> str | None:
             except TunechainError:
                 return None
             return unknown_key_message(f"stages.{name}", rest, spec.config_cls)
+    return None
+
+
+def bad_stage_value(cfg: DictConfig, overrides) -> str | None:
+    """A value its stage's schema cannot take (`stages.sft.learning_rate=abc`), named with what is valid, instead
+    of Hydra's composition traceback (the stage nodes are typed by their schemas, pipeline/engine/configstore.py)."""
+    from omegaconf.errors import ValidationError
+
+    for override in overrides:
+        if override.is_sweep_override():
+            continue
+        try:
+            OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+        except ValidationError as e:
+            return f"{override.key_or_group}: {e.msg.strip().splitlines()[0]}"
     return None
 
 

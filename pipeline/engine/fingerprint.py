@@ -22,7 +22,7 @@ from pipeline import __version__
 from pipeline.hashing import hash_json
 
 # Keys that only change how a run is shown, not what it produces.
-COSMETIC_KEYS = frozenset({"inputs", "logging_steps", "compare_with", "progress", "checkpoint"})
+COSMETIC_KEYS = frozenset({"inputs", "optional", "logging_steps", "compare_with", "progress", "checkpoint"})
 
 
 def strip_cosmetic(config: dict[str, Any]) -> dict[str, Any]:

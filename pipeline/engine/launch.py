@@ -32,8 +32,6 @@ from pipeline.artifact import Artifact, write_json_atomic
 from pipeline.errors import TunechainError
 from pipeline.ranges import Range
 
-# Stage kinds that train through a transformers Trainer and so run under torchrun as they are.
-DISTRIBUTED_KINDS = ("sft", "qlora", "dpo", "grpo", "distill")
 JOB_FILE, RESULT_FILE, WORKER_LOGS = "job.json", "result.json", ".worker"
 FAILED_LINES = 30
 
@@ -53,9 +51,11 @@ def world(hardware: dict[str, Any]) -> tuple[int, int]:
     return int(1 if processes is None else processes), int(1 if nodes is None else nodes)
 
 
-def is_distributed(kind: str, hardware: dict[str, Any]) -> bool:
+def is_distributed(spec, hardware: dict[str, Any]) -> bool:
+    """A stage kind declared `@stage(..., distributed=True)` (it trains through a transformers Trainer, which runs
+    under torchrun as it is), on a profile of more than one process."""
     processes, nodes = world(hardware)
-    return kind in DISTRIBUTED_KINDS and processes * nodes > 1
+    return spec.distributed and processes * nodes > 1
 
 
 def launch_command(hardware: dict[str, Any], job_file: Path | str) -> list[str]:
@@ -158,7 +158,7 @@ def run_in_child(step, inputs, ctx) -> Artifact:
     """Run one stage in its own process (a torchrun job for a distributed training stage); returns its
     (rank 0's) artifact. The child's output is streamed; its training log rows are replayed here."""
     job_file = write_job(step, inputs, ctx)
-    distributed = is_distributed(step.kind, ctx.hardware)
+    distributed = is_distributed(step.spec, ctx.hardware)
     processes, nodes = world(ctx.hardware) if distributed else (1, 1)
     command = launch_command(ctx.hardware, job_file) if distributed else \
         [sys.executable, "-m", "pipeline.engine.worker", str(job_file)]

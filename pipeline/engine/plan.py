@@ -17,7 +17,7 @@ from pipeline import ranges
 from pipeline.artifact import Artifact
 from pipeline.data import datasets as data
 from pipeline.data.check_cache import CheckCache
-from pipeline.engine import registry
+from pipeline.engine import launch, registry
 from pipeline.engine.fingerprint import environment, fingerprint_inputs, fingerprint_of
 from pipeline.engine.store import Store
 from pipeline.engine.typed_config import typed_config
@@ -25,6 +25,7 @@ from pipeline.errors import ConfigError, PlanError
 from pipeline.hashing import hash_json
 from pipeline.models import memory
 from pipeline.models.config import ModelConfig
+from pipeline.models.sources import prepare
 from pipeline.models.loading import (base_artifact, check_available, check_thinking_switch, local_folder, pick_device,
                                      resolve_dtype)
 
@@ -122,7 +123,7 @@ def _resolve_inputs(name: str, spec: registry.StageSpec, requested: list[str] | 
 
 def _dataset_fields(cfg: Any) -> list[tuple[str, data.DatasetSpec, str]]:
     """(field name, spec, purpose) for every DatasetSpec field of a stage config that its settings use."""
-    unused = cfg.unused_datasets() if hasattr(cfg, "unused_datasets") else set()
+    unused = cfg.unused_datasets()
     found = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -136,64 +137,84 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 
 def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | None = None) -> Plan:
-    """`device` None: cuda when available; resolved only if a stage must run (torch loads slowly)."""
+    """Check a composed chain and plan it, phase by phase; `device` None: cuda when available, resolved only
+    after every config is known good (importing torch is slow)."""
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True) if cfg.get("hardware") is not None else {}
-    from pipeline.engine import launch
-    from pipeline.models.sources import prepare
-
-    typed_model = typed_config(cfg.model, ModelConfig, "model")
-    # Every out-of-range value of the model, the hardware and all stages, reported together before any
-    # work (a GGUF conversion in prepare(), a stage): pipeline.ranges
-    problems = ranges.problems(typed_model, "model") + launch.hardware_problems(hardware)
-    model = prepare(typed_model) if not problems else typed_model
-    check_thinking_switch(model)
-    base = base_artifact(model)
-    produced: dict[str, str] = {BASE: "model"}
-    fingerprints: dict[str, str] = {BASE: base.fingerprint}
-    model_extra = hash_json({k: v for k, v in dataclasses.asdict(model).items() if k not in MODEL_KEYS_NOT_HASHED})
-    steps: list[Step] = []
-    unrunnable: list[tuple[Step, str]] = []
-    # Pass 1: every config and every input, so a typo anywhere fails before any file is read.
-    for name, node in _stage_nodes(cfg):
-        if name == BASE:
-            raise ConfigError(f"stages.{name}: '{BASE}' is reserved for the chain's model; rename the stage")
-        kind = node.get("kind") if isinstance(node, DictConfig) else None
-        if not kind:
-            raise ConfigError(f"stages.{name}: no 'kind'; compose it from a stage default (+stage@stages.{name}=<kind>) "
-                              f"or set kind to one of: {', '.join(registry.kinds())}")
-        spec = registry.get(str(kind))
-        optional = bool(node.get("optional", False))  # a key of every stage, handled here, not in each dataclass
-        typed = typed_config(node, spec.config_cls, f"stages.{name}", ignore=("optional",))
-        out_of_range = ranges.problems(typed, f"stages.{name}")
-        problems += out_of_range
-        cannot_run = None
-        if hasattr(typed, "validate") and not out_of_range:  # validate() may rely on values being in range
-            try:
-                typed.validate(f"stages.{name}", {s.name: s for s in steps})
-            except (ConfigError, PlanError) as e:
-                if not optional:  # an optional stage that cannot run here is skipped below, with the reason
-                    raise
-                cannot_run = str(e)
-        inputs = _resolve_inputs(name, spec, getattr(typed, "inputs", None), produced)
-        if hasattr(typed, "check_model") and inputs == [BASE] and not problems:  # what only the chain's model can tell
-            typed.check_model(f"stages.{name}", local_folder(model.path))
-        steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=optional))
-        produced[name] = steps[-1].output_kind
-        if cannot_run:
-            unrunnable.append((steps[-1], cannot_run))
-    if problems:
-        raise ConfigError(f"{len(problems)} value(s) out of range:\n  " + "\n  ".join(problems)
-                          if len(problems) > 1 else problems[0])
-    plan = Plan(recipe=recipe, model=model, base=base, steps=steps, store=store, device=device or "-")
+    model, problems = _model(cfg, hardware)
+    plan = Plan(recipe=recipe, model=model, base=base_artifact(model), steps=[], store=store, device=device or "-")
+    unrunnable = _type_stages(cfg, plan, problems)
     for step, reason in unrunnable:
         if step in plan.steps:
             _skip(plan, step, reason)
-    steps = plan.steps
     plan.device = device or pick_device()  # part of every fingerprint: a CPU fp32 artifact is not a GPU bf16 one
-    dtype = resolve_dtype(model.dtype, plan.device, model.path)
-    # Pass 2: data (each file version checked once, then known), then fingerprints and what the store already has.
-    checks = CheckCache(store.root / ".data")  # what earlier plans learned of each data file version
-    for step in steps:
+    _fingerprint(plan, cfg, hardware)
+    if any(not s.cached for s in plan.steps):
+        _check_device(plan)
+        check_available(model)
+        _plan_memory(plan, hardware)
+        _check_disk(plan)
+    _plan_launches(plan, hardware)
+    return plan
+
+
+def _model(cfg: DictConfig, hardware: dict) -> tuple[ModelConfig, list[str]]:
+    """The chain's model, prepared (a GGUF or PyPI model converted once) unless a value is out of range; and
+    the out-of-range values of the model and the hardware, reported with the stages' (pipeline.ranges)."""
+    typed = typed_config(cfg.model, ModelConfig, "model")
+    problems = ranges.problems(typed, "model") + launch.hardware_problems(hardware)
+    model = prepare(typed) if not problems else typed
+    check_thinking_switch(model)
+    return model, problems
+
+
+def _type_stages(cfg: DictConfig, plan: Plan, problems: list[str]) -> list[tuple[Step, str]]:
+    """Every stage's typed config, range check, rules and inputs, so a typo anywhere fails before any file is
+    read; returns the optional stages that cannot run here, with why."""
+    produced: dict[str, str] = {BASE: "model"}
+    unrunnable: list[tuple[Step, str]] = []
+    for name, node in _stage_nodes(cfg):
+        spec = _spec_of(name, node)
+        typed = typed_config(node, spec.config_cls, f"stages.{name}")
+        out_of_range = ranges.problems(typed, f"stages.{name}")
+        problems += out_of_range
+        cannot_run = None
+        if not out_of_range:  # validate() may rely on values being in range
+            try:
+                typed.validate(f"stages.{name}", {s.name: s for s in plan.steps})
+            except (ConfigError, PlanError) as e:
+                if not typed.optional:  # an optional stage that cannot run here is skipped, with the reason
+                    raise
+                cannot_run = str(e)
+        inputs = _resolve_inputs(name, spec, typed.inputs, produced)
+        if inputs == [BASE] and not problems:  # what only the chain's model can tell
+            typed.check_model(f"stages.{name}", local_folder(plan.model.path))
+        plan.steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=typed.optional))
+        produced[name] = plan.steps[-1].output_kind
+        if cannot_run:
+            unrunnable.append((plan.steps[-1], cannot_run))
+    if problems:
+        raise ConfigError(f"{len(problems)} value(s) out of range:\n  " + "\n  ".join(problems)
+                          if len(problems) > 1 else problems[0])
+    return unrunnable
+
+
+def _spec_of(name: str, node: Any) -> registry.StageSpec:
+    if name == BASE:
+        raise ConfigError(f"stages.{name}: '{BASE}' is reserved for the chain's model; rename the stage")
+    kind = node.get("kind") if isinstance(node, DictConfig) else None
+    if not kind:
+        raise ConfigError(f"stages.{name}: no 'kind'; compose it from a stage default (+stage@stages.{name}=<kind>) "
+                          f"or set kind to one of: {', '.join(registry.kinds())}")
+    return registry.get(str(kind))
+
+
+def _fingerprint(plan: Plan, cfg: DictConfig, hardware: dict) -> None:
+    """Each stage's data (each file version checked once, then known), fingerprint, and stored artifact if any."""
+    dtype = resolve_dtype(plan.model.dtype, plan.device, plan.model.path)
+    model_extra = hash_json({k: v for k, v in dataclasses.asdict(plan.model).items() if k not in MODEL_KEYS_NOT_HASHED})
+    fingerprints: dict[str, str] = {BASE: plan.base.fingerprint}
+    checks = CheckCache(plan.store.root / ".data")  # what earlier plans learned of each data file version
+    for step in plan.steps:
         data_fps = []
         for field_name, dataset, purpose in _dataset_fields(step.cfg):
             try:
@@ -204,34 +225,29 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
             data_fps.append(data.fingerprint(dataset, checks))
         step.fingerprint_inputs = fingerprint_inputs(
             step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names], data_fps,
-            extra={"model": model_extra, "seed": cfg.get("seed"), **_world_key(step.kind, hardware)},
+            extra={"model": model_extra, "seed": cfg.get("seed"), **_world_key(step.spec, hardware)},
             environment=environment(step.spec, plan.device, dtype))
         step.fingerprint = fingerprint_of(step.fingerprint_inputs)
-        step.cached = store.find(step.output_kind, step.fingerprint) if step.spec.cache else None
+        step.cached = plan.store.find(step.output_kind, step.fingerprint) if step.spec.cache else None
         fingerprints[step.name] = step.fingerprint
 
-    if any(not s.cached for s in steps):
-        for step in list(plan.steps):  # what only the device can tell (e.g. 4-bit kernels on CPU)
-            if step in plan.steps and not step.cached and hasattr(step.cfg, "check_device"):
-                try:
-                    step.cfg.check_device(f"stages.{step.name}", plan.device)
-                except PlanError as e:
-                    if not step.optional:
-                        raise
-                    _skip(plan, step, str(e))
-        check_available(model)
-        _plan_memory(plan, hardware or {})
-        _check_disk(plan)
-    _plan_launches(plan, hardware or {})
-    return plan
+
+def _check_device(plan: Plan) -> None:
+    """What only the device can tell (e.g. 4-bit kernels on CPU), for the stages that will run."""
+    for step in list(plan.steps):
+        if step in plan.steps and not step.cached:
+            try:
+                step.cfg.check_device(f"stages.{step.name}", plan.device)
+            except PlanError as e:
+                if not step.optional:
+                    raise
+                _skip(plan, step, str(e))
 
 
-def _world_key(kind: str, hardware: dict) -> dict:
+def _world_key(spec: registry.StageSpec, hardware: dict) -> dict:
     """A training stage on N processes trains on N times the per-device batch: another artifact. One process
     adds nothing, so single-process fingerprints stay what they were."""
-    from pipeline.engine import launch
-
-    if not launch.is_distributed(kind, hardware):
+    if not launch.is_distributed(spec, hardware):
         return {}
     processes, nodes = launch.world(hardware)
     return {"world_size": processes * nodes}
@@ -239,9 +255,7 @@ def _world_key(kind: str, hardware: dict) -> dict:
 
 def _plan_launches(plan: Plan, hardware: dict) -> None:
     """Training stages that run as torchrun jobs: what the hardware needs checked first, and the command."""
-    from pipeline.engine import launch
-
-    distributed = [s for s in plan.steps if launch.is_distributed(s.kind, hardware) and not s.cached]
+    distributed = [s for s in plan.steps if launch.is_distributed(s.spec, hardware) and not s.cached]
     if distributed:
         launch.check(hardware, plan.device)
     for step in distributed:
@@ -253,7 +267,7 @@ def _skip(plan: Plan, step: Step, reason: str) -> None:
     """Drop an optional stage that cannot run here, and every later stage that reads or compares with it."""
     dropped = {step.name}
     for later in plan.steps:
-        if later.name in dropped or dropped & set(later.input_names) or getattr(later.cfg, "compare_with", None) in dropped:
+        if later.name in dropped or dropped & (set(later.input_names) | later.cfg.also_reads()):
             dropped.add(later.name)
     plan.steps = [s for s in plan.steps if s.name not in dropped]
     plan.skipped.append(f"{', '.join(sorted(dropped))}: skipped (optional) because {reason}")
@@ -262,8 +276,6 @@ def _skip(plan: Plan, step: Step, reason: str) -> None:
 def _plan_memory(plan: Plan, hardware: dict) -> None:
     """Each stage's estimate (pipeline.models.memory), with training lengths and prompt lengths measured on its
     data; per process, under the profile's sharding, for training stages that run on several processes."""
-    from pipeline.engine import launch
-
     folder = local_folder(plan.model.path)
     shape = memory.ModelShape.from_folder(folder) if folder else None
     if shape is None and plan.model.params_b:
@@ -275,13 +287,10 @@ def _plan_memory(plan: Plan, hardware: dict) -> None:
     tokenizer = _plan_tokenizer(plan, folder)
     by_name = {s.name: s for s in plan.steps}
     for step in plan.steps:
-        work = step.cfg.memory_profile() if hasattr(step.cfg, "memory_profile") else memory.Workload()
-        source = by_name.get(step.input_names[0]) if step.input_names else None
-        if work.kind == "generate" and step.kind == "eval" and source is not None and source.output_kind == "gguf":
-            work.gguf = getattr(source.cfg, "quant", "f16")  # llama.cpp runs it, not transformers
+        work = step.cfg.memory_profile([by_name[n] for n in step.input_names if n in by_name])
         if tokenizer is not None:
             _measure_lengths(step, work, tokenizer)
-        sharding = memory.Sharding.from_hardware(hardware) if launch.is_distributed(step.kind, hardware) else None
+        sharding = memory.Sharding.from_hardware(hardware) if launch.is_distributed(step.spec, hardware) else None
         if sharding is not None:
             step.memory_processes, step.sharding = launch.world(hardware)[0], sharding.describe()
         step.memory_bytes = memory.estimate(work, shape, dtype, plan.device, sharding, own_process=step.spec.isolated)
@@ -311,7 +320,7 @@ def _measure_lengths(step: Step, work: memory.Workload, tokenizer) -> None:
         # a long batch: the longest of a few batches' records (measured: step peaks vary by ~10% over a run)
         found = longest_of(sample_lengths(spec, purpose, tokenizer), LONG_BATCH_BATCHES * work.batch, work.length)
         if found:
-            completion = getattr(step.cfg, "max_completion_length", 0) if purpose == "prompt" else 0
+            completion = work.generate_tokens if purpose == "prompt" else 0  # prompts the stage completes
             work.length = min(work.length, found + completion)
             work.prompt_length = found
     elif work.kind == "generate":
@@ -333,7 +342,7 @@ def _check_disk(plan: Plan) -> None:
     free = shutil.disk_usage(existing).free
     needed = 0
     for step in plan.steps:
-        if step.cached or not hasattr(step.cfg, "disk_bytes"):
+        if step.cached:
             continue
         needed += step.cfg.disk_bytes(plan.n_params, dtype)
         if needed > free:

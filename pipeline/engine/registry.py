@@ -11,6 +11,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from pipeline.engine.contract import StageConfig
 from pipeline.errors import ConfigError
 
 # Where stage kinds live: training, eval and serve stages; merge and the export formats.
@@ -35,6 +36,8 @@ class StageSpec:
     cache: bool = True  # False: runs every time (serving), its record goes to the run folder, not the store
     libraries: tuple[str, ...] = DEFAULT_LIBRARIES  # distributions whose versions enter the fingerprint
     isolated: bool = False  # runs in a child process (native code: a crash fails the stage, not the chain)
+    distributed: bool = False  # trains through a transformers Trainer: runs under torchrun when hardware asks for N>1
+    variant: bool = False  # makes a compressed variant of its input (bnb, GPTQ, GGUF): the report's variant table
 
     def output_kind(self, cfg: Any) -> str:
         return self.produces(cfg) if callable(self.produces) else self.produces
@@ -44,13 +47,18 @@ _REGISTRY: dict[str, StageSpec] = {}
 
 
 def stage(kind: str, *, config: type, consumes: Iterable[str], produces, cache: bool = True,
-          libraries: Iterable[str] = DEFAULT_LIBRARIES, isolated: bool = False):
-    """Register `run(cfg, inputs, ctx) -> Artifact` as the stage kind `kind`; `libraries` are the
-    distributions (pip names) its result depends on."""
+          libraries: Iterable[str] = DEFAULT_LIBRARIES, isolated: bool = False, distributed: bool = False,
+          variant: bool = False):
+    """Register `run(cfg, inputs, ctx) -> Artifact` as the stage kind `kind`. `config` extends StageConfig
+    (pipeline/engine/contract.py: the hooks the planner calls); `libraries` are the distributions (pip
+    names) its result depends on; the flags are StageSpec's."""
+    if not (isinstance(config, type) and issubclass(config, StageConfig)):
+        raise TypeError(f"@stage('{kind}'): config {config!r} must be a dataclass extending "
+                        f"pipeline.engine.contract.StageConfig")
 
     def wrap(fn):
         _REGISTRY[kind] = StageSpec(kind, config, fn, frozenset(consumes), produces, (fn.__doc__ or "").strip(),
-                                    cache, tuple(libraries), isolated)
+                                    cache, tuple(libraries), isolated, distributed, variant)
         return fn
 
     return wrap

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
 from pipeline.engine import launch, report
 from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.explain import explain
 from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
 from pipeline.engine.store import Store
 from pipeline.engine.tracking import LoggerConfig, Tracker
@@ -113,7 +114,7 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
 def _measured_run(step: Step, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Run the stage and put its measured peak memory beside the plan's estimate in its metrics. A training
     stage on several processes runs as a torchrun job (pipeline.engine.launch); its rank 0 measures itself."""
-    if launch.is_distributed(step.kind, ctx.hardware) or step.spec.isolated:
+    if launch.is_distributed(step.spec, ctx.hardware) or step.spec.isolated:
         return launch.run_in_child(step, inputs, ctx)
     with PeakMemory(ctx.device) as peak:
         artifact = step.spec.run(step.cfg, inputs, ctx)
@@ -151,6 +152,9 @@ def explain_fingerprint(plan: Plan, name: str) -> str:
 
 
 def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str], group: str | None) -> dict[str, Any]:
+    if cfg.get("explain"):  # +explain=stages.NAME: the stage's keys, values, defaults and help; nothing loaded
+        print(explain(cfg, str(cfg.explain)), flush=True)
+        return {}
     store = Store(cfg.paths.store, lock_timeout_s=(cfg.get("store") or {}).get("lock_timeout_s"))
     plan = build_plan(cfg, store, recipe=recipe, device=cfg.hardware.get("device"))
     device = plan.device
@@ -176,8 +180,7 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
     failed: set[str] = set()  # optional stages that failed, and the stages that needed them
     try:
         for step in plan.steps:
-            needed = (failed & set(step.input_names)) | ({step.cfg.compare_with} & failed
-                                                         if getattr(step.cfg, "compare_with", None) else set())
+            needed = failed & (set(step.input_names) | step.cfg.also_reads())
             if needed:
                 print(f"\n== stage {step.name}: skipped (needs {', '.join(sorted(needed))}, which failed)", flush=True)
                 record.update(step.name, status="skipped", error=f"needs {', '.join(sorted(needed))}, which failed")

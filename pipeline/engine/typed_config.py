@@ -35,14 +35,12 @@ def unknown_key_message(where: str, key_path: str, cls: type) -> str:
     return f"{where}.{key_path}: unknown key{hint}; valid keys: {', '.join(valid)}"
 
 
-def typed_config(node: Any, cls: type, where: str, ignore: tuple[str, ...] = ()) -> Any:
-    """Resolve `node` and merge it into `cls`'s schema; return the dataclass instance.
-    Keys in `ignore` are handled by the caller (e.g. a stage's `optional`)."""
+def typed_config(node: Any, cls: type, where: str) -> Any:
+    """Resolve `node` and merge it into `cls`'s schema; return the dataclass instance."""
     try:
         data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
     except InterpolationResolutionError as e:
         raise ConfigError(f"{where}: cannot resolve {e.full_key or ''}: {e.msg}") from None
-    data = {k: v for k, v in data.items() if k not in ignore}
     schema = OmegaConf.structured(cls)
     try:
         merged = OmegaConf.merge(schema, data)

@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
+from omegaconf import MISSING
+
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, ModelUnavailable
-from pipeline.ranges import at_least, between, positive
+from pipeline.ranges import at_least, between, positive, setting
 from pipeline.stages.sft import SFTConfig, trained_kind
 
 BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)
@@ -44,28 +46,31 @@ class Mode(str, Enum):
 
 @dataclass
 class TeacherSpec:
-    stage: Optional[str] = None    # an earlier stage whose model or adapter teaches
-    model: Optional[str] = None    # or a model folder / hub id
-    dtype: Optional[str] = None    # null: the chain model's dtype
+    stage: Optional[str] = setting(None, "an earlier stage whose model or adapter teaches")
+    model: Optional[str] = setting(None, "or a model folder / hub id")
+    dtype: Optional[str] = setting(None, "null: the chain model's dtype")
 
 
 @dataclass
 class DistillConfig(SFTConfig):
-    kind: str = "distill"
-    mode: Mode = Mode.logit
-    teacher: TeacherSpec = field(default_factory=TeacherSpec)
-    temperature: float = positive(2.0)          # logit mode: T softens both distributions
-    alpha: float = between(0.5, 0, 1)           # logit mode: weight of the hard-label CE (1: plain SFT)
-    max_new_tokens: int = at_least(1, 128)      # sequence mode: longest teacher answer
-    generation_batch_size: int = at_least(1, 64)  # sequence mode: prompts per teacher generate call
+    kind: str = setting("distill", "the stage kind")
+    mode: Mode = setting(Mode.logit, "logit: alpha*CE + (1-alpha)*T^2*KL(teacher||student) | sequence: SFT on teacher answers")
+    teacher: TeacherSpec = field(default_factory=TeacherSpec, metadata={"help": "the model whose outputs the student learns"})
+    temperature: float = positive(2.0, help="logit mode: T softens both distributions")
+    alpha: float = between(0.5, 0, 1, help="logit mode: weight of the hard-label CE (1: plain SFT)")
+    max_new_tokens: int = at_least(1, 128, help="sequence mode: longest teacher answer")
+    generation_batch_size: int = at_least(1, 64, help="sequence mode: prompts per teacher generate call")
     # The chain's model (${model.path}): every student derives from it, so its tokenizer is the
     # student's; compared with a teacher model's at plan time in logit mode.
-    student_tokenizer: Optional[str] = None
+    student_tokenizer: Optional[str] = setting(MISSING, "the chain's model; compared with teacher.model's tokenizer at plan time")
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from dataclasses import replace
 
-        return replace(super().memory_profile(), extra_weights=1.0)  # the teacher, usually the student's size
+        return replace(super().memory_profile(sources), extra_weights=1.0)  # the teacher, usually the student's size
+
+    def also_reads(self) -> set[str]:
+        return {self.teacher.stage} if self.teacher.stage else set()
 
     def validate(self, where: str, earlier: dict) -> None:
         teacher = self.teacher
@@ -182,7 +187,7 @@ def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx
 
 # Consumes adapters too, but only as a teacher: validate() puts the student first in `inputs`.
 @stage("distill", config=DistillConfig, consumes={"model", "adapter"}, produces=trained_kind,
-       libraries=TRAINING_LIBRARIES)
+       libraries=TRAINING_LIBRARIES, distributed=True)
 def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Distill the teacher into the input model (logits or teacher-written answers)."""
     from pipeline.data.datasets import load

@@ -29,7 +29,7 @@ from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
-from pipeline.ranges import at_least, between, one_of, positive
+from pipeline.ranges import at_least, between, one_of, positive, setting
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
     SCHEDULERS,
@@ -46,6 +46,7 @@ from pipeline.training.common import (
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
+from pipeline.engine.contract import StageConfig
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
 # typo fails before any model is loaded.
@@ -59,35 +60,34 @@ class Reference(str, Enum):
 
 
 @dataclass
-class DPOConfig:
-    kind: str = "dpo"
-    inputs: Optional[List[str]] = None          # default: the latest earlier model or adapter
-    method: Method = Method.lora                # lora: continue an input adapter, or a new LoRA on a model
-    dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "preference"})
-    eval_dataset: Optional[DatasetSpec] = field(default=None, metadata={"purpose": "preference"})  # held-out pairs
-    eval_limit: Optional[int] = at_least(1, None)  # score the first N held-out pairs (null: all)
-    reference: Reference = Reference.input
-    beta: float = positive(0.1)                 # strength of the pull toward the reference (higher: stay closer)
-    loss_type: str = one_of("sigmoid", LOSS_TYPES)
-    label_smoothing: float = between(0.0, 0, 0.5, high_open=True)  # robust / exo_pair: assumed share of flipped labels
-    sft_weight: float = at_least(0, 0.0)        # > 0: add trl's "sft" loss on chosen (RPO-style) with this weight
-    max_steps: int = at_least(1, 100, also=(-1,))  # -1: train num_train_epochs instead
-    num_train_epochs: float = positive(1.0)
-    learning_rate: float = positive(5e-5)
-    per_device_train_batch_size: int = at_least(1, 8)  # pairs per step
-    per_device_eval_batch_size: int = at_least(1, 16)
-    gradient_accumulation_steps: int = at_least(1, 1)
-    max_length: int = at_least(1, 512)          # prompt + completion tokens; longer pairs are cut at the end
-    warmup_steps: float = at_least(0, 0.1)      # < 1: a ratio of all steps
-    lr_scheduler_type: str = one_of("cosine", SCHEDULERS)
-    weight_decay: float = at_least(0, 0.0)
-    max_grad_norm: float = positive(1.0)
-    logging_steps: int = at_least(1, 10)
-    gradient_checkpointing: Optional[bool] = None  # null: on for GPUs and models >= 1B
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
-    lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
+class DPOConfig(StageConfig):
+    kind: str = setting("dpo", "the stage kind")
+    method: Method = setting(Method.lora, "lora: continue an input adapter, or a new LoRA on a model")
+    dataset: DatasetSpec = field(default=MISSING, metadata={"help": "{\"prompt\", \"chosen\", \"rejected\"}: strings or messages", "purpose": "preference"})
+    eval_dataset: Optional[DatasetSpec] = field(default=MISSING, metadata={"help": "held-out pairs scored after training (null: skip)", "purpose": "preference"})
+    eval_limit: Optional[int] = at_least(1, MISSING, help="score the first N held-out pairs (null: all)")
+    reference: Reference = setting(Reference.input, "input: the input policy, frozen | base: the model under the input adapter (for comparison only)")
+    beta: float = positive(0.1, help="strength of the pull toward the reference (higher: stay closer)")
+    loss_type: str = one_of("sigmoid", LOSS_TYPES, help="sigmoid | hinge | ipo | exo_pair | nca_pair | robust | bco_pair | sppo_hard | aot | aot_unpaired | apo_zero | apo_down | discopop | sigmoid_norm")
+    label_smoothing: float = between(0.0, 0, 0.5, high_open=True, help="robust / exo_pair: assumed share of flipped labels")
+    sft_weight: float = at_least(0, 0.0, help="> 0: add trl's \"sft\" loss on chosen (RPO-style) with this weight")
+    max_steps: int = at_least(1, MISSING, also=(-1,), help="-1: train num_train_epochs instead")
+    num_train_epochs: float = positive(1.0, help="used when max_steps is -1")
+    learning_rate: float = positive(MISSING, help="peak learning rate")
+    per_device_train_batch_size: int = at_least(1, MISSING, help="pairs per step")
+    per_device_eval_batch_size: int = at_least(1, 16, help="held-out pairs per scoring batch")
+    gradient_accumulation_steps: int = at_least(1, 1, help="batches per optimizer step")
+    max_length: int = at_least(1, MISSING, help="prompt + completion tokens; longer pairs are cut at the end")
+    warmup_steps: float = at_least(0, 0.1, help="< 1: a ratio of all steps")
+    lr_scheduler_type: str = one_of("cosine", SCHEDULERS, help="transformers' scheduler name")
+    weight_decay: float = at_least(0, 0.0, help="AdamW weight decay")
+    max_grad_norm: float = positive(1.0, help="gradients clipped to this norm")
+    logging_steps: int = at_least(1, 10, help="steps between loss rows")
+    gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more")
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec, metadata={"help": "mid-stage checkpoints in the stage's temporary store folder; a re-run resumes"})
+    lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter; an input adapter keeps its own"})
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from pipeline.models.memory import Workload
 
         # chosen and rejected go through the policy together; the reference's forward holds no activations
@@ -163,7 +163,7 @@ def held_out(results: dict[str, Any]) -> dict[str, float]:
 
 
 @stage("dpo", config=DPOConfig, consumes={"model", "adapter"}, produces=trained_kind,
-       libraries=TRAINING_LIBRARIES)
+       libraries=TRAINING_LIBRARIES, distributed=True)
 def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input policy on preference pairs against a frozen reference; produce the adapter
     (or model) and its reward margin/accuracy on the held-out pairs."""

@@ -22,12 +22,12 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation import registry as eval_tasks
 from pipeline.evaluation.scoring.judge import JudgeConfig
 from pipeline.ranges import at_least, one_of, positive
+from pipeline.engine.contract import StageConfig
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(StageConfig):
     kind: str = "eval"
-    inputs: Optional[List[str]] = None          # default: the latest earlier model or adapter
     tasks: List[str] = field(default_factory=lambda: ["math", "perplexity"])
     math: DatasetSpec = field(default=MISSING, metadata={"purpose": "gsm8k"})
     text: DatasetSpec = field(default=MISSING, metadata={"purpose": "text"})
@@ -89,17 +89,22 @@ class EvalConfig:
                 raise ConfigError(f"{where}.compare_with: '{self.compare_with}' is not an earlier eval stage; "
                                   f"choose from: {', '.join(evals) or '(none)'}")
 
+    def also_reads(self) -> set[str]:
+        return {self.compare_with} if self.compare_with else set()
+
     def unused_datasets(self) -> set[str]:
         """Data the chosen tasks never read: not checked at plan time, not in the fingerprint."""
         read = {field_name for spec in eval_tasks.with_needs(self.tasks) for field_name in spec.reads}
         return {"math", "text", "instruct"} - read
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from pipeline.models.memory import Workload
 
         budgets = [self.budget(s.name) for s in eval_tasks.with_needs(self.tasks) if s.budget is not None]
+        source = sources[0] if sources else None  # a GGUF input runs in llama.cpp, not transformers
         return Workload(kind="generate", batch=self.batch_size, new_tokens=max(budgets, default=1),
-                        scores_window=self.perplexity_max_length if "perplexity" in self.tasks else 0)
+                        scores_window=self.perplexity_max_length if "perplexity" in self.tasks else 0,
+                        gguf=getattr(source.cfg, "quant", "f16") if source and source.output_kind == "gguf" else None)
 
     def budget(self, task: str) -> int:
         return self.max_new_tokens.get(task, eval_tasks.default_budgets()[task])

@@ -27,7 +27,7 @@ from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.ranges import at_least, between, one_of, positive
+from pipeline.ranges import at_least, between, one_of, positive, setting
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
     SCHEDULERS,
@@ -42,6 +42,7 @@ from pipeline.training.common import (
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
+from pipeline.engine.contract import StageConfig
 
 VLLM_CHOICES = ("auto", "true", "false")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
@@ -50,35 +51,35 @@ REWARD_WINDOW = 0.2  # reward_start/end average the first/last 20% of logged ste
 
 
 @dataclass
-class GRPOConfig:
-    kind: str = "grpo"
-    inputs: Optional[List[str]] = None          # default: the latest earlier model or adapter
-    method: Method = Method.lora                # lora: continue an input adapter, or a new LoRA on a model
-    dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "prompt"})
-    rewards: List[Any] = field(default_factory=lambda: [{"name": "correctness", "weight": 1.0},
-                                                        {"name": "format", "weight": 0.2}])  # names or {name, weight, args}
-    num_generations: int = at_least(2, 8)       # group size G: completions sampled per prompt
-    beta: float = at_least(0, 0.04)             # KL coefficient to the reference (0: no reference model)
-    epsilon: float = positive(0.2)              # clipping of the policy ratio
-    max_completion_length: int = at_least(1, 64)
-    temperature: float = positive(1.0)          # GRPO needs sampled, different completions
-    top_p: float = between(1.0, 0, 1, low_open=True)
-    top_k: int = at_least(0, 0)                 # 0: off; small models sample junk from the long tail without it
-    learning_rate: float = positive(1e-5)
-    max_steps: int = at_least(1, 100)
-    per_device_train_batch_size: int = at_least(1, 16)  # completions per step (prompts per step = this / G)
-    gradient_accumulation_steps: int = at_least(1, 1)
-    num_iterations: int = at_least(1, 1)        # optimisation passes over each generated batch (mu)
-    loss_type: str = one_of("dapo", LOSS_TYPES)  # trl's token aggregation
-    scale_rewards: str = one_of("group", SCALE_REWARDS)  # group | batch | none: divide advantages by this std
-    warmup_steps: float = at_least(0, 0.0)      # < 1: a ratio of all steps
-    lr_scheduler_type: str = one_of("constant", SCHEDULERS)
-    max_grad_norm: float = positive(1.0)
-    logging_steps: int = at_least(1, 1)
-    use_vllm: str = "auto"                      # auto: vLLM where a GPU and vllm are present | true | false
-    gradient_checkpointing: Optional[bool] = None  # null: on for GPUs and models >= 1B
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
-    lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
+class GRPOConfig(StageConfig):
+    kind: str = setting("grpo", "the stage kind")
+    method: Method = setting(Method.lora, "lora: continue an input adapter, or a new LoRA on a model")
+    dataset: DatasetSpec = field(default=MISSING, metadata={"help": "prompt records: {\"prompt\": messages, \"answer\": str}", "purpose": "prompt"})
+    rewards: List[Any] = setting(factory=lambda: [{"name": "correctness", "weight": 1.0}, {"name": "format", "weight": 0.2}],
+                                 help="names or {name, weight, args}; built-ins: correctness, format, json_valid, "
+                                      "length; or module:function")
+    num_generations: int = at_least(2, MISSING, help="group size G: completions sampled per prompt")
+    beta: float = at_least(0, 0.04, help="KL coefficient to the reference (0: no reference model)")
+    epsilon: float = positive(0.2, help="clipping of the policy ratio")
+    max_completion_length: int = at_least(1, MISSING, help="tokens per sampled completion")
+    temperature: float = positive(1.0, help="GRPO needs sampled, different completions")
+    top_p: float = between(1.0, 0, 1, low_open=True, help="nucleus sampling (1: off)")
+    top_k: int = at_least(0, MISSING, help="0: off; small models sample junk from the long tail without it")
+    learning_rate: float = positive(MISSING, help="peak learning rate")
+    max_steps: int = at_least(1, MISSING, help="optimizer steps")
+    per_device_train_batch_size: int = at_least(1, MISSING, help="completions per step (prompts per step = this / G)")
+    gradient_accumulation_steps: int = at_least(1, 1, help="batches per optimizer step")
+    num_iterations: int = at_least(1, 1, help="optimisation passes over each generated batch (mu)")
+    loss_type: str = one_of("dapo", LOSS_TYPES, help="trl's loss aggregation: grpo | dapo | dr_grpo | bnpo")
+    scale_rewards: str = one_of("group", SCALE_REWARDS, help="group | batch | none: divide advantages by this std")
+    warmup_steps: float = at_least(0, 0.0, help="< 1: a ratio of all steps")
+    lr_scheduler_type: str = one_of("constant", SCHEDULERS, help="transformers' scheduler name")
+    max_grad_norm: float = positive(1.0, help="gradients clipped to this norm")
+    logging_steps: int = at_least(1, 1, help="steps between reward and loss rows")
+    use_vllm: str = setting("auto", "auto: vLLM where a GPU and vllm are present | true | false")
+    gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more")
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec, metadata={"help": "mid-stage checkpoints in the stage's temporary store folder; a re-run resumes"})
+    lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter; an input adapter keeps its own"})
 
     def validate(self, where: str, earlier: dict) -> None:
         from pipeline.training.rewards import parse
@@ -98,7 +99,7 @@ class GRPOConfig:
                             f"(device {device}, vllm {'installed' if _has_vllm() else 'not installed'}); "
                             "set use_vllm: auto or false to generate with transformers")
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from pipeline.models.memory import Workload
 
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
@@ -166,7 +167,7 @@ def _dataset(cfg: GRPOConfig, hardware: dict):
 
 
 @stage("grpo", config=GRPOConfig, consumes={"model", "adapter"}, produces=trained_kind,
-       libraries=TRAINING_LIBRARIES)
+       libraries=TRAINING_LIBRARIES, distributed=True)
 def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Sample groups of completions, score them with the rewards, and push the policy toward the
     better ones; produce the trained adapter (or model)."""

@@ -21,16 +21,16 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
-from pipeline.ranges import at_least, between
+from pipeline.ranges import at_least, between, setting
+from pipeline.engine.contract import StageConfig
 
 
 @dataclass
-class PruneConfig:
-    kind: str = "prune"
-    inputs: Optional[List[str]] = None
-    keep_fraction: float = between(0.75, 0, 1, low_open=True)  # of the decoder layers, rounded, at least 1
-    layers: Optional[List[int]] = at_least(0, None)  # or exactly these layer indices (0-based, ascending)
-    dtype: Optional[str] = None          # null: the model config's dtype
+class PruneConfig(StageConfig):
+    kind: str = setting("prune", "the stage kind")
+    keep_fraction: float = between(0.75, 0, 1, low_open=True, help="of the decoder layers, rounded, at least 1")
+    layers: Optional[List[int]] = at_least(0, None, help="or exactly these layer indices (0-based, ascending)")
+    dtype: Optional[str] = setting(None, "null: the model config's dtype")
 
     def validate(self, where: str, earlier: dict) -> None:
         if self.layers is not None and (not self.layers or sorted(set(self.layers)) != list(self.layers)
@@ -51,7 +51,7 @@ class PruneConfig:
             return list(self.layers)
         return evenly_spaced(depth, max(1, round(depth * self.keep_fraction)))
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from pipeline.models.memory import Workload
 
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the kept weights

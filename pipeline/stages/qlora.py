@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 
+from pipeline.ranges import setting
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
@@ -31,11 +32,11 @@ class QuantType(str, Enum):
 
 @dataclass
 class QLoRAConfig(SFTConfig):
-    kind: str = "qlora"
-    quant_type: QuantType = QuantType.nf4
-    double_quant: bool = True             # quantize the quantization constants too (~0.4 bit/param saved)
-    compute_dtype: str = "auto"           # auto: bfloat16 where supported, else float16 on GPU; float32 on CPU
-    optim: str = "auto"                   # auto: paged_adamw_8bit on GPU, adamw_torch on CPU
+    kind: str = setting("qlora", "the stage kind")
+    quant_type: QuantType = setting(QuantType.nf4, "nf4 | fp4")
+    double_quant: bool = setting(True, "quantize the quantization constants too (~0.4 bit/param saved)")
+    compute_dtype: str = setting("auto", "auto: bfloat16 where supported, else float16 on GPU; float32 on CPU")
+    optim: str = setting("auto", "auto: paged_adamw_8bit on GPU, adamw_torch on CPU")
 
     def validate(self, where: str, earlier: dict) -> None:
         if self.method != Method.lora:
@@ -53,10 +54,10 @@ class QLoRAConfig(SFTConfig):
                             "install bitsandbytes>=0.50.2 (pip install -e '.[bnb]'), run on a GPU, "
                             "or use kind sft with method lora (same adapter, 16/32-bit base)")
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from dataclasses import replace
 
-        return replace(super().memory_profile(), method="qlora")
+        return replace(super().memory_profile(sources), method="qlora")
 
 
 def _bitsandbytes_version(where: str) -> tuple[int, ...]:
@@ -88,7 +89,7 @@ def quantization_settings(cfg: QLoRAConfig, device: str) -> dict:
 
 
 @stage("qlora", config=QLoRAConfig, consumes={"model"}, produces="adapter",
-       libraries=(*TRAINING_LIBRARIES, "bitsandbytes"))
+       libraries=(*TRAINING_LIBRARIES, "bitsandbytes"), distributed=True)
 def run(cfg: QLoRAConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model to 4 bits on load and train a LoRA adapter on it."""
     import torch

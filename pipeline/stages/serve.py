@@ -31,7 +31,8 @@ from pipeline.backends.base import gguf_file
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.ranges import at_least, between, positive
+from pipeline.ranges import at_least, between, positive, setting
+from pipeline.engine.contract import StageConfig
 
 BACKENDS = ("auto", "llama.cpp", "vllm")
 SERVABLE = ("gguf", "model")
@@ -46,21 +47,20 @@ CPU_ALTERNATIVE = ("on CPU, add a gguf stage before serve (recipe sft_to_gguf) a
 
 
 @dataclass
-class ServeConfig:
-    kind: str = "serve"
-    inputs: Optional[List[str]] = None          # default: the latest earlier gguf or model stage
-    backend: str = "auto"                       # auto (llama.cpp for a gguf, vllm for a model) | llama.cpp | vllm
-    host: str = "127.0.0.1"                     # 0.0.0.0: reachable from other machines
-    port: int = between(0, 0, 65535)            # 0: a free port
-    api_key_env: Optional[str] = "TUNECHAIN_API_KEY"  # the variable holding the key (unset: no key)
-    block: bool = False                         # true: keep serving after the checks, until Ctrl-C
-    ready_timeout_s: float = positive(120.0)
-    smoke_prompt: str = "What is 12 plus 7?"
-    max_tokens: int = at_least(1, 64)
-    concurrency: int = at_least(0, 16)          # chat requests sent at once (0: skip)
-    n_ctx: int = at_least(16, 2048)
-    extra_args: List[str] = field(default_factory=list)  # appended to the server's command line
-    model_alias: Optional[str] = None           # the model name clients send (null: the chain's model name)
+class ServeConfig(StageConfig):
+    kind: str = setting("serve", "the stage kind")
+    backend: str = setting("auto", "auto (llama.cpp for a gguf, vllm for a model) | llama.cpp | vllm")
+    host: str = setting("127.0.0.1", "0.0.0.0: reachable from other machines")
+    port: int = between(0, 0, 65535, help="0: a free port")
+    api_key_env: Optional[str] = setting("TUNECHAIN_API_KEY", "the variable holding the key (unset: no key)")
+    block: bool = setting(False, "true: keep serving after the checks, until Ctrl-C")
+    ready_timeout_s: float = positive(120.0, help="seconds to wait for the server to answer before failing")
+    smoke_prompt: str = setting("What is 12 plus 7?", "the chat request sent once to check the answer")
+    max_tokens: int = at_least(1, 64, help="tokens per check answer")
+    concurrency: int = at_least(0, 16, help="chat requests sent at once (0: skip)")
+    n_ctx: int = at_least(16, 2048, help="llama.cpp context length")
+    extra_args: List[str] = field(default_factory=list, metadata={"help": "appended to the server's command line"})
+    model_alias: Optional[str] = setting(None, "the model name clients send (null: the chain's model name)")
 
     def validate(self, where: str, earlier: dict) -> None:
         if self.backend not in BACKENDS:
@@ -118,7 +118,7 @@ class ServeConfig:
                 raise PlanError(f"{where}.backend: vLLM serving needs {', '.join(missing)}: pip install -e "
                                 f"'.[vllm,gguf]'; or {CPU_ALTERNATIVE}")
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from pipeline.models.memory import Workload
 
         return Workload(kind="inference")  # the server is another process; this one only sends requests

@@ -19,7 +19,7 @@ from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
-from pipeline.ranges import at_least, one_of, positive
+from pipeline.ranges import at_least, one_of, positive, setting
 from pipeline.training.common import (
     SCHEDULERS,
     LoraSpec,
@@ -34,6 +34,7 @@ from pipeline.training.common import (
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
+from pipeline.engine.contract import StageConfig
 
 
 class Method(str, Enum):
@@ -47,32 +48,31 @@ class AssistantTurns(str, Enum):
 
 
 @dataclass
-class SFTConfig:
-    kind: str = "sft"
-    inputs: Optional[List[str]] = None          # default: the latest earlier model, else the base
-    method: Method = Method.lora
-    dataset: DatasetSpec = field(default=MISSING, metadata={"purpose": "sft"})
-    max_steps: int = at_least(1, 200, also=(-1,))  # -1: train num_train_epochs instead
-    num_train_epochs: float = positive(1.0)
-    learning_rate: float = positive(2e-4)
-    per_device_train_batch_size: int = at_least(1, 8)
-    gradient_accumulation_steps: int = at_least(1, 1)
-    max_length: int = at_least(1, 512)
-    warmup_steps: float = at_least(0, 0.05)     # < 1: a ratio of all steps
-    lr_scheduler_type: str = one_of("cosine", SCHEDULERS)
-    weight_decay: float = at_least(0, 0.0)
-    max_grad_norm: float = positive(1.0)
-    logging_steps: int = at_least(1, 10)
-    gradient_checkpointing: Optional[bool] = None  # null: on for GPUs and models >= 1B (memory.checkpointing_by_default)
-    packing: bool = False                    # chats packed into max_length rows (trl's bfd), kept apart by position ids
-    padding_free: Optional[bool] = None      # null: on where the model family keeps padding-free rows apart
-    liger: Optional[bool] = None             # Liger kernels; null: on with CUDA where liger-kernel is installed
-    torch_compile: bool = False
-    assistant_turns: AssistantTurns = AssistantTurns.all
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
-    lora: LoraSpec = field(default_factory=LoraSpec)
+class SFTConfig(StageConfig):
+    kind: str = setting("sft", "the stage kind")
+    method: Method = setting(Method.lora, "lora: train a new adapter | full: every weight")
+    dataset: DatasetSpec = field(default=MISSING, metadata={"help": "chat data: messages, alpaca or sharegpt records", "purpose": "sft"})
+    max_steps: int = at_least(1, MISSING, also=(-1,), help="-1: train num_train_epochs instead")
+    num_train_epochs: float = positive(1.0, help="used when max_steps is -1")
+    learning_rate: float = positive(MISSING, help="peak learning rate (LoRA 1e-4..2e-4, full 1e-5..5e-5; tiny models take more)")
+    per_device_train_batch_size: int = at_least(1, MISSING, help="chats per step on each device")
+    gradient_accumulation_steps: int = at_least(1, 1, help="batches per optimizer step")
+    max_length: int = at_least(1, MISSING, help="tokens per chat; longer ones are cut")
+    warmup_steps: float = at_least(0, 0.05, help="< 1: a ratio of all steps")
+    lr_scheduler_type: str = one_of("cosine", SCHEDULERS, help="transformers' scheduler name")
+    weight_decay: float = at_least(0, 0.0, help="AdamW weight decay")
+    max_grad_norm: float = positive(1.0, help="gradients clipped to this norm")
+    logging_steps: int = at_least(1, 10, help="steps between loss rows (terminal, metrics, W&B)")
+    gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more; off on CPUs")
+    packing: bool = setting(False, "chats packed into max_length rows (trl's bfd), kept apart by position ids")
+    padding_free: Optional[bool] = setting(None, "null: on where the model family keeps padding-free rows apart")
+    liger: Optional[bool] = setting(None, "Liger kernels; null: on with CUDA where liger-kernel is installed")
+    torch_compile: bool = setting(False, "compile the model with torch.compile (not measured here)")
+    assistant_turns: AssistantTurns = setting(AssistantTurns.all, "all: every assistant reply is trained | last: only the final one")
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec, metadata={"help": "mid-stage checkpoints in the stage's temporary store folder; a re-run resumes"})
+    lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter"})
 
-    def memory_profile(self):
+    def memory_profile(self, sources):
         from pipeline.models.memory import Workload
 
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
@@ -99,7 +99,8 @@ def trained_kind(cfg) -> str:
     return "model" if cfg.method == Method.full else "adapter"
 
 
-@stage("sft", config=SFTConfig, consumes={"model"}, produces=trained_kind, libraries=TRAINING_LIBRARIES)
+@stage("sft", config=SFTConfig, consumes={"model"}, produces=trained_kind, libraries=TRAINING_LIBRARIES,
+       distributed=True)
 def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input model on chat data; produce a LoRA adapter or a full model."""
     from pipeline.models.loading import load_causal_lm

@@ -21,9 +21,9 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 @dataclass
 class CheckpointSpec:
-    every_steps: Optional[int] = at_least(1, 100)  # null: by time only
-    every_minutes: Optional[float] = positive(10.0)  # and at most this long apart (null: by steps only)
-    keep: int = at_least(1, 2)                    # newest checkpoints kept while training
+    every_steps: Optional[int] = at_least(1, 100, help="null: by time only")
+    every_minutes: Optional[float] = positive(10.0, help="and at most this long apart (null: by steps only)")
+    keep: int = at_least(1, 2, help="newest checkpoints kept while training")
 
 
 def latest(out_dir: Path | str) -> Path | None:

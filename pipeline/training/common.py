@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-from pipeline.ranges import at_least, between, positive
+from pipeline.ranges import at_least, between, positive, setting
 
 # transformers' SchedulerType values (tests/test_ranges.py keeps them in step)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -18,12 +18,12 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 
 @dataclass
 class LoraSpec:
-    r: int = at_least(1, 16)
-    alpha: int = positive(32)
-    dropout: float = between(0.0, 0, 1, high_open=True)
-    target_modules: Optional[List[str]] = None  # null: the model config's lora_target_modules
-    use_dora: bool = False
-    use_rslora: bool = False
+    r: int = at_least(1, 16, help="LoRA rank")
+    alpha: int = positive(32, help="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = between(0.0, 0, 1, high_open=True, help="dropout on the LoRA path")
+    target_modules: Optional[List[str]] = setting(None, "null: the model config's lora_target_modules")
+    use_dora: bool = setting(False, "DoRA: weight-decomposed LoRA")
+    use_rslora: bool = setting(False, "rank-stabilized scale alpha / sqrt(r)")
 
 
 def lora_config(spec: LoraSpec, default_targets: list[str]):

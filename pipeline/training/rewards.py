@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from pipeline.ranges import setting
 from pipeline.errors import ConfigError
 from pipeline.evaluation.answers import extract_answer, json_value
 
@@ -91,8 +92,8 @@ BUILTINS: dict[str, Callable[..., list]] = {
 @dataclass(frozen=True)
 class RewardSpec:
     name: str                                   # a built-in name or a dotted path
-    weight: float = 1.0
-    args: dict[str, Any] = field(default_factory=dict)
+    weight: float = setting(1.0, "the reward's weight in the sum")
+    args: dict[str, Any] = field(default_factory=dict, metadata={"help": "keyword arguments passed to the reward function"})
 
 
 _ENTRY_KEYS = ("name", "weight", "args")
