@@ -84,7 +84,7 @@ def test_every_tasks_headline_is_in_the_tables(tmp_path):
 
 def test_speed_task_measures_one_streamed_generation(tiny_llama, tmp_path):
     cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", f"paths.store={tmp_path / 's'}",
-                   "stages.eval_base.tasks=[speed]", "stages.eval_base.speed_new_tokens=12"])
+                   "stages.eval_base.tasks=[speed]", "stages.eval_base.settings.speed.new_tokens=12"])
     record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
     metrics = record["stages"][0]["metrics"]
     assert metrics["speed_new_tokens"] == 12 and metrics["speed_repeats"] == 3
@@ -186,8 +186,8 @@ def test_tools_mcq_code_and_reasoning_tasks_in_a_chain(tiny_llama, tmp_path):
     data = Path(__file__).parent / "data"
     cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", f"paths.store={tmp_path / 's'}",
                    "stages.eval_base.tasks=[reasoning,tools,mcq,code]", "stages.eval_base.limit=3",
-                   f"stages.eval_base.mcq_path={data / 'mcq_sample.jsonl'}",
-                   f"stages.eval_base.code_path={data / 'code_sample.jsonl'}", "logger=none"])
+                   f"stages.eval_base.settings.mcq.path={data / 'mcq_sample.jsonl'}",
+                   f"stages.eval_base.settings.code.path={data / 'code_sample.jsonl'}", "logger=none"])
     record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
     metrics = record["stages"][0]["metrics"]
     assert metrics["tools_n"] == 3 and 0 <= metrics["tools_choice_accuracy"] <= 1
@@ -202,13 +202,14 @@ def test_file_based_tasks_fail_at_plan_time(tmp_path):
     from pipeline.data.datasets import DataError
     from pipeline.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^stages\.eval_base\.mcq_path: task 'mcq' needs a file"):
+    with pytest.raises(ConfigError, match=r"^stages\.eval_base\.settings\.mcq\.path: task 'mcq' needs a file"):
         build_plan(compose(["stages.eval_base.tasks=[mcq]", "logger=none"]), Store(tmp_path))
     bad = tmp_path / "tools.jsonl"
     bad.write_text('{"prompt": "2+2?", "tool": "calculator", "arguments": {"expression": "2+2"}, "answer": "4"}\n'
                    '{"prompt": "weather?", "tool": "teleport", "arguments": {}, "answer": "x"}\n')
     with pytest.raises(DataError, match=r"tools\.jsonl:2: "):
-        build_plan(compose(["stages.eval_base.tasks=[tools]", f"stages.eval_base.tools_path={bad}", "logger=none"]),
+        build_plan(compose(["stages.eval_base.tasks=[tools]", f"stages.eval_base.settings.tools.path={bad}",
+                            "logger=none"]),
                    Store(tmp_path))
 
 

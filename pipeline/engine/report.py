@@ -7,8 +7,10 @@ from typing import Any
 # Metrics shown in tables, in this order, when a stage has them: every eval task's headline
 # (pipeline/evaluation/registry.py), then the training stages'.
 TRAINING_HEADLINE = ("eval_reward_margin", "reward_end", "train_loss", "train_runtime")
-PERCENT = {"math_accuracy", "stopped_at_eos", "parity_identical", "parity_token_agreement", "instruct_pass_rate",
-           "tools_call_match", "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "reasoning_has_think"}
+# RESIDUAL: shares (0..1) that no eval task measures, the exports' parity check (exports/). Eval tasks declare
+# their own (`@task(..., percent=...)`, pipeline/evaluation/registry.py); these belong with the stage kinds that
+# report them, once a stage kind can declare its metrics (`@stage(..., percent=...)`), and then leave here.
+STAGE_PERCENT = frozenset({"parity_identical", "parity_token_agreement"})
 COMPARED = ("math_accuracy", "perplexity")
 # Stage kinds whose output is another form of the same model: the Variants table compares those.
 VARIANT_KINDS = ("bnb", "gptq", "gguf")
@@ -18,13 +20,20 @@ def headline_metrics() -> tuple[str, ...]:
     from pipeline.evaluation.registry import headlines
 
     return tuple(m for metrics in headlines().values() for m in metrics) + TRAINING_HEADLINE
+
+
+def percent_metrics() -> set[str]:
+    """Metrics shown as percentages, their deltas in points: what each eval task declares, and STAGE_PERCENT."""
+    from pipeline.evaluation.registry import percent_metrics as task_percent
+
+    return task_percent() | STAGE_PERCENT
 PLOT = "compression_vs_quality.png"  # quality metrics that compare_with reports as deltas
 
 
 def _fmt(name: str, value: Any) -> str:
     if value is None:
         return "-"
-    if name in PERCENT:
+    if name in percent_metrics():
         return f"{100 * value:.1f}%"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
@@ -54,7 +63,7 @@ def comparisons(entries: list[dict[str, Any]]) -> list[str]:
         for metric in COMPARED:
             a, b = e.get("metrics", {}).get(metric), other.get("metrics", {}).get(metric)
             if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-                delta = f"{100 * (a - b):+.1f} points" if metric in PERCENT else f"{a - b:+.3g}"
+                delta = f"{100 * (a - b):+.1f} points" if metric in percent_metrics() else f"{a - b:+.3g}"
                 lines.append(f"{e['name']} vs {other['name']}: {metric} {_fmt(metric, b)} -> {_fmt(metric, a)} ({delta})")
     return lines
 

@@ -21,7 +21,7 @@ from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
 from pipeline.evaluation import registry as eval_tasks
 from pipeline.evaluation.scoring.judge import JudgeConfig
-from pipeline.ranges import at_least, one_of, positive
+from pipeline.ranges import at_least
 
 
 @dataclass
@@ -40,19 +40,9 @@ class EvalConfig:
     max_new_tokens: Dict[str, int] = at_least(1, None, default_factory=eval_tasks.default_budgets)  # budget per generating task
     dtype: Optional[str] = None                 # null: the model config's dtype
     compare_with: Optional[str] = None          # an earlier eval stage: the report shows the deltas
-    speed_new_tokens: int = at_least(1, 64)     # speed: tokens generated in each streamed, timed generation
-    speed_prompt_tokens: int = at_least(1, 512)  # speed: prompt length (worked examples before the question)
-    speed_repeats: int = at_least(1, 3)         # speed: timed generations; the median is reported
-    perplexity_max_length: int = at_least(2, 1024)  # perplexity: window length (capped at the model's context)
-    perplexity_stride: int = at_least(1, 512)   # perplexity: window step; each token is scored once
-    tools_path: Optional[str] = "embedded/data/test_tools.jsonl"  # tools: cases {prompt, tool, arguments, answer} for the agent loop
-    tools_max_turns: int = at_least(1, 3)
-    mcq_path: Optional[str] = None              # mcq: MMLU / C-Eval style file (question, A, B, C, D, answer)
-    mcq_style: str = one_of("letter", ("letter", "text"))  # letter: score " A".." D"; text: score the option texts per token
-    code_path: Optional[str] = None             # code: HumanEval-like problems {task_id, prompt, test}
-    code_timeout_s: float = positive(5.0)
-    lm_eval_tasks: List[str] = field(default_factory=list)  # lm_eval: lm-evaluation-harness task names
-    lm_eval_num_fewshot: Optional[int] = at_least(0, None)
+    # Each task's own settings, declared in its file (settings.speed.new_tokens, settings.tools.path...): every
+    # registered task's, defaults from its dataclass, all typed, range-checked and fingerprinted, chosen or not.
+    settings: eval_tasks.TaskSettings = field(default_factory=eval_tasks.default_settings)
 
     def validate(self, where: str, earlier: dict) -> None:
         valid = eval_tasks.names()
@@ -66,12 +56,6 @@ class EvalConfig:
                                   f"{', '.join(budgets)}")
             if budget < 1:
                 raise ConfigError(f"{where}.max_new_tokens.{task}: {budget}; must be >= 1")
-        for key in ("speed_new_tokens", "speed_prompt_tokens", "speed_repeats", "perplexity_max_length",
-                    "perplexity_stride", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: {getattr(self, key)}; must be >= 1")
-        if self.mcq_style not in ("letter", "text"):
-            raise ConfigError(f"{where}.mcq_style: '{self.mcq_style}'; valid: letter, text")
         if self.judge_stage is not None:
             judge = earlier.get(self.judge_stage)
             if judge is None or judge.output_kind != "gguf" or self.judge_stage not in (self.inputs or [])[1:]:
@@ -99,7 +83,7 @@ class EvalConfig:
 
         budgets = [self.budget(s.name) for s in eval_tasks.with_needs(self.tasks) if s.budget is not None]
         return Workload(kind="generate", batch=self.batch_size, new_tokens=max(budgets, default=1),
-                        scores_window=self.perplexity_max_length if "perplexity" in self.tasks else 0)
+                        scores_window=self.settings.perplexity.max_length if "perplexity" in self.tasks else 0)
 
     def budget(self, task: str) -> int:
         return self.max_new_tokens.get(task, eval_tasks.default_budgets()[task])
