@@ -4,6 +4,10 @@ judge, tools, mcq, code, reasoning, lm_eval).
 
     python main.py recipe=quickstart stages.eval_tuned.limit=50
     python main.py stages.eval_tuned.tasks=[math,speed,instruct]
+    python main.py stages.eval_tuned.tasks=[speed] stages.eval_tuned.settings.speed.new_tokens=128
+
+What every task uses stays here (the data, limit, batch size, budgets, dtype, the judge); what one task
+uses is declared in that task's file and lives under `settings.<task>` (pipeline/evaluation/registry.py).
 """
 from __future__ import annotations
 
