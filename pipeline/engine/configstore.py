@@ -3,7 +3,7 @@ type at composition time (interpolations such as ${model.tuning.sft.max_steps} a
 from __future__ import annotations
 
 MODEL_SCHEMA = "_schema"  # conf/model/*.yaml: `defaults: [_schema, _self_]`
-EVAL_SETTINGS = "_eval_settings"  # conf/stage/eval.yaml: `defaults: [_eval_settings@settings, _self_]`
+EVAL_SETTINGS = "_eval_settings"  # conf/stage/eval.yaml: `defaults: [_self_, _eval_settings@settings]`
 
 
 def register() -> None:

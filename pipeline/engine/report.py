@@ -27,6 +27,8 @@ def percent_metrics() -> set[str]:
     from pipeline.evaluation.registry import percent_metrics as task_percent
 
     return task_percent() | STAGE_PERCENT
+
+
 PLOT = "compression_vs_quality.png"  # quality metrics that compare_with reports as deltas
 
 
