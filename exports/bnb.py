@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from exports.parity import ParityFields
+from exports.parity import PARITY_PERCENT, ParityFields
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
@@ -249,7 +249,8 @@ def reload_check(folder: Path, source: Artifact, ctx, is_quantized: Callable[[An
 
 
 @stage("bnb", config=BnbConfig, consumes={"model"}, produces="model",
-       libraries=("torch", "transformers", "bitsandbytes"), isolated=True, variant=True)
+       libraries=("torch", "transformers", "bitsandbytes"), isolated=True, variant=True,
+       percent=PARITY_PERCENT)
 def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model with bitsandbytes (NF4/FP4 4-bit or LLM.int8) and save it."""
     import torch

@@ -21,7 +21,7 @@ from typing import Any, List, Optional
 
 from exports import llamacpp
 from exports.gguf_metadata import converter_folder, hf_expectations, verify_and_fix
-from exports.parity import ParityFields
+from exports.parity import PARITY_PERCENT, ParityFields
 from pipeline.ranges import setting
 from pipeline.artifact import Artifact, weight_bytes
 from pipeline.engine.context import Inputs, StageContext
@@ -101,7 +101,8 @@ def intermediate_type(dtype: str) -> str:
 
 
 @stage("gguf", config=GGUFConfig, consumes=set(MODEL_KINDS), produces="gguf",
-       libraries=("torch", "transformers", "peft", "gguf", "llama-cpp-python"), isolated=True, variant=True)
+       libraries=("torch", "transformers", "peft", "gguf", "llama-cpp-python"), isolated=True, variant=True,
+       percent=PARITY_PERCENT)
 def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Convert the input model (an adapter is merged first) to a checked GGUF and an Ollama Modelfile."""
     source = inputs.primary

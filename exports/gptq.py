@@ -28,7 +28,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from exports.parity import ParityFields
+from exports.parity import PARITY_PERCENT, ParityFields
 from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec
 from pipeline.engine.context import Inputs, StageContext
@@ -174,7 +174,8 @@ def quant_log_metrics(folder: Path) -> dict[str, float]:
 
 
 @stage("gptq", config=GPTQConfig, consumes={"model"}, produces="model",
-       libraries=("torch", "transformers", "gptqmodel"), isolated=True, variant=True)
+       libraries=("torch", "transformers", "gptqmodel"), isolated=True, variant=True,
+       percent=PARITY_PERCENT)
 def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model's linear layers with GPTQ (GPTQModel) on the chain's chats and save it."""
     import gc

@@ -24,6 +24,9 @@ class ParityError(TunechainError):
     """The exported model disagrees with its source more than the stage allows."""
 
 
+PARITY_PERCENT = ("parity_identical", "parity_token_agreement")  # shares of the prompts, shown as %
+
+
 @dataclass
 class ParityFields(StageConfig):
     """Config fields shared by every export stage (flat, so `stages.gguf.parity_limit=20` works)."""

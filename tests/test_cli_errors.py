@@ -17,6 +17,11 @@ def _error_lines(result) -> list[str]:
     (["stages.nope.max_steps=3"], "error: stages.nope.max_steps: the recipe has no stage 'nope'; its stages are: eval_base, sft, eval_tuned"),
     (["recipe=lora_merge", "stages.sft.method=full"],
      "error: stages.merge (kind 'merge') needs an input of kind adapter, but no earlier stage produces one"),
+    (["stages.eval_tuned.settings.speed.new_tokn=128"],  # an eval task's own settings, from its dataclass
+     "error: stages.eval_tuned.settings.speed.new_tokn: unknown key (did you mean 'new_tokens'?); valid keys: "
+     "new_tokens, prompt_tokens, repeats"),
+    (["stages.eval_tuned.settings.mcq.style=word"],
+     "error: stages.eval_tuned.settings.mcq.style: 'word'; valid: one of letter, text"),
     (["stages.eval_tuned.compare_with=sft"], "error: stages.eval_tuned.compare_with: 'sft' is not an earlier eval stage; choose from: eval_base"),
     (["model=qwen3-0.6b"], "error: model 'qwen3-0.6b' (Qwen/Qwen3-0.6B) cannot be fetched: the hub is unreachable"),
 ])

@@ -12,7 +12,7 @@ from pipeline.errors import ConfigError
 @pytest.mark.parametrize("override, message", [
     ("stages.eval_base.max_new_tokens.perplexity=8", "max_new_tokens.perplexity: not a generating task"),
     ("stages.eval_base.max_new_tokens.math=0", "max_new_tokens.math: 0; valid: >= 1"),
-    ("stages.eval_base.speed_repeats=0", "speed_repeats: 0; valid: >= 1"),
+    ("stages.eval_base.settings.speed.repeats=0", r"stages\.eval_base\.settings\.speed\.repeats: 0; valid: >= 1"),
 ])
 def test_bad_budgets_fail_at_plan_time(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):

@@ -16,7 +16,7 @@ from pipeline.errors import PlanError
 
 
 def _eval(name, source, size, accuracy, compare_with=None, **extra):
-    return {"name": name, "kind": "eval", "status": "done", "inputs": [source], "compare_with": compare_with,
+    return {"name": name, "kind": "eval", "output": "eval", "status": "done", "inputs": [source], "compare_with": compare_with,
             "metrics": {"size_mb": size, "math_accuracy": accuracy, "backend": "transformers", **extra}}
 
 
@@ -28,7 +28,7 @@ def _predictions(folder: Path, correct: list[bool]) -> str:
 
 
 def test_variants_table_plot_and_html(tmp_path):
-    exports = [{"name": n, "kind": "gguf", "status": "done", "inputs": ["merge"], "metrics": {}}
+    exports = [{"name": n, "kind": "gguf", "output": "gguf", "status": "done", "inputs": ["merge"], "metrics": {}}
                for n in ("gguf_q8", "gguf_q4")]
     entries = [*exports, _eval("eval_reference", "merge", 16.0, 0.80, first_token_s=0.04, decode_tokens_per_s=50.0,
                                math_n=10, stopped_at_eos=0.9),
@@ -69,9 +69,9 @@ def test_a_trained_adapter_is_no_variant_of_its_base(tmp_path):
 
 
 def test_every_tasks_headline_is_in_the_tables(tmp_path):
-    entries = [{"name": "eval_code", "kind": "eval", "status": "done", "inputs": ["base"], "seconds": 3.0,
+    entries = [{"name": "eval_code", "kind": "eval", "output": "eval", "status": "done", "inputs": ["base"], "seconds": 3.0,
                 "metrics": {"code_pass@1": 0.25, "code_n": 4}},
-               {"name": "eval_mcq", "kind": "eval", "status": "done", "inputs": ["base"], "seconds": 2.0,
+               {"name": "eval_mcq", "kind": "eval", "output": "eval", "status": "done", "inputs": ["base"], "seconds": 2.0,
                 "metrics": {"mcq_accuracy": 0.5, "lmeval_gsm8k_exact_match": 0.1, "lmeval_gsm8k_stderr": 0.01}}]
     record = {"recipe": "r", "model": "m", "model_path": "p", "status": "done", "store": "s", "stages": entries}
     report.write(tmp_path, record, SimpleNamespace())
@@ -84,7 +84,7 @@ def test_every_tasks_headline_is_in_the_tables(tmp_path):
 
 def test_speed_task_measures_one_streamed_generation(tiny_llama, tmp_path):
     cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", f"paths.store={tmp_path / 's'}",
-                   "stages.eval_base.tasks=[speed]", "stages.eval_base.speed_new_tokens=12"])
+                   "stages.eval_base.tasks=[speed]", "stages.eval_base.settings.speed.new_tokens=12"])
     record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
     metrics = record["stages"][0]["metrics"]
     assert metrics["speed_new_tokens"] == 12 and metrics["speed_repeats"] == 3
@@ -186,8 +186,8 @@ def test_tools_mcq_code_and_reasoning_tasks_in_a_chain(tiny_llama, tmp_path):
     data = Path(__file__).parent / "data"
     cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", f"paths.store={tmp_path / 's'}",
                    "stages.eval_base.tasks=[reasoning,tools,mcq,code]", "stages.eval_base.limit=3",
-                   f"stages.eval_base.mcq_path={data / 'mcq_sample.jsonl'}",
-                   f"stages.eval_base.code_path={data / 'code_sample.jsonl'}", "logger=none"])
+                   f"stages.eval_base.settings.mcq.path={data / 'mcq_sample.jsonl'}",
+                   f"stages.eval_base.settings.code.path={data / 'code_sample.jsonl'}", "logger=none"])
     record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
     metrics = record["stages"][0]["metrics"]
     assert metrics["tools_n"] == 3 and 0 <= metrics["tools_choice_accuracy"] <= 1
@@ -202,13 +202,14 @@ def test_file_based_tasks_fail_at_plan_time(tmp_path):
     from pipeline.data.datasets import DataError
     from pipeline.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^stages\.eval_base\.mcq_path: task 'mcq' needs a file"):
+    with pytest.raises(ConfigError, match=r"^stages\.eval_base\.settings\.mcq\.path: task 'mcq' needs a file"):
         build_plan(compose(["stages.eval_base.tasks=[mcq]", "logger=none"]), Store(tmp_path))
     bad = tmp_path / "tools.jsonl"
     bad.write_text('{"prompt": "2+2?", "tool": "calculator", "arguments": {"expression": "2+2"}, "answer": "4"}\n'
                    '{"prompt": "weather?", "tool": "teleport", "arguments": {}, "answer": "x"}\n')
     with pytest.raises(DataError, match=r"tools\.jsonl:2: "):
-        build_plan(compose(["stages.eval_base.tasks=[tools]", f"stages.eval_base.tools_path={bad}", "logger=none"]),
+        build_plan(compose(["stages.eval_base.tasks=[tools]", f"stages.eval_base.settings.tools.path={bad}",
+                            "logger=none"]),
                    Store(tmp_path))
 
 

@@ -30,7 +30,12 @@ def _numeric_fields(cls, where, seen):
 
 
 def test_every_numeric_field_declares_its_range():
+    from pipeline.evaluation import registry as eval_tasks
+
     classes = [(kind, registry.get(kind).config_cls) for kind in registry.kinds()] + [("model", ModelConfig)]
+    # every eval task's own settings (the eval config's `settings` holds them; listed here should that change)
+    classes += [(f"eval.settings.{name}", spec.settings)
+                for name, spec in eval_tasks.all_tasks().items() if spec.settings]
     missing = [key for where, cls in classes for key, f in _numeric_fields(cls, where, set()) if "range" not in f.metadata]
     assert not missing, f"numeric fields without a declared range: {missing}"
 
@@ -54,7 +59,8 @@ def test_scheduler_names_match_transformers():
 
 BAD = ["stages.sft.lora.r=-1", "stages.sft.lora.dropout=1.5", "stages.sft.learning_rate=-1",
        "stages.sft.per_device_train_batch_size=0", "stages.sft.max_length=0", "stages.sft.max_steps=0",
-       "stages.sft.lr_scheduler_type=cosin", "stages.eval_base.max_new_tokens.math=0", "hardware.num_processes=0",
+       "stages.sft.lr_scheduler_type=cosin", "stages.eval_base.max_new_tokens.math=0",
+       "stages.eval_base.settings.perplexity.stride=0", "hardware.num_processes=0",
        "model.dtype=fp16"]
 
 
@@ -66,7 +72,8 @@ def test_the_plan_reports_every_bad_value_at_once(tmp_path):
     for line in ("stages.sft.lora.r: -1; valid: >= 1", "stages.sft.lora.dropout: 1.5; valid: [0, 1)",
                  "stages.sft.learning_rate: -1.0; valid: > 0", "stages.sft.max_steps: 0; valid: >= 1 or -1",
                  "stages.sft.lr_scheduler_type: 'cosin'; valid: one of linear, cosine",
-                 "stages.eval_base.max_new_tokens.math: 0; valid: >= 1", "hardware.num_processes: 0; valid: >= 1",
+                 "stages.eval_base.max_new_tokens.math: 0; valid: >= 1",
+                 "stages.eval_base.settings.perplexity.stride: 0; valid: >= 1", "hardware.num_processes: 0; valid: >= 1",
                  "model.dtype: 'fp16'; valid: one of auto, float32, bfloat16, float16"):
         assert line in message, message
 

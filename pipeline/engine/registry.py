@@ -38,6 +38,7 @@ class StageSpec:
     isolated: bool = False  # runs in a child process (native code: a crash fails the stage, not the chain)
     distributed: bool = False  # trains through a transformers Trainer: runs under torchrun when hardware asks for N>1
     variant: bool = False  # makes a compressed variant of its input (bnb, GPTQ, GGUF): the report's variant table
+    percent: tuple[str, ...] = ()  # its metrics that are shares (0..1): the report shows %, deltas in points
 
     def output_kind(self, cfg: Any) -> str:
         return self.produces(cfg) if callable(self.produces) else self.produces
@@ -48,7 +49,7 @@ _REGISTRY: dict[str, StageSpec] = {}
 
 def stage(kind: str, *, config: type, consumes: Iterable[str], produces, cache: bool = True,
           libraries: Iterable[str] = DEFAULT_LIBRARIES, isolated: bool = False, distributed: bool = False,
-          variant: bool = False):
+          variant: bool = False, percent: Iterable[str] = ()):
     """Register `run(cfg, inputs, ctx) -> Artifact` as the stage kind `kind`. `config` extends StageConfig
     (pipeline/engine/contract.py: the hooks the planner calls); `libraries` are the distributions (pip
     names) its result depends on; the flags are StageSpec's."""
@@ -58,7 +59,7 @@ def stage(kind: str, *, config: type, consumes: Iterable[str], produces, cache: 
 
     def wrap(fn):
         _REGISTRY[kind] = StageSpec(kind, config, fn, frozenset(consumes), produces, (fn.__doc__ or "").strip(),
-                                    cache, tuple(libraries), isolated, distributed, variant)
+                                    cache, tuple(libraries), isolated, distributed, variant, tuple(percent))
         return fn
 
     return wrap

@@ -4,27 +4,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.engine import registry
+from pipeline.errors import ConfigError
+
 # Metrics shown in tables, in this order, when a stage has them: every eval task's headline
 # (pipeline/evaluation/registry.py), then the training stages'.
 TRAINING_HEADLINE = ("eval_reward_margin", "reward_end", "train_loss", "train_runtime")
-PERCENT = {"math_accuracy", "stopped_at_eos", "parity_identical", "parity_token_agreement", "instruct_pass_rate",
-           "tools_call_match", "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "reasoning_has_think"}
 COMPARED = ("math_accuracy", "perplexity")
-# Stage kinds whose output is another form of the same model: the Variants table compares those.
-VARIANT_KINDS = ("bnb", "gptq", "gguf")
+
+
+def _spec(kind: str) -> registry.StageSpec:
+    try:
+        return registry.get(kind)
+    except ConfigError:  # a chain.json of a kind this installation no longer has
+        return registry.StageSpec(kind, object, None, frozenset(), "")
 
 
 def headline_metrics() -> tuple[str, ...]:
     from pipeline.evaluation.registry import headlines
 
     return tuple(m for metrics in headlines().values() for m in metrics) + TRAINING_HEADLINE
+
+
+def percent_metrics() -> set[str]:
+    """Metrics shown as percentages, their deltas in points: what each eval task (`@task(percent=...)`) and
+    stage kind (`@stage(percent=...)`) declares."""
+    from pipeline.evaluation.registry import percent_metrics as task_percent
+
+    return task_percent() | {m for kind in registry.kinds() for m in registry.get(kind).percent}
+
+
 PLOT = "compression_vs_quality.png"  # quality metrics that compare_with reports as deltas
 
 
 def _fmt(name: str, value: Any) -> str:
     if value is None:
         return "-"
-    if name in PERCENT:
+    if name in percent_metrics():
         return f"{100 * value:.1f}%"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
@@ -54,7 +70,7 @@ def comparisons(entries: list[dict[str, Any]]) -> list[str]:
         for metric in COMPARED:
             a, b = e.get("metrics", {}).get(metric), other.get("metrics", {}).get(metric)
             if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-                delta = f"{100 * (a - b):+.1f} points" if metric in PERCENT else f"{a - b:+.3g}"
+                delta = f"{100 * (a - b):+.1f} points" if metric in percent_metrics() else f"{a - b:+.3g}"
                 lines.append(f"{e['name']} vs {other['name']}: {metric} {_fmt(metric, b)} -> {_fmt(metric, a)} ({delta})")
     return lines
 
@@ -64,7 +80,7 @@ def exports(entries: list[dict[str, Any]]) -> list[str]:
     lines = []
     for e in entries:
         m = e.get("metrics", {})
-        if e["kind"] == "eval" or ("parity_identical" not in m and "size_mb" not in m):
+        if e.get("output") == "eval" or ("parity_identical" not in m and "size_mb" not in m):
             continue
         parts = []
         if "size_mb" in m:
@@ -83,7 +99,7 @@ def serving(entries: list[dict[str, Any]]) -> list[str]:
     lines = []
     for e in entries:
         m = e.get("metrics", {})
-        if e["kind"] != "serve" or not m:
+        if e.get("output") != "serve" or not m:
             continue
         lines.append(f"{e['name']}: ready in {m.get('ready_seconds')}s on {m.get('bound_address')}, smoke reply "
                      f"{m.get('smoke_latency_s')}s ({m.get('smoke_tokens_per_s')} tokens/s, finish "
@@ -100,10 +116,9 @@ VARIANT_COLUMNS = ("variant", "backend", "size MB", "compression", "math acc (n)
 def variant_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The evals of one model's forms: each eval whose input is an export (bnb, GPTQ, GGUF) and compares
     with an earlier eval, and those references. A trained adapter against its base is not a variant."""
-    kinds = {e["name"]: e["kind"] for e in entries}
-    evals = [e for e in entries if e["kind"] == "eval" and "size_mb" in e.get("metrics", {})]
-    variants = [e for e in evals if e.get("compare_with") and
-                kinds.get((e.get("inputs") or [""])[0], "").startswith(VARIANT_KINDS)]
+    variant = {e["name"]: _spec(e["kind"]).variant for e in entries}
+    evals = [e for e in entries if e.get("output") == "eval" and "size_mb" in e.get("metrics", {})]
+    variants = [e for e in evals if e.get("compare_with") and variant.get((e.get("inputs") or [""])[0], False)]
     references = {e["compare_with"] for e in variants}
     return [e for e in evals if e in variants or e["name"] in references]
 

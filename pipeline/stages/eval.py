@@ -4,6 +4,10 @@ judge, tools, mcq, code, reasoning, lm_eval).
 
     python main.py recipe=quickstart stages.eval_tuned.limit=50
     python main.py stages.eval_tuned.tasks=[math,speed,instruct]
+    python main.py stages.eval_tuned.tasks=[speed] stages.eval_tuned.settings.speed.new_tokens=128
+
+What every task uses stays here (the data, limit, batch size, budgets, dtype, the judge); what one task
+uses is declared in that task's file and lives under `settings.<task>` (pipeline/evaluation/registry.py).
 """
 from __future__ import annotations
 
@@ -21,38 +25,35 @@ from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
 from pipeline.evaluation import registry as eval_tasks
 from pipeline.evaluation.scoring.judge import JudgeConfig
-from pipeline.ranges import at_least, one_of, positive
+from pipeline.ranges import at_least, setting
 from pipeline.engine.contract import StageConfig
 
 
 @dataclass
 class EvalConfig(StageConfig):
-    kind: str = "eval"
-    tasks: List[str] = field(default_factory=lambda: ["math", "perplexity"])
-    math: DatasetSpec = field(default=MISSING, metadata={"purpose": "gsm8k"})
-    text: DatasetSpec = field(default=MISSING, metadata={"purpose": "text"})
-    instruct: DatasetSpec = field(default=MISSING, metadata={"purpose": "instruct"})
-    judge: JudgeConfig = field(default_factory=JudgeConfig)  # grades the instruct answers (task judge)
-    judge_stage: Optional[str] = None           # a GGUF stage of this chain as the judge (served on loopback);
-                                                # list it in inputs too, so the judge is part of the fingerprint
-    limit: Optional[int] = at_least(1, None)    # evaluate the first N records of each task
-    batch_size: int = at_least(1, 32)           # prompts per generate call
-    max_new_tokens: Dict[str, int] = at_least(1, None, default_factory=eval_tasks.default_budgets)  # budget per generating task
-    dtype: Optional[str] = None                 # null: the model config's dtype
-    compare_with: Optional[str] = None          # an earlier eval stage: the report shows the deltas
-    speed_new_tokens: int = at_least(1, 64)     # speed: tokens generated in each streamed, timed generation
-    speed_prompt_tokens: int = at_least(1, 512)  # speed: prompt length (worked examples before the question)
-    speed_repeats: int = at_least(1, 3)         # speed: timed generations; the median is reported
-    perplexity_max_length: int = at_least(2, 1024)  # perplexity: window length (capped at the model's context)
-    perplexity_stride: int = at_least(1, 512)   # perplexity: window step; each token is scored once
-    tools_path: Optional[str] = "embedded/data/test_tools.jsonl"  # tools: cases {prompt, tool, arguments, answer} for the agent loop
-    tools_max_turns: int = at_least(1, 3)
-    mcq_path: Optional[str] = None              # mcq: MMLU / C-Eval style file (question, A, B, C, D, answer)
-    mcq_style: str = one_of("letter", ("letter", "text"))  # letter: score " A".." D"; text: score the option texts per token
-    code_path: Optional[str] = None             # code: HumanEval-like problems {task_id, prompt, test}
-    code_timeout_s: float = positive(5.0)
-    lm_eval_tasks: List[str] = field(default_factory=list)  # lm_eval: lm-evaluation-harness task names
-    lm_eval_num_fewshot: Optional[int] = at_least(0, None)
+    kind: str = setting("eval", "the stage kind")
+    tasks: List[str] = setting(factory=lambda: ["math", "perplexity"],
+                               help="math | perplexity | speed | instruct | judge | tools | mcq | code | reasoning | "
+                                    "lm_eval, or a task of your own (README: eval tasks)")
+    math: DatasetSpec = field(default=MISSING, metadata={"help": "arithmetic problems with a final number (gsm8k)",
+                                                         "purpose": "gsm8k"})
+    text: DatasetSpec = field(default=MISSING, metadata={"help": "held-out documents (task perplexity)", "purpose": "text"})
+    instruct: DatasetSpec = field(default=MISSING, metadata={"help": "prompts with verifiable checks and reference "
+                                                                     "answers (tasks instruct, judge)", "purpose": "instruct"})
+    judge: JudgeConfig = setting(factory=JudgeConfig, help="an OpenAI-compatible judge that grades the instruct answers "
+                                                           "1-10 (task judge)")
+    judge_stage: Optional[str] = setting(None, "an earlier gguf stage as the judge, served on loopback; list it in "
+                                               "inputs too, so the judge is part of the fingerprint")
+    limit: Optional[int] = at_least(1, MISSING, help="the first N records of each task (null: all)")
+    batch_size: int = at_least(1, MISSING, help="prompts per generate call (capped to fit memory)")
+    max_new_tokens: Dict[str, int] = at_least(1, None, default_factory=eval_tasks.default_budgets,
+                                              help="generation budget per task; answers that hit it are counted "
+                                                   "(stopped_at_eos)")
+    dtype: Optional[str] = setting(None, "null: the model config's dtype")
+    compare_with: Optional[str] = setting(None, "an earlier eval stage: the report shows the deltas")
+    settings: eval_tasks.TaskSettings = setting(factory=eval_tasks.default_settings,
+                                                help="each task's own settings (settings.speed.new_tokens...), "
+                                                     "declared in its file; all typed, checked and fingerprinted")
 
     def validate(self, where: str, earlier: dict) -> None:
         valid = eval_tasks.names()
@@ -66,12 +67,6 @@ class EvalConfig(StageConfig):
                                   f"{', '.join(budgets)}")
             if budget < 1:
                 raise ConfigError(f"{where}.max_new_tokens.{task}: {budget}; must be >= 1")
-        for key in ("speed_new_tokens", "speed_prompt_tokens", "speed_repeats", "perplexity_max_length",
-                    "perplexity_stride", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{where}.{key}: {getattr(self, key)}; must be >= 1")
-        if self.mcq_style not in ("letter", "text"):
-            raise ConfigError(f"{where}.mcq_style: '{self.mcq_style}'; valid: letter, text")
         if self.judge_stage is not None:
             judge = earlier.get(self.judge_stage)
             if judge is None or judge.output_kind != "gguf" or self.judge_stage not in (self.inputs or [])[1:]:
@@ -103,7 +98,7 @@ class EvalConfig(StageConfig):
         budgets = [self.budget(s.name) for s in eval_tasks.with_needs(self.tasks) if s.budget is not None]
         source = sources[0] if sources else None  # a GGUF input runs in llama.cpp, not transformers
         return Workload(kind="generate", batch=self.batch_size, new_tokens=max(budgets, default=1),
-                        scores_window=self.perplexity_max_length if "perplexity" in self.tasks else 0,
+                        scores_window=self.settings.perplexity.max_length if "perplexity" in self.tasks else 0,
                         gguf=getattr(source.cfg, "quant", "f16") if source and source.output_kind == "gguf" else None)
 
     def budget(self, task: str) -> int:

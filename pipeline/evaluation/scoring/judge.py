@@ -36,7 +36,7 @@ from pipeline.evaluation.scoring.judge_verdicts import (
     parse_preference,
     parse_score,
 )
-from pipeline.ranges import at_least, positive
+from pipeline.ranges import at_least, positive, setting
 from pipeline.redaction import REDACTED
 
 LANGUAGES = ("auto", "zh", "en")
@@ -49,16 +49,16 @@ class JudgeConfigError(ConfigError, ValueError):
 
 @dataclass
 class JudgeConfig:
-    base_url_env: str = "TUNECHAIN_JUDGE_URL"                  # the variable holding the base URL (…/v1)
-    api_key_env: Optional[str] = "TUNECHAIN_JUDGE_API_KEY"     # the variable holding the key (unset: no key)
-    base_url: Optional[str] = None     # a literal URL (e.g. a loopback server the chain started) wins over the env
-    model: str = "judge"
-    timeout_s: float = positive(30.0)  # per request; a slower answer counts as failed
-    max_retries: int = at_least(0, 1)  # the openai client's own retries (connection errors, 408/429/5xx)
-    concurrency: int = at_least(1, 4)  # requests in flight at once
-    temperature: float = at_least(0, 0.0)
-    max_tokens: int = at_least(1, 256)  # the verdict's length
-    language: str = "auto"             # zh | en rubric; auto: zh when the question contains CJK characters
+    base_url_env: str = setting("TUNECHAIN_JUDGE_URL", "the variable holding the base URL (…/v1)")
+    api_key_env: Optional[str] = setting("TUNECHAIN_JUDGE_API_KEY", "the variable holding the key (unset: no key)")
+    base_url: Optional[str] = setting(None, "a literal URL (e.g. a loopback server the chain started) wins over the env")
+    model: str = setting("judge", "the model name sent to the judge's API")
+    timeout_s: float = positive(30.0, help="per request; a slower answer counts as failed")
+    max_retries: int = at_least(0, 1, help="the openai client's own retries (connection errors, 408/429/5xx)")
+    concurrency: int = at_least(1, 4, help="requests in flight at once")
+    temperature: float = at_least(0, 0.0, help="the judge's sampling temperature (0: greedy)")
+    max_tokens: int = at_least(1, 256, help="the verdict's length")
+    language: str = setting("auto", "zh | en rubric; auto: zh when the question contains CJK characters")
 
 
 def check_config(cfg: JudgeConfig, where: str) -> None:

@@ -1,5 +1,5 @@
 """lm-evaluation-harness on any tunechain artifact, for users who have its task data (the hub, or
-a local cache): `tasks: [lm_eval]` with `lm_eval_tasks: [gsm8k, mmlu, ceval-valid, ...]`.
+a local cache): `tasks: [lm_eval]` with `settings: {lm_eval: {tasks: [gsm8k, mmlu, ceval-valid, ...]}}`.
 
 HF folders, bnb and GPTQ checkpoints go to the harness's `hf` model; an adapter goes as
 `pretrained=<base>,peft=<adapter>`. GGUF files are not passed through here (the harness's gguf model
@@ -20,7 +20,7 @@ def check_available(where: str, tasks: list[str]) -> None:
     if importlib.util.find_spec("lm_eval") is None:
         raise ConfigError(f"{where}.tasks: task 'lm_eval' needs lm-evaluation-harness: {INSTALL}")
     if not tasks:
-        raise ConfigError(f"{where}.lm_eval_tasks: empty; name the harness tasks, e.g. [gsm8k, mmlu]")
+        raise ConfigError(f"{where}.settings.lm_eval.tasks: empty; name the harness tasks, e.g. [gsm8k, mmlu]")
 
 
 def model_args(artifact: Artifact, dtype: str) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import json
 from pipeline.evaluation.registry import EvalRun, task
 
 
-@task("instruct", order=30, headlines=("instruct_pass_rate",), budget=256, reads=("instruct",))
+@task("instruct", order=30, headlines=("instruct_pass_rate",), budget=256, reads=("instruct",),
+      percent=("instruct_pass_rate",))
 def run(ev: EvalRun) -> dict:
     """Pass rate of the checks; instruct_predictions.jsonl keeps every answer."""
     from pipeline.backends.base import chat_prompt

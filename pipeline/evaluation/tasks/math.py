@@ -7,7 +7,8 @@ import time
 from pipeline.evaluation.registry import EvalRun, task
 
 
-@task("math", order=20, headlines=("math_accuracy", "stopped_at_eos"), budget=256, reads=("math",))
+@task("math", order=20, headlines=("math_accuracy", "stopped_at_eos"), budget=256, reads=("math",),
+      percent=("math_accuracy", "stopped_at_eos"))
 def run(ev: EvalRun) -> dict:
     """Exact match of the final number; predictions.jsonl keeps every answer."""
     from pipeline.backends.base import chat_prompt

@@ -2,30 +2,40 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Optional
 
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.ranges import at_least, setting
+
+
+@dataclass
+class ToolsSettings:
+    path: Optional[str] = setting("embedded/data/test_tools.jsonl", "cases {prompt, tool, arguments, answer}: the agent loop")
+    max_turns: int = at_least(1, 3, help="model turns per case (tool call, tool result, answer)")
 
 
 def check(cfg, where: str) -> None:
     from pipeline.errors import ConfigError
     from pipeline.evaluation.scoring.tool_agent import load_tool_cases
 
-    if not cfg.tools_path:
-        raise ConfigError(f"{where}.tools_path: task 'tools' needs a file; set {where}.tools_path=PATH")
-    load_tool_cases(cfg.tools_path)
+    if not cfg.settings.tools.path:
+        raise ConfigError(f"{where}.settings.tools.path: task 'tools' needs a file; set {where}.settings.tools.path=PATH")
+    load_tool_cases(cfg.settings.tools.path)
 
 
-@task("tools", order=40, headlines=("tools_call_match", "tools_answer_accuracy"), budget=128, check=check)
+@task("tools", order=40, headlines=("tools_call_match", "tools_answer_accuracy"), budget=128, check=check,
+      settings=ToolsSettings, percent=("tools_call_match", "tools_answer_accuracy"))
 def run(ev: EvalRun) -> dict:
-    """Cases {prompt, tool, arguments, answer} from tools_path; tools_episodes.jsonl keeps each episode."""
+    """Cases {prompt, tool, arguments, answer} from settings.tools.path; tools_episodes.jsonl keeps each episode."""
     from pipeline.evaluation.common import limited, prompt_tokenizer
     from pipeline.evaluation.scoring.tool_agent import backend_generate, evaluate_tools, load_tool_cases
 
     cfg, ctx = ev.cfg, ev.ctx
-    records = limited(load_tool_cases(cfg.tools_path), cfg.limit)
+    records = limited(load_tool_cases(cfg.settings.tools.path), cfg.limit)
     tokenizer = prompt_tokenizer(ev.backend, ctx)
     metrics, episodes = evaluate_tools(backend_generate(ev.backend, tokenizer, cfg.budget("tools")), records,
-                                       cfg.tools_max_turns)
+                                       cfg.settings.tools.max_turns)
     with open(ctx.out_dir / "tools_episodes.jsonl", "w") as handle:
         handle.writelines(json.dumps({k: e.get(k) for k in ("calls", "final_answer", "error", "turns")},
                                      ensure_ascii=False, default=str) + "\n" for e in episodes)
