@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.engine import plugins
 from pipeline.engine.configstore import register
 from pipeline.errors import TunechainError
 from pipeline.paths import PROJECT_ROOT
@@ -36,6 +37,7 @@ def precheck_overrides(argv: list[str] | None = None) -> None:
         parsed = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:
         return
+    _load_plugins(parsed)
     if args.config_dir or args.config_path or args.config_name:
         return
     if argv is None and _path_without_entry(parsed):
@@ -59,6 +61,18 @@ def precheck_overrides(argv: list[str] | None = None) -> None:
         message = unknown_stage_key(cfg, [o.key_or_group for o in stage_keys]) or bad_stage_value(cfg, stage_keys)
         if message:
             fail(message)
+
+
+def _load_plugins(parsed) -> None:
+    """`plugins=[...]` on the command line: imported before Hydra composes, so their stage kinds' schemas
+    (+stage/schema@stages.NAME=KIND) and their eval tasks' settings take overrides like the shipped ones."""
+    for override in parsed:
+        if override.key_or_group == "plugins" and not override.is_delete() and not override.is_sweep_override():
+            try:
+                plugins.load([str(v) for v in override.value() or []])
+            except TunechainError as e:
+                fail(str(e))
+            register()
 
 
 CUSTOM_MODEL = "custom"  # conf/model/custom.yaml: a model given by path alone

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
-from pipeline.engine import launch, report
+from pipeline.engine import launch, plugins, report
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.explain import explain
 from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
@@ -152,6 +152,7 @@ def explain_fingerprint(plan: Plan, name: str) -> str:
 
 
 def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str], group: str | None) -> dict[str, Any]:
+    plugins.load(list(cfg.get("plugins") or []))  # a user's own stage kinds and eval tasks
     if cfg.get("explain"):  # +explain=stages.NAME: the stage's keys, values, defaults and help; nothing loaded
         print(explain(cfg, str(cfg.explain)), flush=True)
         return {}
