@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from exports import llamacpp
+from exports.common import QUANTIZED_KINDS
 from exports.gguf_metadata import converter_folder, hf_expectations, verify_and_fix
 from exports.parity import ParityFields
-from pipeline.artifact import Artifact, weight_bytes
+from pipeline.artifact import Artifact, ArtifactKind, weight_bytes
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
 
-QUANTIZED_KINDS = ("bnb", "gptq")  # stages whose checkpoints llama.cpp's converter cannot read
-MODEL_KINDS = ("model", "adapter")
+MODEL_KINDS = (ArtifactKind.model, ArtifactKind.adapter)
 
 
 @dataclass
@@ -106,10 +106,10 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Convert the input model (an adapter is merged first) to a checked GGUF and an Ollama Modelfile."""
     source = inputs.primary
     merged_dir, staged_dir = ctx.out_dir / "merged-hf", ctx.out_dir / "converter-src"
-    meta: dict[str, Any] = {"quant": cfg.quant, "merged": source.kind == "adapter"}
+    meta: dict[str, Any] = {"quant": cfg.quant, "merged": source.kind == ArtifactKind.adapter}
     metrics: dict[str, Any] = {}
     try:
-        if source.kind == "adapter":
+        if source.kind == ArtifactKind.adapter:
             started = time.time()
             meta.update(_merge(source, ctx, merged_dir))
             metrics["merge_seconds"] = round(time.time() - started, 2)

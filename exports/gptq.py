@@ -28,6 +28,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from exports.common import probe_texts, refuse_quantized_input, reload_check, size_metrics
 from exports.parity import ParityFields
 from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec
@@ -72,8 +73,6 @@ class GPTQConfig(ParityFields):
         if self.backend not in BACKENDS:
             raise ConfigError(f"{where}.backend: '{self.backend}'; valid: {', '.join(BACKENDS)} (llmcompressor pins "
                               f"transformers <= 5.17 and cannot share this environment)")
-        from exports.bnb import refuse_quantized_input
-
         refuse_quantized_input(where, self.inputs, earlier)
         if self.model_path:
             config = read_model_config(self.model_path)
@@ -182,10 +181,8 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
     from transformers import GenerationConfig
 
-    from exports.bnb import probe_texts, reload_check, size_metrics
     from exports.parity import compare_with_source
-    from pipeline.models.loading import load_tokenizer
-    from pipeline.training.common import save_tokenizer, tokenizer_source
+    from pipeline.models.loading import load_tokenizer, save_tokenizer
 
     problem = gptqmodel_import_error()  # sets GPTQMODEL_CPU_WORKERS before the import
     if problem:
@@ -198,7 +195,7 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     if config is not None:
         check_group_size(f"stages.{ctx.name}", cfg.group_size, config, source.path)
     out_dir = Path(ctx.out_dir)
-    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     calibration = calibration_batches(cfg, tokenizer, ctx.log)
     tokens = sum(len(b["input_ids"]) for b in calibration)
     ctx.log(f"GPTQ W{cfg.bits}A16, group size {cfg.group_size}, damp {cfg.damp_percent}, desc_act {cfg.desc_act}: "
@@ -216,7 +213,7 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     del model
     gc.collect()
     # GPTQModel writes its own tokenizer files and a generation config of its making: keep the source's.
-    save_tokenizer(tokenizer, tokenizer_source(source), out_dir)
+    save_tokenizer(tokenizer, source, out_dir)
     try:
         GenerationConfig.from_pretrained(source.path).save_pretrained(str(out_dir))
     except OSError:

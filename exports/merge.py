@@ -20,7 +20,6 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
-from pipeline.training.common import save_tokenizer, tokenizer_source
 
 MERGE_TARGETS = ("auto", "original", "dequantized")
 
@@ -64,7 +63,7 @@ def merge_adapter(adapter: Artifact, ctx, out_dir: Path, dtype: Optional[str] = 
     """Write the merged standalone model to `out_dir`; returns what the manifest should record."""
     from peft import PeftModel
 
-    from pipeline.models.loading import load_causal_lm, load_tokenizer, torch_dtype
+    from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer, torch_dtype
 
     quantized = adapter.meta.get("quantized_base")
     if merge_into == "dequantized" and not quantized:
@@ -78,7 +77,7 @@ def merge_adapter(adapter: Artifact, ctx, out_dir: Path, dtype: Optional[str] = 
         merged = load_causal_lm(adapter, ctx.model, ctx.device, dtype, merge_adapter=True)
         merged_into = "original base weights"
     merged.save_pretrained(str(out_dir), safe_serialization=True)
-    save_tokenizer(load_tokenizer(tokenizer_source(adapter), ctx.model), tokenizer_source(adapter), out_dir)
+    save_tokenizer(load_tokenizer(adapter.tokenizer_dir(), ctx.model), adapter, out_dir)
     return {"merged_from": adapter.path, "merged_into": merged_into, "quantized_base": quantized,
             "params": sum(p.numel() for p in merged.parameters())}
 

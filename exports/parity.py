@@ -12,10 +12,11 @@ from typing import Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact
-from pipeline.backends.base import Generation, chat_prompt, open_backend
+from pipeline.backends.base import Generation, chat_prompt
+from pipeline.backends.open import open_backend
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.errors import TunechainError
-from pipeline.evaluation.answers import extract_answer
+from pipeline.answers import extract_answer
 from pipeline.ranges import at_least, between
 
 
@@ -82,9 +83,8 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
 def _source_tokenizer(source: Artifact, ctx):
     """The tokenizer the source's backend renders prompts with (pipeline.backends.hf.HFBackend's)."""
     from pipeline.models.loading import load_tokenizer
-    from pipeline.training.common import tokenizer_source
 
-    return load_tokenizer(tokenizer_source(source), ctx.model, padding_side="left")
+    return load_tokenizer(source.tokenizer_dir(), ctx.model, padding_side="left")
 
 
 def _reference_file(source: Artifact, prompts: list[str], max_new_tokens: int, dtype, ctx):

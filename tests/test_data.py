@@ -101,7 +101,7 @@ def test_openai_tool_call_messages_keep_their_extra_keys(tmp_path):
 ])
 def test_gsm8k_target_normalises_the_last_number(answer, target):
     from pipeline.data.formats import gsm8k_target
-    from pipeline.evaluation.answers import extract_answer
+    from pipeline.answers import extract_answer
 
     assert gsm8k_target(answer) == target
     if target is not None:  # one normaliser: a model answering the same number scores as the target

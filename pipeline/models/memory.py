@@ -42,7 +42,7 @@ BACKWARD_FACTOR = 1.25           # peak / saved activations: the backward pass's
 ATTENTION_COPIES = {"cpu": 8.6, "cuda": 1.0}  # attention-score values kept per head and key position
 LOGIT_COPIES = 3
 GENERATION_TRANSIENT = 1.2       # prefill attention and sampling buffers over the KV cache
-LOGITS_CHUNK_BYTES = 256 * 2**20  # pipeline.evaluation.scoring.perplexity's bound on live logits
+LOGITS_CHUNK_BYTES = 256 * 2**20  # pipeline.backends.perplexity's bound on live logits
 # llama.cpp: bytes per weight of each GGUF type (block scales included), its KV cache (f16, the backend's
 # 2048-token context) and the per-batch compute buffers; perplexity opens a second model that keeps the
 # logits of every position of its window (logits_all), in llama.cpp and in the bindings' copy.

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, ModelUnavailable
@@ -75,7 +75,7 @@ class DistillConfig(SFTConfig):
         if teacher.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"{where}.teacher.dtype: '{teacher.dtype}'; valid: auto, float32, bfloat16, float16")
         if teacher.stage is not None:
-            models = [n for n, s in earlier.items() if s.output_kind in ("model", "adapter")]
+            models = [n for n, s in earlier.items() if s.output_kind in (ArtifactKind.model, ArtifactKind.adapter)]
             if teacher.stage not in models:
                 raise ConfigError(f"{where}.teacher.stage: '{teacher.stage}' is not an earlier stage that produces a "
                                   f"model or adapter; choose from: {', '.join(models) or '(none)'}, "
@@ -160,11 +160,10 @@ def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx
     """The vocabulary size both models score over, after checking that they share it (any teacher kind:
     a stage's or a model's). Logit columns past the tokenizer's size are embedding padding."""
     from pipeline.models.loading import load_tokenizer
-    from pipeline.training.common import tokenizer_source
 
-    student_tok = load_tokenizer(tokenizer_source(inputs.primary), ctx.model)
+    student_tok = load_tokenizer(inputs.primary.tokenizer_dir(), ctx.model)
     teacher_source = ctx.chain[cfg.teacher.stage] if cfg.teacher.stage else None
-    teacher_path = tokenizer_source(teacher_source) if teacher_source else cfg.teacher.model
+    teacher_path = teacher_source.tokenizer_dir() if teacher_source else cfg.teacher.model
     vocab, other = student_tok.get_vocab(), load_tokenizer(teacher_path, ctx.model).get_vocab()
     where = f"stages.{ctx.name}.teacher"
     if vocab != other:
@@ -209,7 +208,6 @@ def _load_teacher(cfg: DistillConfig, ctx: StageContext):
     """The teacher model (adapters merged into their base), its tokenizer and a description."""
     from pipeline.models.config import ModelConfig
     from pipeline.models.loading import base_artifact, load_causal_lm, load_tokenizer
-    from pipeline.training.common import tokenizer_source
 
     if cfg.teacher.stage is not None:
         artifact, model_cfg = ctx.chain[cfg.teacher.stage], ctx.model
@@ -221,7 +219,7 @@ def _load_teacher(cfg: DistillConfig, ctx: StageContext):
     dtype = cfg.teacher.dtype or ctx.model.dtype
     started = time.time()
     model = load_causal_lm(artifact, model_cfg, ctx.device, dtype, merge_adapter=True).eval()
-    tokenizer = load_tokenizer(tokenizer_source(artifact), model_cfg, padding_side="left")
+    tokenizer = load_tokenizer(artifact.tokenizer_dir(), model_cfg, padding_side="left")
     ctx.log(f"teacher {described.get('stage') or described['model']} loaded in {time.time() - started:.1f}s")
     return model, tokenizer, described
 

@@ -25,7 +25,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
@@ -37,11 +37,8 @@ from pipeline.training.common import (
     device_args,
     lora_config,
     loss_curve,
-    model_under,
     policy_artifact,
     save_policy,
-    save_tokenizer,
-    tokenizer_source,
 )
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
@@ -117,13 +114,13 @@ def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
 
     from pipeline.models.loading import load_causal_lm
 
-    under = model_under(source)  # what the input sits on
-    base_reference = cfg.reference == Reference.base and (source.kind == "adapter" or source.base_model != source.path)
+    under = source.model_under()  # what the input sits on
+    base_reference = cfg.reference == Reference.base and (source.kind == ArtifactKind.adapter or source.base_model != source.path)
     reference = load_causal_lm(_model_artifact(source.base_model), ctx.model, ctx.device).eval() \
         if base_reference else None
     ref_text = f"reference: the base {source.base_model}" if base_reference else "reference: the input policy, frozen"
 
-    if source.kind == "adapter" and cfg.method == Method.lora:
+    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
         model = PeftModel.from_pretrained(load_causal_lm(_model_artifact(under), ctx.model, ctx.device),
                                           source.path, is_trainable=True)
         return model, None, reference, f"continuing the input adapter; {ref_text}"
@@ -170,10 +167,10 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
-    from pipeline.models.loading import load_tokenizer
+    from pipeline.models.loading import load_tokenizer, save_tokenizer
 
     source = inputs.primary
-    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     train_set = _dataset(cfg.dataset, ctx.hardware)
     eval_set = _dataset(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = TrlDPOConfig(
@@ -201,7 +198,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
     save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
     if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+        save_tokenizer(tokenizer, source, ctx.out_dir)
     shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": runtime, "train_records": len(train_set),

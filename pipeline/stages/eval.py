@@ -109,7 +109,7 @@ class EvalConfig:
        libraries=("torch", "transformers", "peft", "llama-cpp-python"), isolated=True)
 def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Score the input (HF model, adapter, bnb/GPTQ checkpoint or GGUF); results.json, predictions.jsonl."""
-    from pipeline.backends.base import open_backend, size_on_disk
+    from pipeline.backends.open import open_backend
     from pipeline.models.peak_memory import MemoryWatch
 
     source = inputs.primary
@@ -117,7 +117,7 @@ def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     memory = MemoryWatch(ctx.device)
     backend = open_backend(source, ctx, cfg.dtype, cfg.batch_size)
     metrics = {"backend": backend.name, "load_seconds": backend.load_seconds,
-               "size_mb": round(size_on_disk(source) / 2**20, 3)}
+               "size_mb": round(source.size_on_disk() / 2**20, 3)}
     shared = eval_tasks.EvalRun(cfg, backend, ctx, source)
     for spec in eval_tasks.with_needs(cfg.tasks):
         metrics.update(spec.run(shared))

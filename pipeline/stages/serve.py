@@ -27,7 +27,6 @@ from typing import List, Optional
 
 from pipeline.artifact import Artifact
 from pipeline.backends import serving
-from pipeline.backends.base import gguf_file
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
@@ -162,7 +161,7 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     port = cfg.port or serving.free_port(cfg.host)
     if backend == "llama.cpp":
         threads = (ctx.hardware or {}).get("num_threads")
-        command = serving.llama_cpp_command(gguf_file(source), cfg.host, port, cfg.n_ctx, alias, threads,
+        command = serving.llama_cpp_command(source.gguf_file(), cfg.host, port, cfg.n_ctx, alias, threads,
                                             cfg.extra_args, ctx.device)
     else:
         command = serving.vllm_command(source.path, cfg.host, port, cfg.n_ctx, alias, cfg.extra_args)

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
@@ -27,9 +27,7 @@ from pipeline.training.common import (
     lora_config,
     loss_curve,
     rank_share,
-    save_tokenizer,
     speed_args,
-    tokenizer_source,
 )
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
@@ -94,9 +92,9 @@ def check_liger(liger: bool | None, where: str, device: str) -> None:
         raise PlanError(f"{where}.liger: true, but liger-kernel is not installed: pip install -e '.[liger]'")
 
 
-def trained_kind(cfg) -> str:
+def trained_kind(cfg) -> ArtifactKind:
     """What a training stage with a `method` produces: a whole model (full) or an adapter (lora, qlora)."""
-    return "model" if cfg.method == Method.full else "adapter"
+    return ArtifactKind.model if cfg.method == Method.full else ArtifactKind.adapter
 
 
 @stage("sft", config=SFTConfig, consumes={"model"}, produces=trained_kind, libraries=TRAINING_LIBRARIES)
@@ -125,10 +123,10 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     from trl import SFTTrainer
 
     from pipeline.data.chat_tokens import tokenize_chats, tokenize_record, truncated
-    from pipeline.models.loading import load_tokenizer
+    from pipeline.models.loading import load_tokenizer, save_tokenizer
 
     source = inputs.primary
-    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     turns = cfg.assistant_turns.value
     if records is not None:  # teacher-written chats: as many as the teacher answered, already in memory
         dataset = Dataset.from_list([truncated(r, cfg.max_length) for r in tokenize_chats(tokenizer, records, turns)])
@@ -161,7 +159,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
     trainer.save_model(str(ctx.out_dir))  # rank 0 only when distributed (gathered under DeepSpeed / FSDP)
     if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+        save_tokenizer(tokenizer, source, ctx.out_dir)
         _remove_trainer_dir(ctx.out_dir / "trainer")
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset), "batching": batching,

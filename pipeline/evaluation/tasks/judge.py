@@ -38,13 +38,12 @@ def _grade_with_stage(cfg, items: list[dict], ctx):
     import secrets
 
     from pipeline.backends import serving
-    from pipeline.backends.base import gguf_file
     from pipeline.evaluation.scoring.judge import grade
 
     judge = ctx.chain[cfg.judge_stage]
     key = secrets.token_urlsafe(16)
     port = serving.free_port("127.0.0.1")
-    command = serving.llama_cpp_command(gguf_file(judge), "127.0.0.1", port, 4096, "judge", os.cpu_count() or 1, [],
+    command = serving.llama_cpp_command(judge.gguf_file(), "127.0.0.1", port, 4096, "judge", os.cpu_count() or 1, [],
                                         ctx.device)
     server = serving.start(command, serving.server_env("llama.cpp", key, "127.0.0.1", port),
                            ctx.out_dir / "judge_server.log", "127.0.0.1", port)

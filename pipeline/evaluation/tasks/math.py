@@ -12,7 +12,7 @@ def run(ev: EvalRun) -> dict:
     """Exact match of the final number; predictions.jsonl keeps every answer."""
     from pipeline.backends.base import chat_prompt
     from pipeline.data.datasets import load
-    from pipeline.evaluation.answers import extract_answer
+    from pipeline.answers import extract_answer
     from pipeline.evaluation.common import limited, prompt_tokenizer, warn_if_cut
 
     cfg, ctx = ev.cfg, ev.ctx

@@ -6,9 +6,9 @@ from pipeline.evaluation.registry import EvalRun, task
 
 @task("perplexity", order=70, headlines=("perplexity",), reads=("text",))
 def run(ev: EvalRun) -> dict:
-    """exp(mean NLL) over every scored token (scoring/perplexity.py computes the windows)."""
+    """exp(mean NLL) over every scored token (pipeline/backends/perplexity.py computes the windows)."""
     from pipeline.data.datasets import load
-    from pipeline.evaluation.answers import perplexity
+    from pipeline.answers import perplexity
     from pipeline.evaluation.common import limited
 
     cfg = ev.cfg

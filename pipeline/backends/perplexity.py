@@ -1,4 +1,5 @@
-"""Perplexity with a sliding window and bounded memory.
+"""Negative log-likelihood with a sliding window and bounded memory: what a backend's `nll` computes
+(the perplexity eval task's figure), and the output head and chunk size the distillation loss shares.
 
 A text longer than the window is scored window by window: each window starts `stride` tokens after
 the previous one and scores only the tokens the previous windows did not, with what comes before
