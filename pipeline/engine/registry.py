@@ -11,6 +11,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from pipeline.artifact import ArtifactKind
 from pipeline.errors import ConfigError
 
 # Where stage kinds live: training, eval and serve stages; merge and the export formats.
@@ -21,7 +22,7 @@ DEFAULT_LIBRARIES = ("torch", "transformers")
 TRAINING_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate")
 
 # Artifact kinds that stages exchange.
-ARTIFACT_KINDS = ("model", "adapter", "eval", "gguf", "serve")
+ARTIFACT_KINDS = tuple(kind.value for kind in ArtifactKind)
 
 
 @dataclass(frozen=True)

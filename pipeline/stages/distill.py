@@ -94,11 +94,11 @@ class DistillConfig(SFTConfig):
         if teacher and len(named) > 1 and named[-1] == teacher:  # already normalised (validated twice)
             named = named[:-1]
         if not named:  # the latest earlier full model that is not the teacher, else the base
-            named = [next((n for n in reversed(list(earlier)) if earlier[n].output_kind == "model" and n != teacher),
+            named = [next((n for n in reversed(list(earlier)) if earlier[n].output_kind == ArtifactKind.model and n != teacher),
                           BASE)]
         student = named[0]
-        if len(named) > 1 or (student != BASE and (student not in earlier or earlier[student].output_kind != "model")):
-            models = [BASE] + [n for n, s in earlier.items() if s.output_kind == "model"]
+        if len(named) > 1 or (student != BASE and (student not in earlier or earlier[student].output_kind != ArtifactKind.model)):
+            models = [BASE] + [n for n, s in earlier.items() if s.output_kind == ArtifactKind.model]
             raise ConfigError(f"{where}.inputs: name one student model (the teacher goes in teacher.stage); "
                               f"got {self.inputs}; choose from: {', '.join(models)}")
         return [student] + ([teacher] if teacher else [])

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.backends import serving
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
@@ -33,7 +33,7 @@ from pipeline.errors import ConfigError, PlanError
 from pipeline.ranges import at_least, between, positive
 
 BACKENDS = ("auto", "llama.cpp", "vllm")
-SERVABLE = ("gguf", "model")
+SERVABLE = (ArtifactKind.gguf, ArtifactKind.model)
 # Top-level modules llama-cpp-python[server] and the checks need (found without importing them).
 LLAMA_CPP_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings",
                      "openai")
@@ -86,11 +86,11 @@ class ServeConfig:
         if input_kind is None:  # an unknown input name: the planner's input check reports it
             return None if self.backend == "auto" else self.backend
         if self.backend == "auto":
-            return "llama.cpp" if input_kind == "gguf" else "vllm"
-        if self.backend == "llama.cpp" and input_kind != "gguf":
+            return "llama.cpp" if input_kind == ArtifactKind.gguf else "vllm"
+        if self.backend == "llama.cpp" and input_kind != ArtifactKind.gguf:
             raise ConfigError(f"{where}.backend: llama.cpp serves GGUF files but the input is a '{input_kind}'; add a "
                               "gguf stage before serve (recipe sft_to_gguf), or use backend vllm on a GPU")
-        if self.backend == "vllm" and input_kind != "model":
+        if self.backend == "vllm" and input_kind != ArtifactKind.model:
             raise ConfigError(f"{where}.backend: vllm serves HF model folders here but the input is a "
                               f"'{input_kind}'; use backend auto or llama.cpp for a GGUF")
         return self.backend
@@ -128,13 +128,13 @@ def _input_kind(inputs: list[str] | None, earlier: dict) -> str | None:
     if inputs:
         name = inputs[0]
         if name == "base":
-            return "model"
+            return ArtifactKind.model
         step = earlier.get(name)
         return step.output_kind if step is not None else None
     for step in reversed(list(earlier.values())):
         if step.output_kind in SERVABLE:
             return step.output_kind
-    return "model"  # the chain's base model
+    return ArtifactKind.model  # the chain's base model
 
 
 @stage("serve", config=ServeConfig, consumes=set(SERVABLE), produces="serve", cache=False)
