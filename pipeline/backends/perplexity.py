@@ -24,10 +24,6 @@ class Window:
     ids: list[int]       # the window's tokens
     first_scored: int    # positions >= this are scored (each predicted from the ones before it)
 
-    @property
-    def n_scored(self) -> int:
-        return len(self.ids) - self.first_scored
-
 
 def windows(ids: list[int], max_length: int, stride: int) -> list[Window]:
     """Windows of at most `max_length` tokens, `stride` apart, scoring each token once (the first

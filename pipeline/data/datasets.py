@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from pipeline import paths
 from pipeline.data import arrow, records
 from pipeline.data.problems import DataError
 from pipeline.data.readers import existing_file, hub_stream, is_hub, where_of
@@ -36,11 +35,6 @@ if TYPE_CHECKING:
 
 # ---------------------------------------------------------------------------------------------
 # Public API
-
-def resolve_path(path: str) -> Path:
-    """pipeline.paths' rule: the working folder, then the project root."""
-    return paths.resolve(path)
-
 
 ARROW_FROM_BYTES = 8 << 20  # local files from this size are checked through Arrow (below: record by record)
 HUB_SAMPLE = 64             # hub rows checked at plan time; all of them when the stage prepares the split
@@ -85,12 +79,6 @@ def check(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, cache: "Che
     if key:
         cache.keep(key, {"records": result.records, "format": result.format})
     return result
-
-
-def validate_records(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str) -> int:
-    """`check` without a cache: the record count (of a hub split: the rows sampled) or DataError."""
-    result = check(spec, purpose)
-    return result.sampled or result.records
 
 
 def load(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str) -> list[dict]:
