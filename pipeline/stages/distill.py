@@ -7,7 +7,7 @@
 
     loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
-(the T^2 keeps the soft term's gradients on the scale of the hard term's; seed 003 omits it). It
+(the T^2 keeps the soft term's gradients on the scale of the hard term's). It
 needs the teacher and the student to share a tokenizer, which the plan checks. `mode: sequence`
 (Kim & Rush 2016) lets the teacher answer the SFT prompts (greedy, batched) and SFT-trains the
 student on those answers; any teacher works. Training goes through trl's SFTTrainer as `sft` does

@@ -1,4 +1,4 @@
-"""Tool calling in an agent loop (seed 000's optional part 3): the tools are in tool_set.py, the
+"""Tool calling in an agent loop: the tools are in tool_set.py, the
 call format in tool_calls.py.
 
 The agent loop (`run_episode`) sends the conversation to the model; when the reply holds tool calls,
@@ -6,7 +6,7 @@ it appends the reply as an assistant turn and each call's result as a `{"role": 
 <result JSON>}` turn, then asks again; it stops at a reply without a call (the final answer) or after
 `max_turns` replies. The tool turn is role "tool" with the bare result JSON because that is what the
 embedded data trains on (sft_train.jsonl: user, assistant `<tool_call>...`, tool `{"result": 528}`,
-assistant final) and what seed 000 sends; chat templates that want a `<tool_response>` wrapper
+assistant final); chat templates that want a `<tool_response>` wrapper
 (Qwen) add it themselves when they render a "tool" message.
 
 `score_tools(records, episodes)` compares episodes with the records of test_tools.jsonl
