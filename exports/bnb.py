@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from exports.common import probe_texts, refuse_quantized_input, reload_check, size_metrics
-from exports.parity import ParityFields
+from exports.parity import ParityFields, compare_with_source
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.loading import load_tokenizer, save_tokenizer
+from pipeline.models.memory import BYTES_PER_PARAM, NF4_OVERHEAD
 from pipeline.ranges import at_least
 
 MODES = ("nf4", "fp4", "int8")
@@ -47,8 +49,6 @@ class BnbConfig(ParityFields):
     skip_modules: Optional[List[str]] = None  # modules kept unquantized; null: [lm_head]
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
-        from pipeline.models.memory import BYTES_PER_PARAM, NF4_OVERHEAD
-
         per_param = 1.0 if self.mode == "int8" else BYTES_PER_PARAM["nf4"] * NF4_OVERHEAD
         return int(n_params * per_param)
 
@@ -165,9 +165,6 @@ def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model with bitsandbytes (NF4/FP4 4-bit or LLM.int8) and save it."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from exports.parity import compare_with_source
-    from pipeline.models.loading import load_tokenizer, save_tokenizer
 
     source = inputs.primary
     settings = quantization_settings(cfg, ctx.device)

@@ -29,12 +29,13 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 from exports.common import probe_texts, refuse_quantized_input, reload_check, size_metrics
-from exports.parity import ParityFields
+from exports.parity import ParityFields, compare_with_source
 from pipeline.artifact import Artifact
-from pipeline.data.datasets import DatasetSpec
+from pipeline.data.datasets import DatasetSpec, load
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.loading import load_tokenizer, local_folder, save_tokenizer
 from pipeline.ranges import at_least, between, one_of
 
 BITS = (4, 8)
@@ -102,8 +103,6 @@ def gptqmodel_import_error() -> Optional[str]:
 
 def read_model_config(path: str) -> Optional[dict]:
     """config.json of a local folder or a cached hub model; None when it cannot be read offline."""
-    from pipeline.models.loading import local_folder
-
     folder = local_folder(path)
     if folder is not None:
         file = folder / "config.json"
@@ -144,8 +143,6 @@ def check_group_size(where: str, group_size: int, config: dict, source: str) -> 
 
 def calibration_batches(cfg: GPTQConfig, tokenizer, log) -> list[dict[str, list[int]]]:
     """The first n_samples chats, rendered with the chat template and cut to max_seq_len tokens."""
-    from pipeline.data.datasets import load
-
     records = load(cfg.calibration, "sft")[:cfg.n_samples]
     if not tokenizer.chat_template:
         log("warning: the tokenizer has no chat template; calibrating on the chats' contents joined by newlines")
@@ -180,9 +177,6 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     import gc
 
     from transformers import GenerationConfig
-
-    from exports.parity import compare_with_source
-    from pipeline.models.loading import load_tokenizer, save_tokenizer
 
     problem = gptqmodel_import_error()  # sets GPTQMODEL_CPU_WORKERS before the import
     if problem:

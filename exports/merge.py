@@ -20,6 +20,8 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer, torch_dtype
+from pipeline.models.memory import BYTES_PER_PARAM, Workload
 
 MERGE_TARGETS = ("auto", "original", "dequantized")
 
@@ -33,8 +35,6 @@ class MergeConfig:
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
         """What the merged model writes (pipeline.engine.plan checks the store's free space against it)."""
-        from pipeline.models.memory import BYTES_PER_PARAM
-
         return int(n_params * BYTES_PER_PARAM.get(self.dtype or dtype, 4))
 
     def validate(self, where: str, earlier: dict) -> None:
@@ -42,8 +42,6 @@ class MergeConfig:
             raise ConfigError(f"{where}.merge_into: '{self.merge_into}'; valid: {', '.join(MERGE_TARGETS)}")
 
     def memory_profile(self):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the merged weights
 
 
@@ -62,8 +60,6 @@ def merge_adapter(adapter: Artifact, ctx, out_dir: Path, dtype: Optional[str] = 
                   merge_into: str = "auto") -> dict:
     """Write the merged standalone model to `out_dir`; returns what the manifest should record."""
     from peft import PeftModel
-
-    from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer, torch_dtype
 
     quantized = adapter.meta.get("quantized_base")
     if merge_into == "dequantized" and not quantized:

@@ -28,11 +28,24 @@ from enum import Enum
 from typing import Optional
 
 from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.backends.hf import hf_generate
+from pipeline.data.datasets import load
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, ModelUnavailable
+from pipeline.hashing import file_digest
+from pipeline.models.config import ModelConfig
+from pipeline.models.loading import (
+    base_artifact,
+    check_available,
+    load_causal_lm,
+    load_tokenizer,
+    local_folder,
+    looks_like_hub_id,
+)
 from pipeline.ranges import at_least, between, positive
-from pipeline.stages.sft import SFTConfig, trained_kind
+from pipeline.stages.sft import SFTConfig, train, trained_kind
+from pipeline.training.distillation import trainer_class
 
 BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)
 
@@ -105,9 +118,6 @@ class DistillConfig(SFTConfig):
 
 
 def _check_teacher_model(where: str, path: str) -> None:
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import check_available, local_folder, looks_like_hub_id
-
     folder = local_folder(path)
     if folder is not None and not (folder / "config.json").is_file():
         raise ConfigError(f"{where}.model: folder {folder} has no config.json (not a Hugging Face model folder)")
@@ -121,9 +131,6 @@ def _check_teacher_model(where: str, path: str) -> None:
 
 def _tokenizer_files(path: str) -> dict[str, str]:
     """Hashes of the files that define a local model's vocabulary (empty for a hub id)."""
-    from pipeline.hashing import file_digest
-    from pipeline.models.loading import local_folder
-
     folder = local_folder(path)
     if folder is None:
         return {}
@@ -134,8 +141,6 @@ def _tokenizer_files(path: str) -> dict[str, str]:
 def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
     """Logit distillation compares distributions id by id: both sides need the same vocabulary.
     Equal tokenizer files settle it at once; otherwise both tokenizers are loaded and compared."""
-    from pipeline.models.loading import local_folder
-
     files = _tokenizer_files(student)
     if files and files == _tokenizer_files(teacher):
         return
@@ -159,8 +164,6 @@ def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
 def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx: StageContext) -> int:
     """The vocabulary size both models score over, after checking that they share it (any teacher kind:
     a stage's or a model's). Logit columns past the tokenizer's size are embedding padding."""
-    from pipeline.models.loading import load_tokenizer
-
     student_tok = load_tokenizer(inputs.primary.tokenizer_dir(), ctx.model)
     teacher_source = ctx.chain[cfg.teacher.stage] if cfg.teacher.stage else None
     teacher_path = teacher_source.tokenizer_dir() if teacher_source else cfg.teacher.model
@@ -184,9 +187,6 @@ def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx
        libraries=TRAINING_LIBRARIES)
 def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Distill the teacher into the input model (logits or teacher-written answers)."""
-    from pipeline.data.datasets import load
-    from pipeline.models.loading import load_causal_lm
-
     # sequence mode rewrites each record with the teacher's answer (generation is per record anyway);
     # logit mode trains on the data set as it is, through Arrow like the sft stage (records=None)
     records = load(cfg.dataset, "sft") if cfg.mode == Mode.sequence else None
@@ -206,9 +206,6 @@ def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
 def _load_teacher(cfg: DistillConfig, ctx: StageContext):
     """The teacher model (adapters merged into their base), its tokenizer and a description."""
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import base_artifact, load_causal_lm, load_tokenizer
-
     if cfg.teacher.stage is not None:
         artifact, model_cfg = ctx.chain[cfg.teacher.stage], ctx.model
         described = {"stage": cfg.teacher.stage, "fingerprint": artifact.fingerprint, "path": artifact.path}
@@ -227,8 +224,6 @@ def _load_teacher(cfg: DistillConfig, ctx: StageContext):
 def _teacher_answers(cfg: DistillConfig, teacher, tokenizer, records: list[dict], ctx: StageContext):
     """Each record's last assistant turn replaced by the teacher's greedy answer to what precedes it."""
     import torch
-
-    from pipeline.backends.hf import hf_generate
 
     prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
                for r in records]
@@ -254,9 +249,6 @@ def _train(cfg: DistillConfig, records: list[dict] | None, model, teacher, input
            meta: dict) -> Artifact:
     """The sft stage's training path: plain SFT on teacher-written records (sequence mode), or the
     distillation subclass of SFTTrainer (logit mode)."""
-    from pipeline.stages.sft import train
-    from pipeline.training.distillation import trainer_class
-
     if teacher is None:
         return train(cfg, inputs, ctx, lambda: model, meta, records=records)
     vocab = _shared_vocabulary(cfg, model, teacher, inputs, ctx)

@@ -29,6 +29,8 @@ from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
@@ -85,8 +87,6 @@ class DPOConfig:
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
     def memory_profile(self):
-        from pipeline.models.memory import Workload
-
         # chosen and rejected go through the policy together; the reference's forward holds no activations
         return Workload(kind="train", method=self.method.value, batch=2 * self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing,
@@ -111,8 +111,6 @@ def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
     adapter, trl copies that adapter into a frozen "ref" adapter; for a new adapter, trl disables it.
     """
     from peft import PeftModel
-
-    from pipeline.models.loading import load_causal_lm
 
     under = source.model_under()  # what the input sits on
     base_reference = cfg.reference == Reference.base and (source.kind == ArtifactKind.adapter or source.base_model != source.path)
@@ -166,8 +164,6 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     (or model) and its reward margin/accuracy on the held-out pairs."""
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
-
-    from pipeline.models.loading import load_tokenizer, save_tokenizer
 
     source = inputs.primary
     tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)

@@ -15,12 +15,14 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact
+from pipeline.backends.open import open_backend
 from pipeline.data.datasets import DatasetSpec
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
 from pipeline.evaluation import registry as eval_tasks
 from pipeline.evaluation.scoring.judge import JudgeConfig
+from pipeline.models.peak_memory import MemoryWatch
 from pipeline.ranges import at_least, one_of, positive
 
 
@@ -109,9 +111,6 @@ class EvalConfig:
        libraries=("torch", "transformers", "peft", "llama-cpp-python"), isolated=True)
 def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Score the input (HF model, adapter, bnb/GPTQ checkpoint or GGUF); results.json, predictions.jsonl."""
-    from pipeline.backends.open import open_backend
-    from pipeline.models.peak_memory import MemoryWatch
-
     source = inputs.primary
     started = time.time()
     memory = MemoryWatch(ctx.device)

@@ -27,6 +27,8 @@ from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
@@ -40,6 +42,7 @@ from pipeline.training.common import (
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
+from pipeline.training.rewards import build, parse
 
 VLLM_CHOICES = ("auto", "true", "false")
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
@@ -79,8 +82,6 @@ class GRPOConfig:
     lora: LoraSpec = field(default_factory=LoraSpec)  # new adapters only
 
     def validate(self, where: str, earlier: dict) -> None:
-        from pipeline.training.rewards import parse
-
         parse(self.rewards, f"{where}.rewards")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
@@ -97,8 +98,6 @@ class GRPOConfig:
                             "set use_vllm: auto or false to generate with transformers")
 
     def memory_profile(self):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=128 + self.max_completion_length, lora_rank=self.lora.r,
                         gradient_checkpointing=self.gradient_checkpointing,
@@ -141,8 +140,6 @@ def _policy(cfg: GRPOConfig, source: Artifact, ctx: StageContext):
     """The model to train and how: (model, peft_config, what the log says)."""
     from peft import PeftModel
 
-    from pipeline.models.loading import load_causal_lm
-
     if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
         base = load_causal_lm(Artifact(kind="model", path=source.base_model, fingerprint=""), ctx.model, ctx.device)
         # The adapter keeps training; trl freezes a copy of it as the reference ("ref" adapter).
@@ -170,9 +167,6 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     better ones; produce the trained adapter (or model)."""
     from trl import GRPOConfig as TrlGRPOConfig
     from trl import GRPOTrainer
-
-    from pipeline.models.loading import load_tokenizer, save_tokenizer
-    from pipeline.training.rewards import build, parse
 
     source = inputs.primary
     specs = parse(cfg.rewards, f"stages.{ctx.name}.rewards")

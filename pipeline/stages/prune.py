@@ -21,6 +21,8 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between
 
 
@@ -52,8 +54,6 @@ class PruneConfig:
         return evenly_spaced(depth, max(1, round(depth * self.keep_fraction)))
 
     def memory_profile(self):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the kept weights
 
 
@@ -93,8 +93,6 @@ def drop_layers(model, keep: list[int]) -> None:
 @stage("prune", config=PruneConfig, consumes={"model"}, produces="model")
 def run(cfg: PruneConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Drop decoder layers of a model and save the smaller one with its tokenizer."""
-    from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
-
     source = inputs.primary
     model = load_causal_lm(source, ctx.model, "cpu", cfg.dtype)  # surgery and saving need no accelerator
     depth = model.config.num_hidden_layers

@@ -30,6 +30,7 @@ from pipeline.backends import serving
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, positive
 
 BACKENDS = ("auto", "llama.cpp", "vllm")
@@ -118,8 +119,6 @@ class ServeConfig:
                                 f"'.[vllm,gguf]'; or {CPU_ALTERNATIVE}")
 
     def memory_profile(self):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="inference")  # the server is another process; this one only sends requests
 
 

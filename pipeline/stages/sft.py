@@ -16,9 +16,13 @@ from typing import List, Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.data.chat_tokens import tokenize_chats, tokenize_record, truncated
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
+from pipeline.errors import PlanError
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, one_of, positive
 from pipeline.training.common import (
     SCHEDULERS,
@@ -71,8 +75,6 @@ class SFTConfig:
     lora: LoraSpec = field(default_factory=LoraSpec)
 
     def memory_profile(self):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing)
 
@@ -82,8 +84,6 @@ class SFTConfig:
 
 def check_liger(liger: bool | None, where: str, device: str) -> None:
     import importlib.util
-
-    from pipeline.errors import PlanError
 
     if liger and device != "cuda":
         raise PlanError(f"{where}.liger: true, but Liger's Triton kernels need a CUDA GPU (device {device}); "
@@ -100,8 +100,6 @@ def trained_kind(cfg) -> ArtifactKind:
 @stage("sft", config=SFTConfig, consumes={"model"}, produces=trained_kind, libraries=TRAINING_LIBRARIES)
 def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input model on chat data; produce a LoRA adapter or a full model."""
-    from pipeline.models.loading import load_causal_lm
-
     return train(cfg, inputs, ctx, lambda: load_causal_lm(inputs.primary, ctx.model, ctx.device))
 
 
@@ -121,9 +119,6 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     from datasets import Dataset
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
-
-    from pipeline.data.chat_tokens import tokenize_chats, tokenize_record, truncated
-    from pipeline.models.loading import load_tokenizer, save_tokenizer
 
     source = inputs.primary
     tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)

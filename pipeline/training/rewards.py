@@ -22,8 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from pipeline.errors import ConfigError
 from pipeline.answers import extract_answer, json_value
+from pipeline.errors import ConfigError
 
 _MARKER_AT_END = re.compile(r"####\s*-?[\d,]*\.?\d+\s*$")
 _MARKER = re.compile(r"####\s*-?[\d,]*\.?\d+")

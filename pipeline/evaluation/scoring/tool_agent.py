@@ -19,9 +19,9 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from pipeline.answers import extract_answer, normalize_number
 from pipeline.data.problems import DataError, Invalid, collect, kind_name
 from pipeline.data.readers import display, existing_file, read_json, read_jsonl
-from pipeline.answers import extract_answer, normalize_number
 from pipeline.evaluation.scoring.reasoning import split_think
 from pipeline.evaluation.scoring.tool_calls import parse_tool_calls
 from pipeline.evaluation.scoring.tool_set import TOOLS, execute_tool, tool_schemas

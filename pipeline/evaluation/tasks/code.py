@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+from pipeline.errors import ConfigError
+from pipeline.evaluation.common import limited
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.codeexec import evaluate, load_code_problems
 
 
 def check(cfg, where: str) -> None:
-    from pipeline.errors import ConfigError
-    from pipeline.evaluation.scoring.codeexec import load_code_problems
-
     if not cfg.code_path:
         raise ConfigError(f"{where}.code_path: task 'code' needs a file; set {where}.code_path=PATH")
     load_code_problems(cfg.code_path)
@@ -19,9 +19,6 @@ def check(cfg, where: str) -> None:
 @task("code", order=60, headlines=("code_pass@1",), budget=256, check=check)
 def run(ev: EvalRun) -> dict:
     """Problems {task_id, prompt, test} from code_path; code_results.jsonl keeps each run."""
-    from pipeline.evaluation.common import limited
-    from pipeline.evaluation.scoring.codeexec import evaluate, load_code_problems
-
     cfg, ctx = ev.cfg, ev.ctx
     problems = limited(load_code_problems(cfg.code_path), cfg.limit)
     completions = ev.backend.generate([p["prompt"] for p in problems], cfg.budget("code"),

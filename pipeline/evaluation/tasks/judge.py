@@ -2,21 +2,19 @@
 stage of the same chain served on loopback for the occasion (`judge_stage`)."""
 from __future__ import annotations
 
+from pipeline.backends import serving
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.judge import check_config, grade
 
 
 def check(cfg, where: str) -> None:
     if cfg.judge_stage is None:  # the endpoint must be known before anything runs
-        from pipeline.evaluation.scoring.judge import check_config
-
         check_config(cfg.judge, f"{where}.judge")
 
 
 @task("judge", order=31, headlines=("judge_score",), needs=("instruct",), check=check)
 def run(ev: EvalRun) -> dict:
     """Grades of the instruct task's answers; judge.jsonl keeps each verdict."""
-    from pipeline.evaluation.scoring.judge import grade
-
     cfg, ctx = ev.cfg, ev.ctx
     records, outputs = ev.shared["instruct"]
     items = [{"question": r["prompt"], "answer": o, "reference": r.get("reference") or None}
@@ -36,9 +34,6 @@ def _grade_with_stage(cfg, items: list[dict], ctx):
     import dataclasses
     import os
     import secrets
-
-    from pipeline.backends import serving
-    from pipeline.evaluation.scoring.judge import grade
 
     judge = ctx.chain[cfg.judge_stage]
     key = secrets.token_urlsafe(16)

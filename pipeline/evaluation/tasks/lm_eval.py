@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring import lmeval
+from pipeline.evaluation.scoring.lmeval import check_available
+from pipeline.models.loading import torch_dtype
 
 
 def check(cfg, where: str) -> None:
-    from pipeline.evaluation.scoring.lmeval import check_available
-
     check_available(where, cfg.lm_eval_tasks)
 
 
 @task("lm_eval", order=80, check=check)
 def run(ev: EvalRun) -> dict:
     """Harness tasks `lm_eval_tasks`; their metrics are named lmeval_* and all shown."""
-    from pipeline.evaluation.scoring import lmeval
-    from pipeline.models.loading import torch_dtype
-
     cfg, ctx = ev.cfg, ev.ctx
     dtype = str(torch_dtype(cfg.dtype or ctx.model.dtype, ctx.device, ctx.model.path)).replace("torch.", "")
     return lmeval.run(ev.source, cfg.lm_eval_tasks, ctx.device, dtype, cfg.batch_size, cfg.lm_eval_num_fewshot,

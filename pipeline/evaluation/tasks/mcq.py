@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 
+from pipeline.errors import ConfigError
+from pipeline.evaluation.common import limited
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.mcq import load_mcq, score_mcq
 
 
 def check(cfg, where: str) -> None:
-    from pipeline.errors import ConfigError
-    from pipeline.evaluation.scoring.mcq import load_mcq
-
     if not cfg.mcq_path:
         raise ConfigError(f"{where}.mcq_path: task 'mcq' needs a file; set {where}.mcq_path=PATH")
     load_mcq(cfg.mcq_path)
@@ -18,9 +18,6 @@ def check(cfg, where: str) -> None:
 @task("mcq", order=50, headlines=("mcq_accuracy",), check=check)
 def run(ev: EvalRun) -> dict:
     """Needs logits, so the transformers backend; a GGUF is skipped with the reason."""
-    from pipeline.evaluation.common import limited
-    from pipeline.evaluation.scoring.mcq import load_mcq, score_mcq
-
     cfg, ctx, backend = ev.cfg, ev.ctx, ev.backend
     if not hasattr(backend, "model"):
         ctx.log(f"mcq: skipped, the {backend.name} backend gives no per-token log-likelihoods here")

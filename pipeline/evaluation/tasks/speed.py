@@ -1,6 +1,9 @@
 """First-token latency and decode rate on a prompt of realistic length."""
 from __future__ import annotations
 
+from pipeline.backends.base import chat_prompt
+from pipeline.data.datasets import load
+from pipeline.evaluation.common import prompt_tokenizer
 from pipeline.evaluation.registry import EvalRun, task
 
 
@@ -9,9 +12,6 @@ def run(ev: EvalRun) -> dict:
     """Each the median of `speed_repeats` streamed generations (after one warm-up) of a prompt about
     `speed_prompt_tokens` long: worked examples, then a question."""
     import statistics
-
-    from pipeline.data.datasets import load
-    from pipeline.evaluation.common import prompt_tokenizer
 
     cfg, backend = ev.cfg, ev.backend
     tokenizer = prompt_tokenizer(backend, ev.ctx)
@@ -27,8 +27,6 @@ def run(ev: EvalRun) -> dict:
 
 def speed_prompt(tokenizer, records: list[dict], target_tokens: int) -> tuple[str, int]:
     """A chat prompt of about `target_tokens` tokens: solved problems as earlier turns, then one question."""
-    from pipeline.backends.base import chat_prompt
-
     question, solved = records[0]["question"], records[1:]
     messages: list[dict] = []
     for record in solved:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 
+from pipeline.errors import ConfigError
+from pipeline.evaluation.common import limited, prompt_tokenizer
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.tool_agent import backend_generate, evaluate_tools, load_tool_cases
 
 
 def check(cfg, where: str) -> None:
-    from pipeline.errors import ConfigError
-    from pipeline.evaluation.scoring.tool_agent import load_tool_cases
-
     if not cfg.tools_path:
         raise ConfigError(f"{where}.tools_path: task 'tools' needs a file; set {where}.tools_path=PATH")
     load_tool_cases(cfg.tools_path)
@@ -18,9 +18,6 @@ def check(cfg, where: str) -> None:
 @task("tools", order=40, headlines=("tools_call_match", "tools_answer_accuracy"), budget=128, check=check)
 def run(ev: EvalRun) -> dict:
     """Cases {prompt, tool, arguments, answer} from tools_path; tools_episodes.jsonl keeps each episode."""
-    from pipeline.evaluation.common import limited, prompt_tokenizer
-    from pipeline.evaluation.scoring.tool_agent import backend_generate, evaluate_tools, load_tool_cases
-
     cfg, ctx = ev.cfg, ev.ctx
     records = limited(load_tool_cases(cfg.tools_path), cfg.limit)
     tokenizer = prompt_tokenizer(ev.backend, ctx)
