@@ -21,13 +21,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
-from exports.parity import PARITY_PERCENT, ParityFields
+from exports.common import probe_texts, refuse_quantized_input, reload_check, size_metrics
+from exports.parity import PARITY_PERCENT, ParityFields, compare_with_source
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.loading import load_tokenizer, save_tokenizer
+from pipeline.models.memory import BYTES_PER_PARAM, NF4_OVERHEAD
 from pipeline.ranges import at_least, setting
 
 MODES = ("nf4", "fp4", "int8")
@@ -45,8 +48,6 @@ class BnbConfig(ParityFields):
     skip_modules: Optional[List[str]] = setting(None, "modules kept unquantized; null: [lm_head]")
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
-        from pipeline.models.memory import BYTES_PER_PARAM, NF4_OVERHEAD
-
         per_param = 1.0 if self.mode == "int8" else BYTES_PER_PARAM["nf4"] * NF4_OVERHEAD
         return int(n_params * per_param)
 
@@ -75,21 +76,6 @@ class BnbConfig(ParityFields):
                 f"Run this stage on a GPU, install bitsandbytes>=0.50.2, or for CPU inference export with the gguf "
                 f"stage instead (+stage@stages.gguf=gguf, quant q4_k_m or q8_0: llama.cpp runs those on CPU)")
 
-
-
-QUANTIZED_KINDS = ("bnb", "gptq")
-
-
-def refuse_quantized_input(where: str, inputs: Optional[List[str]], earlier: dict) -> None:
-    """A bnb or GPTQ checkpoint cannot be quantized again: name the stage to read instead."""
-    if inputs:
-        step = earlier.get(inputs[0])
-    else:  # the planner's rule: the latest earlier stage that produces a model (none: the base model)
-        step = next((s for s in reversed(list(earlier.values())) if s.output_kind == "model"), None)
-    if step is not None and step.kind in QUANTIZED_KINDS:
-        before = step.input_names[0] if getattr(step, "input_names", None) else "base"
-        raise ConfigError(f"{where}.inputs: '{step.name}' is already a {step.kind}-quantized checkpoint and cannot be "
-                          f"quantized again; quantize its own input instead with `inputs: [{before}]`")
 
 
 @functools.lru_cache(maxsize=None)
@@ -172,82 +158,6 @@ def quantization_settings(cfg: BnbConfig, device: str) -> dict[str, Any]:
             "bnb_4bit_compute_dtype": resolve_compute_dtype(cfg, device), "llm_int8_skip_modules": skip}
 
 
-def size_metrics(source: Artifact, out_dir: Path) -> dict[str, Any]:
-    from pipeline.artifact import weight_bytes
-    from pipeline.models.loading import local_folder
-
-    size, source_size = (round(weight_bytes(f) / 2**20, 3) or None for f in (out_dir, local_folder(source.path)))
-    return {"size_mb": size, "source_size_mb": source_size,
-            "compression_ratio": round(source_size / size, 3) if size and source_size else None}
-
-
-def probe_texts(cfg: ParityFields, tokenizer, limit: int = 8) -> list[str]:
-    """Teacher-forced chats (question and reference answer) from the parity prompts; a fixed line
-    when parity is off."""
-    if not cfg.parity:
-        return ["12 * 3 = 36"]
-    from pipeline.data.datasets import load
-
-    records = load(cfg.parity_prompts, "gsm8k")[:limit]
-    if not tokenizer.chat_template:
-        return [f"{r['question']}\n{r['answer']}" for r in records]
-    return [tokenizer.apply_chat_template([{"role": "user", "content": r["question"]},
-                                           {"role": "assistant", "content": r["answer"]}], tokenize=False)
-            for r in records]
-
-
-def _next_token_ids(model, tokenizer, texts: list[str], device: str, shape_of: list) -> list:
-    import torch
-
-    found = []
-    for text in texts:
-        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, truncation=True, max_length=256)
-        ids = {k: v.to(device if device == "cuda" else "cpu") for k, v in ids.items()}
-        with torch.inference_mode():
-            logits = model(**ids).logits
-        if not torch.isfinite(logits.float()).all():
-            raise PlanError(f"{getattr(model, 'name_or_path', 'model')}: non-finite logits for {text[:60]!r}")
-        shape_of.append(tuple(logits.shape))
-        found.append(logits[0].argmax(-1).cpu())
-    return found
-
-
-def reload_check(folder: Path, source: Artifact, ctx, is_quantized: Callable[[Any], bool], expected: str,
-                 texts: list[str]) -> dict[str, Any]:
-    """Load `folder` with from_pretrained alone (no quantization arguments): its linear layers must be
-    quantized, and one forward per text must give the source's logits shape. Also reports how often
-    both models pick the same next token on those texts (teacher-forced, so one early difference
-    does not hide the rest, unlike greedy parity)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pipeline.models.loading import load_causal_lm
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    reference = load_causal_lm(source, ctx.model, ctx.device).eval()
-    want_shapes: list = []
-    want = _next_token_ids(reference, tokenizer, texts, ctx.device, want_shapes)
-    del reference
-
-    started = time.time()
-    kwargs = {"device_map": {"": 0}} if ctx.device == "cuda" else {}
-    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs).eval()
-    seconds = round(time.time() - started, 2)
-    classes = sorted({type(m).__name__ for m in model.modules() if is_quantized(m)})
-    if not classes:
-        raise PlanError(f"{folder}: reloaded with from_pretrained alone, but no layer is quantized (expected "
-                        f"{expected}); the quantization config saved in config.json was not honoured")
-    got_shapes: list = []
-    got = _next_token_ids(model, tokenizer, texts, ctx.device, got_shapes)
-    del model
-    if got_shapes != want_shapes:
-        raise PlanError(f"{folder}: the reloaded model's logits have shapes {got_shapes[:2]}, the source's "
-                        f"{want_shapes[:2]}")
-    same = sum(int((a == b).sum()) for a, b in zip(want, got))
-    positions = sum(len(a) for a in want)
-    return {"reload_seconds": seconds, "reloaded_layers": classes,
-            "reload_top1_agreement": round(same / max(positions, 1), 4), "reload_positions": positions}
-
-
 @stage("bnb", config=BnbConfig, consumes={"model"}, produces="model",
        libraries=("torch", "transformers", "bitsandbytes"), isolated=True, variant=True,
        percent=PARITY_PERCENT)
@@ -255,10 +165,6 @@ def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model with bitsandbytes (NF4/FP4 4-bit or LLM.int8) and save it."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    from exports.parity import compare_with_source
-    from pipeline.models.loading import load_tokenizer
-    from pipeline.training.common import save_tokenizer, tokenizer_source
 
     source = inputs.primary
     settings = quantization_settings(cfg, ctx.device)
@@ -273,8 +179,8 @@ def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     out_dir = Path(ctx.out_dir)
     model.save_pretrained(str(out_dir), safe_serialization=True)  # also writes generation_config.json
     del model
-    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
-    save_tokenizer(tokenizer, tokenizer_source(source), out_dir)
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
+    save_tokenizer(tokenizer, source, out_dir)
     quantize_seconds = round(time.time() - started, 2)
 
     saved = json.loads((out_dir / "config.json").read_text()).get("quantization_config")

@@ -17,19 +17,22 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
-from exports import llamacpp
+from exports import llamacpp, modelfile
+from exports.common import QUANTIZED_KINDS
 from exports.gguf_metadata import converter_folder, hf_expectations, verify_and_fix
-from exports.parity import PARITY_PERCENT, ParityFields
+from exports.merge import merge_adapter
+from exports.parity import PARITY_PERCENT, ParityFields, compare_with_source
+from pipeline.artifact import Artifact, ArtifactKind, weight_bytes
 from pipeline.ranges import setting
-from pipeline.artifact import Artifact, weight_bytes
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.loading import local_folder
+from pipeline.models.memory import GGUF_BYTES_PER_PARAM
 
-QUANTIZED_KINDS = ("bnb", "gptq")  # stages whose checkpoints llama.cpp's converter cannot read
-MODEL_KINDS = ("model", "adapter")
+MODEL_KINDS = (ArtifactKind.model, ArtifactKind.adapter)
 
 
 @dataclass
@@ -41,8 +44,6 @@ class GGUFConfig(ParityFields):
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
         """The .gguf, plus the lossless GGUF a quantized type is made from (removed after, unless kept)."""
-        from pipeline.models.memory import GGUF_BYTES_PER_PARAM
-
         lossless = {"f32": 4.0, "f16": 2.0, "bf16": 2.0}
         made_from = 0.0 if self.quant in lossless else lossless[intermediate_type(dtype)]
         return int(n_params * (GGUF_BYTES_PER_PARAM.get(self.quant, 2.0) + made_from))
@@ -107,10 +108,10 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Convert the input model (an adapter is merged first) to a checked GGUF and an Ollama Modelfile."""
     source = inputs.primary
     merged_dir, staged_dir = ctx.out_dir / "merged-hf", ctx.out_dir / "converter-src"
-    meta: dict[str, Any] = {"quant": cfg.quant, "merged": source.kind == "adapter"}
+    meta: dict[str, Any] = {"quant": cfg.quant, "merged": source.kind == ArtifactKind.adapter}
     metrics: dict[str, Any] = {}
     try:
-        if source.kind == "adapter":
+        if source.kind == ArtifactKind.adapter:
             started = time.time()
             meta.update(_merge(source, ctx, merged_dir))
             metrics["merge_seconds"] = round(time.time() - started, 2)
@@ -138,23 +139,18 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
                     eos_token=expected["eos_text"], eos_token_id=expected["eos_id"],
                     stop_tokens=[expected["tokens"][i] for i in expected["stop_ids"]],
                     stop_token_ids=expected["stop_ids"], add_bos=expected["add_bos"])
-
-        from exports.modelfile import template_style, write
-
-        meta["template_style"] = template_style(expected["chat_template"])
+        meta["template_style"] = modelfile.template_style(expected["chat_template"])
         meta["default_system"] = expected["default_system"]
         if cfg.modelfile:
-            write(ctx.out_dir, out_file.name, expected["chat_template"], meta["stop_tokens"],
-                  title=f"{ctx.model.name} ({cfg.quant})", system=expected["default_system"],
-                  generation_prompt=expected["generation_prompt"])
+            modelfile.write(ctx.out_dir, out_file.name, expected["chat_template"], meta["stop_tokens"],
+                            title=f"{ctx.model.name} ({cfg.quant})", system=expected["default_system"],
+                            generation_prompt=expected["generation_prompt"])
 
         gguf_bytes, source_bytes = out_file.stat().st_size, weight_bytes(hf_dir)
         metrics.update(size_mb=round(gguf_bytes / 2**20, 2), source_size_mb=round(source_bytes / 2**20, 2),
                        compression_ratio=round(source_bytes / gguf_bytes, 3) if source_bytes else None)
         exported = Artifact(kind="gguf", path=str(ctx.out_dir), fingerprint="", format=f"gguf-{cfg.quant}",
                             base_model=source.base_model or source.path, meta={"file": out_file.name})
-        from exports.parity import compare_with_source
-
         metrics.update(compare_with_source(cfg, hf_source, exported, ctx))
     finally:
         shutil.rmtree(staged_dir, ignore_errors=True)
@@ -166,8 +162,6 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
 
 def _merge(adapter: Artifact, ctx: StageContext, out_dir: Path) -> dict:
-    from exports.merge import merge_adapter
-
     out_dir.mkdir(parents=True, exist_ok=True)
     found = merge_adapter(adapter, ctx, out_dir)
     ctx.log(f"merged adapter {adapter.path} into the {found.get('merged_into')} of {adapter.base_model}")
@@ -176,8 +170,6 @@ def _merge(adapter: Artifact, ctx: StageContext, out_dir: Path) -> dict:
 
 def _local_folder(artifact: Artifact, ctx: StageContext) -> Path:
     """The HF folder on disk (a hub base model is fetched into the HF cache)."""
-    from pipeline.models.loading import local_folder
-
     folder = local_folder(artifact.path)
     if folder is not None:
         return folder

@@ -12,6 +12,7 @@ from typing import Any
 
 from exports import llamacpp
 from pipeline.engine.context import StageContext
+from pipeline.models.loading import load_tokenizer
 
 # A multi-turn chat with a system prompt: rendered by both tokenizers to compare their tokenization.
 PROBE_CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 30?"},
@@ -20,8 +21,6 @@ PROBE_CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "cont
 
 def hf_expectations(hf_dir: Path, ctx: StageContext) -> dict:
     """Chat template, eos, add_bos and stop ids as the HF tokenizer and generation_config give them."""
-    from pipeline.models.loading import load_tokenizer
-
     tok = load_tokenizer(str(hf_dir), ctx.model)
     stop_ids = []
     generation = hf_dir / "generation_config.json"

@@ -24,16 +24,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from exports.parity import PARITY_PERCENT, ParityFields
+from exports.common import probe_texts, refuse_quantized_input, reload_check, size_metrics
+from exports.parity import PARITY_PERCENT, ParityFields, compare_with_source
 from pipeline.artifact import Artifact
-from pipeline.data.datasets import DatasetSpec
+from pipeline.data.datasets import DatasetSpec, load
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.loading import load_tokenizer, local_folder, save_tokenizer
 from pipeline.ranges import at_least, between, one_of, setting
 
 BITS = (4, 8)
@@ -71,8 +73,6 @@ class GPTQConfig(ParityFields):
         if self.backend not in BACKENDS:
             raise ConfigError(f"{where}.backend: '{self.backend}'; valid: {', '.join(BACKENDS)} (llmcompressor pins "
                               f"transformers <= 5.17 and cannot share this environment)")
-        from exports.bnb import refuse_quantized_input
-
         refuse_quantized_input(where, self.inputs, earlier)
         if self.model_path:
             config = read_model_config(self.model_path)
@@ -102,8 +102,6 @@ def gptqmodel_import_error() -> Optional[str]:
 
 def read_model_config(path: str) -> Optional[dict]:
     """config.json of a local folder or a cached hub model; None when it cannot be read offline."""
-    from pipeline.models.loading import local_folder
-
     folder = local_folder(path)
     if folder is not None:
         file = folder / "config.json"
@@ -144,8 +142,6 @@ def check_group_size(where: str, group_size: int, config: dict, source: str) -> 
 
 def calibration_batches(cfg: GPTQConfig, tokenizer, log) -> list[dict[str, list[int]]]:
     """The first n_samples chats, rendered with the chat template and cut to max_seq_len tokens."""
-    from pipeline.data.datasets import load
-
     records = load(cfg.calibration, "sft")[:cfg.n_samples]
     if not tokenizer.chat_template:
         log("warning: the tokenizer has no chat template; calibrating on the chats' contents joined by newlines")
@@ -182,11 +178,6 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
     from transformers import GenerationConfig
 
-    from exports.bnb import probe_texts, reload_check, size_metrics
-    from exports.parity import compare_with_source
-    from pipeline.models.loading import load_tokenizer
-    from pipeline.training.common import save_tokenizer, tokenizer_source
-
     problem = gptqmodel_import_error()  # sets GPTQMODEL_CPU_WORKERS before the import
     if problem:
         raise PlanError(f"stages.{ctx.name}: gptqmodel cannot be imported ({problem}); GPU: {INSTALL_GPU}; "
@@ -198,7 +189,7 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     if config is not None:
         check_group_size(f"stages.{ctx.name}", cfg.group_size, config, source.path)
     out_dir = Path(ctx.out_dir)
-    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     calibration = calibration_batches(cfg, tokenizer, ctx.log)
     tokens = sum(len(b["input_ids"]) for b in calibration)
     ctx.log(f"GPTQ W{cfg.bits}A16, group size {cfg.group_size}, damp {cfg.damp_percent}, desc_act {cfg.desc_act}: "
@@ -216,7 +207,7 @@ def run(cfg: GPTQConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     del model
     gc.collect()
     # GPTQModel writes its own tokenizer files and a generation config of its making: keep the source's.
-    save_tokenizer(tokenizer, tokenizer_source(source), out_dir)
+    save_tokenizer(tokenizer, source, out_dir)
     try:
         GenerationConfig.from_pretrained(source.path).save_pretrained(str(out_dir))
     except OSError:

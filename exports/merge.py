@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 from pipeline.ranges import setting
 from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
-from pipeline.training.common import save_tokenizer, tokenizer_source
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer, torch_dtype
+from pipeline.models.memory import BYTES_PER_PARAM, Workload
 from pipeline.engine.contract import StageConfig
 
 MERGE_TARGETS = ("auto", "original", "dequantized")
@@ -35,8 +36,6 @@ class MergeConfig(StageConfig):
 
     def disk_bytes(self, n_params: int, dtype: str) -> int:
         """What the merged model writes (pipeline.engine.plan checks the store's free space against it)."""
-        from pipeline.models.memory import BYTES_PER_PARAM
-
         return int(n_params * BYTES_PER_PARAM.get(self.dtype or dtype, 4))
 
     def validate(self, where: str, earlier: dict) -> None:
@@ -44,7 +43,6 @@ class MergeConfig(StageConfig):
             raise ConfigError(f"{where}.merge_into: '{self.merge_into}'; valid: {', '.join(MERGE_TARGETS)}")
 
     def memory_profile(self, sources):
-        from pipeline.models.memory import Workload
 
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the merged weights
 
@@ -65,8 +63,6 @@ def merge_adapter(adapter: Artifact, ctx, out_dir: Path, dtype: Optional[str] = 
     """Write the merged standalone model to `out_dir`; returns what the manifest should record."""
     from peft import PeftModel
 
-    from pipeline.models.loading import load_causal_lm, load_tokenizer, torch_dtype
-
     quantized = adapter.meta.get("quantized_base")
     if merge_into == "dequantized" and not quantized:
         raise ConfigError(f"merge_into 'dequantized': adapter {adapter.path} was not trained on a quantized base")
@@ -79,7 +75,7 @@ def merge_adapter(adapter: Artifact, ctx, out_dir: Path, dtype: Optional[str] = 
         merged = load_causal_lm(adapter, ctx.model, ctx.device, dtype, merge_adapter=True)
         merged_into = "original base weights"
     merged.save_pretrained(str(out_dir), safe_serialization=True)
-    save_tokenizer(load_tokenizer(tokenizer_source(adapter), ctx.model), tokenizer_source(adapter), out_dir)
+    save_tokenizer(load_tokenizer(adapter.tokenizer_dir(), ctx.model), adapter, out_dir)
     return {"merged_from": adapter.path, "merged_into": merged_into, "quantized_base": quantized,
             "params": sum(p.numel() for p in merged.parameters())}
 

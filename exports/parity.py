@@ -11,11 +11,16 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifact import Artifact
-from pipeline.backends.base import Generation, chat_prompt, open_backend
+from pipeline.answers import extract_answer
+from pipeline.artifact import Artifact, write_json_atomic
+from pipeline.backends.base import Generation, chat_prompt
+from pipeline.backends.open import open_backend
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.errors import TunechainError
-from pipeline.evaluation.answers import extract_answer
+from pipeline.hashing import hash_json
+from pipeline.models.loading import load_tokenizer
+from pipeline.models.memory import Workload
+from pipeline.paths import cache_root
 from pipeline.ranges import at_least, between, setting
 from pipeline.engine.contract import StageConfig
 
@@ -38,7 +43,6 @@ class ParityFields(StageConfig):
     parity_min_identical: Optional[float] = between(None, 0, 1, help="fail the stage when fewer prompts match token for token")
 
     def memory_profile(self, sources):
-        from pipeline.models.memory import Workload
 
         # the source generates in batches of 32 (the transformers backend's default), then the export does
         return Workload(kind="generate", batch=32, new_tokens=self.parity_max_new_tokens if self.parity else 1)
@@ -60,8 +64,6 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
         want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
         reference.close()
         if cached is not None:
-            from pipeline.artifact import write_json_atomic
-
             cached.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cached, [dataclasses.asdict(g) for g in want])
     candidate = open_backend(exported, ctx, dtype)
@@ -85,10 +87,7 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
 
 def _source_tokenizer(source: Artifact, ctx):
     """The tokenizer the source's backend renders prompts with (pipeline.backends.hf.HFBackend's)."""
-    from pipeline.models.loading import load_tokenizer
-    from pipeline.training.common import tokenizer_source
-
-    return load_tokenizer(tokenizer_source(source), ctx.model, padding_side="left")
+    return load_tokenizer(source.tokenizer_dir(), ctx.model, padding_side="left")
 
 
 def _reference_file(source: Artifact, prompts: list[str], max_new_tokens: int, dtype, ctx):
@@ -96,9 +95,6 @@ def _reference_file(source: Artifact, prompts: list[str], max_new_tokens: int, d
     one model generate them once (quant_lab: six exports of the same source). None where the source has no
     content fingerprint (a model merged inside the stage, or a hub id whose revision may move)."""
     import importlib.metadata
-
-    from pipeline.hashing import hash_json
-    from pipeline.paths import cache_root
 
     if not source.fingerprint or source.fingerprint.startswith("hub-"):
         return None

@@ -1,21 +1,41 @@
 """What stages exchange: an artifact is a folder with an `artifact.json` manifest (kind, path,
-fingerprint, format, what it derives from, metrics). Every package uses this record; where
-artifacts are kept is the store's business (pipeline/engine/store.py)."""
+fingerprint, format, what it derives from, metrics), and the rules that follow from its kind:
+which model is under it, where its tokenizer is, which GGUF file it is, how many bytes of weights it
+needs. Every package uses this record; where artifacts are kept is the store's business
+(pipeline/engine/store.py)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import PlanError
+from pipeline.redaction import redact
 
 MANIFEST = "artifact.json"
 
 
+class ArtifactKind(str, Enum):
+    """What an artifact is. A str enum: artifact.json holds the plain names, and a kind compares equal
+    to its name."""
+
+    model = "model"      # an HF folder (also bnb and GPTQ checkpoints) or a hub id
+    adapter = "adapter"  # a peft adapter folder; base_model is the model it applies to
+    eval = "eval"        # an eval report
+    gguf = "gguf"        # a folder with a .gguf file (or the file itself)
+    serve = "serve"      # a server's record
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Artifact:
-    kind: str                      # model | adapter | eval | ...
+    kind: ArtifactKind             # model | adapter | eval | gguf | serve (a plain name is converted)
     path: str                      # folder (or hub id for a base model)
     fingerprint: str
     format: str = ""               # hf-safetensors | peft-lora | eval-report | hub
@@ -27,8 +47,42 @@ class Artifact:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
 
+    def __post_init__(self) -> None:
+        self.kind = ArtifactKind(self.kind)
+
+    def model_under(self) -> str:
+        """The model folder or hub id this artifact's weights are: an adapter's base, else its own path."""
+        return self.base_model if self.kind == ArtifactKind.adapter else self.path
+
+    def tokenizer_dir(self) -> str:
+        """Where this artifact's tokenizer lives: its own folder if it saved one, else its base."""
+        folder = Path(self.path)
+        if (folder / "tokenizer_config.json").is_file():
+            return str(folder)
+        return self.base_model or self.path
+
+    def gguf_file(self) -> Path:
+        """The .gguf file of a GGUF artifact: its path itself, the file its manifest names, else the first one."""
+        path = Path(self.path)
+        if path.is_file():
+            return path
+        name = self.meta.get("file")
+        found = [path / name] if name else sorted(path.glob("*.gguf"))
+        if not found or not found[0].is_file():
+            raise PlanError(f"artifact {self.path} has no .gguf file")
+        return found[0]
+
+    def size_on_disk(self) -> int:
+        """Bytes of the weights this artifact needs: its GGUF file, its weight files, or an adapter plus its base."""
+        if self.kind == ArtifactKind.gguf:
+            return self.gguf_file().stat().st_size
+        weights = weight_bytes(self.path)
+        if self.kind == ArtifactKind.adapter and self.base_model:
+            weights += weight_bytes(self.base_model)
+        return weights
+
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "kind": self.kind.value}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Artifact":
@@ -43,8 +97,6 @@ class Artifact:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that readers see the old or the new file, never half of one; never a secret
     (pipeline.redaction: every JSON file tunechain writes goes through here)."""
-    from pipeline.redaction import redact
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(redact(data), indent=2, ensure_ascii=False, default=str) + "\n")

@@ -93,10 +93,6 @@ def one_of(default: Any, choices: Iterable[Any], **kw: Any):
     return _field(default, Range(choices=tuple(choices)), **kw)
 
 
-def rule_of(cls: type, name: str) -> Range | None:
-    return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
-
-
 def problems(config: Any, where: str) -> list[str]:
     """Every field of `config` (and of its nested dataclasses) whose value is outside its declared range."""
     found: list[str] = []

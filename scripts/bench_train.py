@@ -96,9 +96,10 @@ def compose(overrides: list[str]):
 def resolved_speed(sft: dict, device: str, model_path: str) -> dict:
     """What tunechain's sft stage turns its null switches into for this model and device (the plain script is
     given the same batching, so that the two train the same tokens)."""
+    from pipeline.artifact import Artifact
     from pipeline.training.common import speed_args
 
-    return speed_args(SimpleNamespace(**sft), device, SimpleNamespace(kind="model", path=model_path, base_model=None))
+    return speed_args(SimpleNamespace(**sft), device, Artifact(kind="model", path=model_path, fingerprint=""))
 
 
 def plain_command(cfg, device: str, threads: int | None, out_dir: Path, result: Path) -> list[str]:
@@ -110,6 +111,7 @@ def plain_command(cfg, device: str, threads: int | None, out_dir: Path, result: 
     from pipeline.models.config import ModelConfig
     from pipeline.models.loading import local_folder, resolve_dtype
     from pipeline.models.sources import prepare
+    from pipeline.artifact import Artifact
     from pipeline.training.common import resolved_checkpointing
 
     sft = OmegaConf.to_container(cfg.stages.sft, resolve=True)
@@ -138,7 +140,7 @@ def plain_command(cfg, device: str, threads: int | None, out_dir: Path, result: 
     speed = resolved_speed(sft, device, model_path)
     switches = {"--packing": speed["packing"], "--padding-free": speed["padding_free"],
                 "--gradient-checkpointing": resolved_checkpointing(sft["gradient_checkpointing"], device,
-                                                                   SimpleNamespace(kind="model", path=model_path)),
+                                                                   Artifact(kind="model", path=model_path, fingerprint="")),
                 "--full": sft["method"] == "full", "--dora": lora["use_dora"], "--rslora": lora["use_rslora"]}
     command += [flag for flag, on in switches.items() if on]
     if data.get("limit"):

@@ -16,12 +16,17 @@ from pipeline.evaluation.scoring.tool_agent import (
     run_episode,
     score_tools,
 )
-from pipeline.evaluation.scoring.tool_calls import format_tool_call, parse_tool_call, parse_tool_calls
+from pipeline.evaluation.scoring.tool_calls import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, parse_tool_calls
 from pipeline.evaluation.scoring.tool_set import TOOLS, CalculatorError, calculate, execute_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_TOOLS = ROOT / "embedded" / "data" / "test_tools.jsonl"
 SFT_TRAIN = ROOT / "embedded" / "data" / "sft_train.jsonl"
+
+
+def format_tool_call(name: str, arguments: dict) -> str:
+    """The assistant text of one call, as the embedded data writes it."""
+    return TOOL_CALL_OPEN + json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False) + TOOL_CALL_CLOSE
 
 
 def scripted(replies: list[str], seen: list | None = None):
@@ -80,8 +85,9 @@ def test_tools_give_the_tool_messages_the_embedded_data_trains_on():
         for call_turn, tool_turn in zip(messages, messages[1:]):
             if tool_turn["role"] != "tool":
                 continue
-            call = parse_tool_call(call_turn["content"])
-            assert call is not None, call_turn
+            calls, blocks = parse_tool_calls(call_turn["content"])
+            assert len(calls) == blocks == 1, call_turn
+            call = calls[0]
             assert execute_tool(call["name"], call["arguments"]) == tool_turn["content"]
             checked.add(call["name"])
     assert checked == set(TOOLS)
@@ -141,7 +147,8 @@ CALC = {"name": "calculator", "arguments": {"expression": "1 + 2"}}
     ("The answer is 3.", None),
 ])
 def test_parse_tool_call(text, expected):
-    assert parse_tool_call(text) == expected
+    calls, _ = parse_tool_calls(text)
+    assert (calls[0] if calls else None) == expected
 
 
 def test_parse_tool_calls_counts_blocks_and_round_trips():

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.data.check_specs import CHECK_TYPES
 from pipeline.evaluation.scoring.instruction_checks import (
     CHECKS,
     count_chars,
@@ -38,6 +39,10 @@ def _wrong(record: dict) -> list[str]:
 
 def test_data_uses_only_known_check_types():
     assert {r["check"]["type"] for r in RECORDS} <= set(CHECKS)
+
+
+def test_every_check_type_a_spec_accepts_has_a_check():
+    assert CHECK_TYPES == tuple(CHECKS)
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=[f"{i}-{r['check']['type']}-{r['lang']}" for i, r in enumerate(RECORDS)])

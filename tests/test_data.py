@@ -37,7 +37,7 @@ def spec_for(path, **fields):
 
 def error_of(spec, purpose):
     with pytest.raises(DataError) as caught:
-        data.validate_records(spec, purpose)
+        data.check(spec, purpose)
     return str(caught.value)
 
 
@@ -82,7 +82,7 @@ ROUND_TRIPS = [
 def test_format_round_trips_to_canonical_shape(tmp_path, fmt, source_format, purpose, record, expected):
     path = write_jsonl(tmp_path / "d.jsonl", [record, record])
     spec = spec_for(path, format=source_format if fmt == "explicit" else "auto")
-    assert data.validate_records(spec, purpose) == 2
+    assert data.check(spec, purpose).records == 2
     assert data.load(spec, purpose) == [expected, expected]
 
 
@@ -101,7 +101,7 @@ def test_openai_tool_call_messages_keep_their_extra_keys(tmp_path):
 ])
 def test_gsm8k_target_normalises_the_last_number(answer, target):
     from pipeline.data.formats import gsm8k_target
-    from pipeline.evaluation.answers import extract_answer
+    from pipeline.answers import extract_answer
 
     assert gsm8k_target(answer) == target
     if target is not None:  # one normaliser: a model answering the same number scores as the target
@@ -201,12 +201,12 @@ def test_relative_paths_resolve_from_the_working_folder_then_the_project_root(tm
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert data.resolve_path("data/x.jsonl") == tmp_path / "data" / "x.jsonl"   # from the project root
-    assert data.resolve_path("/abs/x.jsonl").as_posix() == "/abs/x.jsonl"
+    assert paths.resolve("data/x.jsonl") == tmp_path / "data" / "x.jsonl"   # from the project root
+    assert paths.resolve("/abs/x.jsonl").as_posix() == "/abs/x.jsonl"
     assert error_of(DatasetSpec(path="data/x.jsonl"), "text") == "data/x.jsonl:2: 'text' must be a string, got number"
     (elsewhere / "data").mkdir()
     write_jsonl(elsewhere / "data" / "x.jsonl", [{"text": "b"}])
-    assert data.resolve_path("data/x.jsonl") == elsewhere / "data" / "x.jsonl"  # the working folder wins
+    assert paths.resolve("data/x.jsonl") == elsewhere / "data" / "x.jsonl"  # the working folder wins
 
 
 def test_unknown_extension(tmp_path):
@@ -308,4 +308,4 @@ def test_fingerprint_of_hub_id_names_it():
 
 def test_unknown_purpose_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError, match="unknown data purpose 'rl'"):
-        data.validate_records(spec_for(write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}])), "rl")
+        data.check(spec_for(write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}])), "rl")

@@ -7,7 +7,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from pipeline.data import arrow, check_cache, datasets as data
+from pipeline.data import arrow, check_cache, datasets as data, records
 from pipeline.data.datasets import DataError, DatasetSpec
 from pipeline.data.formats import converter
 from pipeline.data.problems import Invalid
@@ -98,7 +98,7 @@ def test_a_checked_file_version_is_not_read_again(tmp_path, monkeypatch):
     def no_reading(*args):
         raise AssertionError("a record was read")
 
-    monkeypatch.setattr(data, "_canonical", no_reading)
+    monkeypatch.setattr(records, "canonical", no_reading)
     again = data.check(spec, "sft", cache)
     assert (again.records, again.format, again.cached, digests) == (3, "messages", True, [])
     monkeypatch.undo()

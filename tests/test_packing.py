@@ -54,8 +54,7 @@ def test_packed_rows_train(tiny_llama, tmp_path):
 
 
 def test_speed_defaults_follow_the_device_and_the_model():
-    from types import SimpleNamespace
-
+    from pipeline.artifact import Artifact
     from pipeline.errors import PlanError
     from pipeline.models.memory import checkpointing_by_default
     from pipeline.stages.sft import SFTConfig
@@ -63,7 +62,7 @@ def test_speed_defaults_follow_the_device_and_the_model():
 
     assert checkpointing_by_default("cuda", 1_500_000_000) and not checkpointing_by_default("cuda", 500_000_000)
     assert not checkpointing_by_default("cpu", 8_000_000_000)  # recomputing costs CPUs more than RAM does
-    embedded = SimpleNamespace(kind="model", path="embedded/model", base_model=None)
+    embedded = Artifact(kind="model", path="embedded/model", fingerprint="")
     cfg = SFTConfig()
     assert speed_args(cfg, "cpu", embedded) == {"packing": False, "padding_free": True, "use_liger_kernel": False,
                                                 "torch_compile": False}
@@ -75,12 +74,11 @@ def test_speed_defaults_follow_the_device_and_the_model():
 
 
 def test_checkpointing_left_null_follows_the_model_size():
-    from types import SimpleNamespace
-
+    from pipeline.artifact import Artifact
     from pipeline.training.common import resolved_checkpointing
 
-    embedded = SimpleNamespace(kind="model", path="embedded/model", base_model=None)
-    hub = SimpleNamespace(kind="model", path="Qwen/Qwen3-8B", base_model=None)
+    embedded = Artifact(kind="model", path="embedded/model", fingerprint="")
+    hub = Artifact(kind="model", path="Qwen/Qwen3-8B", fingerprint="")
     assert not resolved_checkpointing(None, "cuda", embedded)           # 4M parameters, counted from the folder
     assert resolved_checkpointing(None, "cuda", hub, params_b=8.2)      # a hub id: model.params_b
     assert not resolved_checkpointing(None, "cpu", hub, params_b=8.2)

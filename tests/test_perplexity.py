@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pipeline.evaluation.scoring import perplexity
-from pipeline.evaluation.scoring.perplexity import hf_nll, windows
+from pipeline.backends import perplexity
+from pipeline.backends.perplexity import hf_nll, windows
 
 
 @pytest.mark.parametrize("n, length, stride", [(10, 4, 2), (10, 4, 4), (9, 16, 8), (1000, 256, 128), (2, 4, 2)])

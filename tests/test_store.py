@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.artifact import MANIFEST, Artifact
-from pipeline.engine.fingerprint import stage_fingerprint
+from pipeline.engine.fingerprint import fingerprint_inputs, fingerprint_of
 from pipeline.engine.store import Store
+
+
+def stage_fingerprint(*args) -> str:
+    return fingerprint_of(fingerprint_inputs(*args))
 
 
 def _make(store: Store, fp: str, payload: str = "weights") -> Artifact:

@@ -1,6 +1,5 @@
 """Text metrics: the corrected golden values of the seed material (shared/seeds/NOTES.md), and agreement with
 sacrebleu / rouge-score called directly (the wrapper must not drift from the libraries)."""
-import math
 
 import pytest
 
@@ -11,7 +10,7 @@ pytest.importorskip("nltk")
 import sacrebleu  # noqa: E402
 from rouge_score import rouge_scorer  # noqa: E402
 
-from pipeline.evaluation.scoring.textmetrics import bleu_details, make_rouge_scorer, score_generation, tokenize  # noqa: E402
+from pipeline.evaluation.scoring.textmetrics import make_rouge_scorer, score_generation, tokenize  # noqa: E402
 
 EN_PREDICTIONS = ["the cat the cat on the mat", "a cat sits on mat", "The quick brown fox jumps over the lazy dog.",
                   "It is raining, so we stay home today."]
@@ -21,23 +20,8 @@ ZH_PREDICTIONS = ["鸭子每天在湖里游泳。", "小兰喜欢吃苹果和香
 ZH_REFERENCES = ["鸭子每天在河里游泳。", "小兰喜欢吃苹果。"]
 
 
-def test_bleu_case_1_brevity_penalty_capped_and_zero_without_smoothing():
-    d = bleu_details("the cat the cat on the mat", "the cat is on the mat")
-    assert [d["p1"], d["p2"], d["p3"], d["p4"]] == pytest.approx([5 / 7, 1 / 2, 1 / 5, 0.0])
-    assert d["bp"] == 1.0  # c = 7 > r = 6: no penalty, never above 1
-    assert d["bleu"] == 0.0  # P4 = 0 and no smoothing
-
-
-def test_bleu_identical_is_one():
-    d = bleu_details("the quick brown fox jumps", "the quick brown fox jumps")
-    assert d["bleu"] == pytest.approx(1.0)
+def test_bleu_identical_is_one_hundred():
     assert score_generation(["the quick brown fox jumps"], ["the quick brown fox jumps"])["bleu"] == pytest.approx(100.0)
-
-
-def test_bleu_case_3_short_candidate():
-    d = bleu_details("a cat sits on mat", "the cat is sitting on the mat")
-    assert d["p1"] == pytest.approx(3 / 5)
-    assert d["bp"] == pytest.approx(math.exp(1 - 7 / 5)) and round(d["bp"], 4) == 0.6703
 
 
 def test_rouge_1_recall_and_lcs():

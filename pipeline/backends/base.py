@@ -1,17 +1,13 @@
-"""Inference backends: one interface over transformers (HF folders, adapters, bnb and GPTQ
+"""The inference backend interface: one over transformers (HF folders, adapters, bnb and GPTQ
 checkpoints: backends/hf.py) and llama.cpp (GGUF files: backends/llama_cpp.py), so eval and the
-export parity check treat every artifact alike. The backend is picked from the artifact's kind;
+export parity check treat every artifact alike; backends/open.py picks one from the artifact's kind.
 vLLM joins here where a GPU is present.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
-
-from pipeline.artifact import Artifact, weight_bytes
-from pipeline.errors import PlanError
 
 
 @dataclass
@@ -72,46 +68,13 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def open_backend(artifact: Artifact, ctx, dtype: str | None = None, batch_size: int = 32) -> Backend:
-    """The backend that runs `artifact` (a model, an adapter or a GGUF) on ctx.device."""
-    from pipeline.backends.hf import HFBackend
-    from pipeline.backends.llama_cpp import LlamaCppBackend
-
-    if artifact.kind == "gguf":
-        return LlamaCppBackend(gguf_file(artifact), seed=ctx.seed, device=ctx.device)
-    if artifact.kind in ("model", "adapter"):
-        return HFBackend(artifact, ctx, dtype, batch_size)
-    raise PlanError(f"no inference backend for artifact kind '{artifact.kind}' ({artifact.path})")
-
-
-def size_on_disk(artifact: Artifact) -> int:
-    """Bytes of the weights an artifact needs: its GGUF file, its weight files, or an adapter plus its base."""
-    if artifact.kind == "gguf":
-        return gguf_file(artifact).stat().st_size
-    weights = weight_bytes(artifact.path)
-    if artifact.kind == "adapter" and artifact.base_model:
-        weights += weight_bytes(artifact.base_model)
-    return weights
-
-
-def gguf_file(artifact: Artifact) -> Path:
-    path = Path(artifact.path)
-    if path.is_file():
-        return path
-    name = artifact.meta.get("file")
-    found = [path / name] if name else sorted(path.glob("*.gguf"))
-    if not found or not found[0].is_file():
-        raise PlanError(f"artifact {artifact.path} has no .gguf file")
-    return found[0]
-
-
 class Progress:
     """A progress bar (stderr) with items per second, or nothing when `label` is None."""
 
     def __init__(self, label: str | None, total: int, unit: str = "prompt"):
         self.bar = None
         if label is not None:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # optional: only where a bar is shown
 
             self.bar = tqdm(total=total, desc=label, unit=unit, dynamic_ncols=True, leave=False)
 

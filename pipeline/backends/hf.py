@@ -6,6 +6,9 @@ import time
 
 from pipeline.artifact import Artifact
 from pipeline.backends.base import Generation, Progress, Timing, _Clock
+from pipeline.backends.perplexity import hf_nll
+from pipeline.models.loading import load_causal_lm, load_tokenizer
+from pipeline.models.memory import ModelShape, generation_batch
 
 
 class HFBackend:
@@ -14,11 +17,8 @@ class HFBackend:
     name = "transformers"
 
     def __init__(self, artifact: Artifact, ctx, dtype: str | None, batch_size: int):
-        from pipeline.models.loading import load_causal_lm, load_tokenizer
-        from pipeline.training.common import tokenizer_source
-
         started = time.time()
-        self.tokenizer = load_tokenizer(tokenizer_source(artifact), ctx.model, padding_side="left")
+        self.tokenizer = load_tokenizer(artifact.tokenizer_dir(), ctx.model, padding_side="left")
         self.model = load_causal_lm(artifact, ctx.model, ctx.device, dtype, merge_adapter=True).eval()
         self.device = ctx.device
         self.batch_size = batch_size
@@ -34,8 +34,6 @@ class HFBackend:
 
     def _fitting_batch(self, prompts: list[str], max_new_tokens: int) -> int:
         """The configured batch, lowered where its KV cache would not fit (pipeline.models.memory)."""
-        from pipeline.models.memory import ModelShape, generation_batch
-
         if not prompts:
             return self.batch_size
         longest = max(len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
@@ -60,8 +58,6 @@ class HFBackend:
 
     def nll(self, texts: list[str], max_length: int = 1024, stride: int = 512,
             progress: str | None = None) -> tuple[float, int]:
-        from pipeline.evaluation.scoring.perplexity import hf_nll
-
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         length = min(max_length, limit)
         with Progress(progress, len(texts), unit="window") as bar:

@@ -5,6 +5,8 @@ import time
 from pathlib import Path
 
 from pipeline.backends.base import Generation, Progress, Timing, _timing
+from pipeline.backends.llama_runtime import open_llama
+from pipeline.backends.perplexity import windows
 from pipeline.errors import PlanError
 
 
@@ -19,8 +21,6 @@ class LlamaCppBackend:
             import llama_cpp  # noqa: F401
         except ImportError:
             raise PlanError("GGUF inference needs llama-cpp-python: pip install -e '.[gguf]'") from None
-        from pipeline.backends.llama_runtime import open_llama
-
         started = time.time()
         self.path, self.device = Path(path), device
         self.llm = open_llama(path, device, n_ctx=n_ctx, seed=seed, logits_all=False, n_threads=n_threads)
@@ -71,9 +71,6 @@ class LlamaCppBackend:
             progress: str | None = None) -> tuple[float, int]:
         """The same sliding windows as the transformers backend; logits of one window at a time."""
         import numpy as np
-
-        from pipeline.backends.llama_runtime import open_llama
-        from pipeline.evaluation.scoring.perplexity import windows
 
         trained = self.llm._model.n_ctx_train()
         length = min(max_length, trained) if trained > 0 else max_length

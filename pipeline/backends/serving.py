@@ -20,6 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.backends.llama_runtime import gpu_layers
+
 # Environment variables each server reads its key from (never a command-line argument).
 KEY_ENV = {"llama.cpp": "API_KEY", "vllm": "VLLM_API_KEY"}
 # Variables the llama.cpp server would read in place of its command line: uvicorn takes HOST and
@@ -93,8 +95,6 @@ def llama_cpp_command(model_file: Path, host: str, port: int, n_ctx: int, alias:
                       n_threads: int | None, extra_args: list[str], device: str = "cpu") -> list[str]:
     """llama-cpp-python's server, started through pipeline.backends.llama_server (llama.cpp's weight repacking off
     where it crashes: pipeline.backends.llama_runtime), with every layer on the GPU when there is one."""
-    from pipeline.backends.llama_runtime import gpu_layers
-
     command = [sys.executable, "-m", "pipeline.backends.llama_server", "--model", str(model_file), "--host", host,
                "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias]
     if n_threads and "--n_threads" not in extra_args:

@@ -21,12 +21,12 @@ from pipeline import paths
 from pipeline.data.formats import converter, detect
 from pipeline.data.problems import DataError, Invalid, summarise
 from pipeline.data.readers import entries, existing_file, hub_error, is_hub, where_of
+from pipeline.data.records import as_record, canonical
 from pipeline.data.screens import screen_for
+from pipeline.data.spec import DatasetSpec
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from pipeline.data.datasets import DatasetSpec
 
 BATCH_BYTES = 16 << 20       # pyarrow's JSON/CSV block: a few MB of rows at a time
 MAP_BATCH = 1000             # rows per `map` call when converting for a stage
@@ -87,19 +87,17 @@ def _all_strings(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The plan's check
 
-def check_file(spec: "DatasetSpec", purpose: str) -> Checked:
+def check_file(spec: DatasetSpec, purpose: str) -> Checked:
     """Every record of a local file checked for `purpose` through Arrow batches and the screens; raises
     DataError naming each bad record's path:line, or NotArrow (the caller then reads record by record)."""
     return check_batches(batches(existing_file(spec.path)), spec, purpose, lambda rows: locations(spec, rows))
 
 
-def check_batches(source: Iterator["pa.RecordBatch"], spec: "DatasetSpec", purpose: str,
+def check_batches(source: Iterator["pa.RecordBatch"], spec: DatasetSpec, purpose: str,
                   locate: Callable[[list[int]], dict[int, str]]) -> Checked:
     """The check itself, for any stream of batches (a file's, or a downloaded hub split's table)."""
     import numpy as np
     import pyarrow as pa
-
-    from pipeline.data.datasets import _record
 
     where = where_of(spec)
     fmt, convert, screen = None, None, None
@@ -111,14 +109,14 @@ def check_batches(source: Iterator["pa.RecordBatch"], spec: "DatasetSpec", purpo
             batch = batch.slice(0, spec.limit - count)
         batch = _renamed(batch, spec.columns)
         if convert is None and batch.num_rows:
-            fmt = spec.format if spec.format != "auto" else detect(_record(batch.slice(0, 1).to_pylist()[0], {}),
+            fmt = spec.format if spec.format != "auto" else detect(as_record(batch.slice(0, 1).to_pylist()[0], {}),
                                                                    locate([0])[0])
             convert = converter(fmt, purpose, where, detected=spec.format == "auto")
             screen = screen_for(fmt, purpose)
         flagged = screen(batch).nonzero()[0] if screen else np.arange(batch.num_rows)
         for row, item in zip(flagged, batch.take(pa.array(flagged, pa.int64())).to_pylist()):  # one conversion
             try:
-                convert(_record(item, {}))
+                convert(as_record(item, {}))
             except Invalid as e:
                 bad_rows.append(count + int(row))
                 problems.append(str(e))
@@ -144,7 +142,7 @@ def _renamed(batch, columns: dict):
                                               for i in kept])
 
 
-def locations(spec: "DatasetSpec", rows: list[int]) -> dict[int, str]:
+def locations(spec: DatasetSpec, rows: list[int]) -> dict[int, str]:
     """Row indices as the record readers name them (path:line, item N, row N), read only for errors."""
     wanted, found = set(rows), {}
     for index, (location, _) in enumerate(entries(spec, where_of(spec))):
@@ -173,7 +171,7 @@ def cache_dir() -> str:
     return os.environ.get("HF_DATASETS_CACHE") or str(paths.cache_root() / "datasets")
 
 
-def raw_dataset(spec: "DatasetSpec"):
+def raw_dataset(spec: DatasetSpec):
     """The source rows as a memory-mapped datasets.Dataset (hub or local), limited and renamed."""
     import datasets
 
@@ -206,13 +204,13 @@ def raw_dataset(spec: "DatasetSpec"):
     return rows
 
 
-def hub_location(spec: "DatasetSpec") -> Callable[[list[int]], dict[int, str]]:
+def hub_location(spec: DatasetSpec) -> Callable[[list[int]], dict[int, str]]:
     """Hub rows are named split:index (the index that dataset[index] takes)."""
     where = where_of(spec)
     return lambda rows: {row: f"{where} {spec.split}:{row}" for row in rows}
 
 
-def prepared(spec: "DatasetSpec", purpose: str, transform: Optional[Callable[[dict], dict]] = None,
+def prepared(spec: DatasetSpec, purpose: str, transform: Optional[Callable[[dict], dict]] = None,
              hardware: Optional[dict] = None, desc: str = ""):
     """The data set in the stage's form as a datasets.Dataset: each canonical record through `transform`
     (default: the record's chat columns as role/content messages, other columns as they are). A hub split is
@@ -268,32 +266,26 @@ def _table_batches(rows) -> Iterator["pa.RecordBatch"]:
 
 
 def _detected(rows, spec) -> str:
-    from pipeline.data.datasets import _record
-
-    return detect(_record(rows[0], {}), where_of(spec))
+    return detect(as_record(rows[0], {}), where_of(spec))
 
 
 def _records(spec, purpose, transform):
     """The record readers' canonical records, each with every key any record has (an Arrow table has one
     set of columns); read twice, never held."""
-    from pipeline.data.datasets import _canonical
-
     if transform:
-        yield from map(transform, _canonical(spec, purpose))
+        yield from map(transform, canonical(spec, purpose))
         return
-    keys = list(dict.fromkeys(key for record in _canonical(spec, purpose) for key in record))
-    for record in _canonical(spec, purpose):
+    keys = list(dict.fromkeys(key for record in canonical(spec, purpose) for key in record))
+    for record in canonical(spec, purpose):
         yield arrow_form(record, keys)
 
 
 def _convert_rows(batch: dict, fmt: str, purpose: str, transform) -> dict:
-    from pipeline.data.datasets import _record
-
     convert = converter(fmt, purpose, "")
     names = list(batch)
     out = []
     for values in zip(*batch.values()):
-        record = convert(_record(dict(zip(names, values)), {}))
+        record = convert(as_record(dict(zip(names, values)), {}))
         out.append(transform(record) if transform else arrow_form(record, names))
     return {key: [row.get(key) for row in out] for key in dict.fromkeys(k for row in out for k in row)}
 

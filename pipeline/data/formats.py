@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional
 
+from pipeline.answers import normalize_number
+from pipeline.data.check_specs import validate_spec
 from pipeline.data.problems import DataError, Invalid, kind_name
 
 FORMATS = ("messages", "alpaca", "sharegpt", "preference", "prompt", "gsm8k", "text")
@@ -13,10 +15,8 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def gsm8k_target(answer: str) -> Optional[str]:
-    """The number after the last '####', normalised as every answer is (pipeline.evaluation.answers:
+    """The number after the last '####', normalised as every answer is (pipeline.answers:
     1,000 -> 1000, $5 -> 5, 18.0 -> 18, 007 -> 7), else None."""
-    from pipeline.evaluation.answers import normalize_number
-
     if "####" not in answer:
         return None
     number = answer.rsplit("####", 1)[1].replace(",", "").replace("$", "").strip().rstrip(".")
@@ -256,9 +256,7 @@ def _text(record: dict) -> dict:
 
 
 def _instruct(record: dict) -> dict:
-    """A prompt with a verifiable check (pipeline/evaluation/scoring/instruction_checks.py) and an optional reference answer."""
-    from pipeline.evaluation.scoring.instruction_checks import validate_spec
-
+    """A prompt with a verifiable check (pipeline/data/check_specs.py) and an optional reference answer."""
     _require(record, "prompt", "check")
     prompt = _string(record, "prompt")
     if not isinstance(record["check"], dict):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from itertools import islice
 
+from pipeline.data.records import canonical
+from pipeline.data.spec import as_spec
+
 SAMPLE = 512
 _CACHE: dict[tuple, list[int]] = {}  # (file, purpose, tokenizer) -> lengths: evals of one plan share their data
 
@@ -29,13 +32,11 @@ def _texts(record: dict, purpose: str, tokenizer) -> list[str]:
 
 def sample_lengths(spec, purpose: str, tokenizer, n: int = SAMPLE) -> list[int]:
     """Token counts of (up to) the first `n` records, rendered as the stage renders them."""
-    from pipeline.data.datasets import _as_spec, _canonical
-
-    key = (repr(_as_spec(spec)), purpose, getattr(tokenizer, "name_or_path", ""), str(tokenizer.chat_template), n)
+    key = (repr(as_spec(spec)), purpose, getattr(tokenizer, "name_or_path", ""), str(tokenizer.chat_template), n)
     if key in _CACHE:
         return _CACHE[key]
     lengths = []
-    for record in islice(_canonical(spec, purpose), n):
+    for record in islice(canonical(spec, purpose), n):
         texts = _texts(record, purpose, tokenizer)
         lengths.append(max(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]))
     _CACHE[key] = lengths

@@ -11,7 +11,7 @@ from pipeline import paths
 from pipeline.data.problems import DataError, Invalid, kind_name
 
 if TYPE_CHECKING:
-    from pipeline.data.datasets import DatasetSpec
+    from pipeline.data.spec import DatasetSpec
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 

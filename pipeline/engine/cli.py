@@ -7,8 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.engine import plugins
+from pipeline.engine import plugins, registry
 from pipeline.engine.configstore import register
+from pipeline.engine.runner import run_chain
+from pipeline.engine.typed_config import unknown_key_message
 from pipeline.errors import TunechainError
 from pipeline.paths import PROJECT_ROOT
 
@@ -121,9 +123,6 @@ def _slurm_dry_run(parsed, overrides: list[str]) -> bool:
 
 
 def unknown_stage_key(cfg: DictConfig, keys: list[str]) -> str | None:
-    from pipeline.engine import registry
-    from pipeline.engine.typed_config import unknown_key_message
-
     stages = cfg.get("stages") or {}
     for key in keys:
         _, name, rest = key.split(".", 2)
@@ -174,8 +173,6 @@ def _threads(hardware: DictConfig) -> None:
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-
-    from pipeline.engine.runner import run_chain
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # keep the trainer's progress bar, not map()'s

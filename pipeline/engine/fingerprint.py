@@ -44,10 +44,6 @@ def fingerprint_inputs(kind: str, config: dict[str, Any], input_fingerprints: It
     }
 
 
-def stage_fingerprint(*args, **kwargs) -> str:
-    return fingerprint_of(fingerprint_inputs(*args, **kwargs))
-
-
 def fingerprint_of(inputs: dict[str, Any]) -> str:
     return hash_json(inputs)[:20]
 

@@ -29,7 +29,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pipeline.artifact import Artifact, write_json_atomic
-from pipeline.errors import TunechainError
+from pipeline.engine import registry
+from pipeline.engine.typed_config import typed_config
+from pipeline.errors import ConfigError, PlanError, TunechainError
+from pipeline.evaluation import registry as tasks
+from pipeline.models.config import ModelConfig
 from pipeline.ranges import Range
 
 JOB_FILE, RESULT_FILE, WORKER_LOGS = "job.json", "result.json", ".worker"
@@ -86,8 +90,6 @@ def check(hardware: dict[str, Any], device: str) -> None:
     """Plan time: what a multi-process profile needs, each missing piece in one line."""
     import importlib.util
 
-    from pipeline.errors import ConfigError, PlanError
-
     processes, nodes = world(hardware)
     if processes < 1 or nodes < 1:
         raise ConfigError(f"hardware.num_processes / num_nodes: must be >= 1, got {processes} / {nodes}")
@@ -130,9 +132,6 @@ def user_modules() -> list[dict[str, str]]:
     """Modules outside tunechain that registered stage kinds or eval tasks in this process (a user's own
     package or file): the child process imports them too, so it knows what the plan knows."""
     import importlib
-
-    from pipeline.engine import registry
-    from pipeline.evaluation import registry as tasks
 
     functions = [registry.get(kind).run for kind in registry.kinds()] + [t.run for t in tasks.all_tasks().values()]
     found = {}
@@ -236,10 +235,6 @@ def _stop(process: subprocess.Popen) -> None:
 
 def job_fields(job: dict) -> dict[str, Any]:
     """The job's fields a worker needs, with the dataclasses rebuilt (pipeline.engine.worker)."""
-    from pipeline.engine import registry
-    from pipeline.engine.typed_config import typed_config
-    from pipeline.models.config import ModelConfig
-
     spec = registry.get(job["kind"])
     return {
         "spec": spec,

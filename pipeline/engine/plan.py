@@ -8,6 +8,7 @@ already in the store are marked to be reused.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from pipeline import ranges
 from pipeline.artifact import Artifact
 from pipeline.data import datasets as data
 from pipeline.data.check_cache import CheckCache
+from pipeline.data.lengths import longest_of, sample_lengths
 from pipeline.engine import launch, registry
 from pipeline.engine.fingerprint import environment, fingerprint_inputs, fingerprint_of
 from pipeline.engine.store import Store
@@ -25,9 +27,9 @@ from pipeline.errors import ConfigError, PlanError
 from pipeline.hashing import hash_json
 from pipeline.models import memory
 from pipeline.models.config import ModelConfig
+from pipeline.models.loading import (base_artifact, check_available, check_thinking_switch, load_tokenizer, local_folder,
+                                     pick_device, resolve_dtype)
 from pipeline.models.sources import prepare
-from pipeline.models.loading import (base_artifact, check_available, check_thinking_switch, local_folder, pick_device,
-                                     resolve_dtype)
 
 BASE = "base"  # the reserved input name of the chain's starting model
 # Model keys that change no stage's result by themselves: names, planning hints, the recipes' tuning
@@ -299,8 +301,6 @@ def _plan_memory(plan: Plan, hardware: dict) -> None:
 def _plan_tokenizer(plan: Plan, folder):
     if folder is None or not any(not s.cached for s in plan.steps):
         return None
-    from pipeline.models.loading import load_tokenizer
-
     try:
         return load_tokenizer(str(folder), plan.model)
     except Exception:  # noqa: BLE001 - the estimate then uses max_length; loading fails later with its own error
@@ -312,8 +312,6 @@ LONG_BATCH_BATCHES = 4
 
 def _measure_lengths(step: Step, work: memory.Workload, tokenizer) -> None:
     """Replace the workload's worst-case lengths by what the stage's data has."""
-    from pipeline.data.lengths import longest_of, sample_lengths
-
     fields = _dataset_fields(step.cfg)
     if work.kind == "train" and fields:
         _, spec, purpose = fields[0]
@@ -333,8 +331,6 @@ def _measure_lengths(step: Step, work: memory.Workload, tokenizer) -> None:
 def _check_disk(plan: Plan) -> None:
     """Stages that write a model-sized file (merge, exports) must fit in the store's free space, counting what
     the earlier stages of this run will write first; else one line, before any stage runs."""
-    import shutil
-
     if not plan.n_params:
         return
     dtype = resolve_dtype(plan.model.dtype, plan.device, plan.model.path)

@@ -11,6 +11,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from pipeline.artifact import ArtifactKind
 from pipeline.engine.contract import StageConfig
 from pipeline.errors import ConfigError
 
@@ -22,7 +23,7 @@ DEFAULT_LIBRARIES = ("torch", "transformers")
 TRAINING_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate")
 
 # Artifact kinds that stages exchange.
-ARTIFACT_KINDS = ("model", "adapter", "eval", "gguf", "serve")
+ARTIFACT_KINDS = tuple(kind.value for kind in ArtifactKind)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pipeline.engine import registry
 from pipeline.errors import ConfigError
+from pipeline.evaluation import registry as eval_tasks
 
 # Metrics shown in tables, in this order, when a stage has them: every eval task's headline
 # (pipeline/evaluation/registry.py), then the training stages'.
@@ -21,17 +22,13 @@ def _spec(kind: str) -> registry.StageSpec:
 
 
 def headline_metrics() -> tuple[str, ...]:
-    from pipeline.evaluation.registry import headlines
-
-    return tuple(m for metrics in headlines().values() for m in metrics) + TRAINING_HEADLINE
+    return tuple(m for metrics in eval_tasks.headlines().values() for m in metrics) + TRAINING_HEADLINE
 
 
 def percent_metrics() -> set[str]:
     """Metrics shown as percentages, their deltas in points: what each eval task (`@task(percent=...)`) and
     stage kind (`@stage(percent=...)`) declares."""
-    from pipeline.evaluation.registry import percent_metrics as task_percent
-
-    return task_percent() | {m for kind in registry.kinds() for m in registry.get(kind).percent}
+    return eval_tasks.percent_metrics() | {m for kind in registry.kinds() for m in registry.get(kind).percent}
 
 
 PLOT = "compression_vs_quality.png"  # quality metrics that compare_with reports as deltas

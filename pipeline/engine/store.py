@@ -20,6 +20,7 @@ from typing import Iterator
 
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
 from pipeline.errors import TunechainError
+from pipeline.training.checkpoints import latest
 
 
 class StoreLockTimeout(TunechainError):
@@ -143,8 +144,6 @@ RESUMABLE_DAYS = 7
 
 
 def _has_checkpoints(folder: Path) -> bool:
-    from pipeline.training.checkpoints import latest
-
     return latest(folder) is not None
 
 

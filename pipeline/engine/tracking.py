@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from pipeline.errors import ConfigError
+from pipeline.hub import reachable
 from pipeline.redaction import redact, redacted_argv, scrub
 
 @dataclass
@@ -51,8 +52,6 @@ def wandb_mode(requested: str) -> str:
 
 
 def _check_reachable() -> None:
-    from pipeline.hub import reachable
-
     url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
     error = reachable(url)
     if error is not None:

@@ -11,7 +11,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from pipeline.artifact import write_json_atomic
 from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.launch import RESULT_FILE, WORKER_LOGS, import_user_modules, job_fields
+from pipeline.engine.runner import seed_everything
+from pipeline.engine.tracking import LoggerConfig, Tracker
+from pipeline.models.peak_memory import PeakMemory, peak_metrics
 
 
 class RankContext(StageContext):
@@ -25,12 +30,6 @@ class RankContext(StageContext):
 
 
 def main(job_path: str) -> None:
-    from pipeline.artifact import write_json_atomic
-    from pipeline.engine.launch import RESULT_FILE, WORKER_LOGS, import_user_modules, job_fields
-    from pipeline.engine.runner import seed_everything
-    from pipeline.engine.tracking import LoggerConfig, Tracker
-    from pipeline.models.peak_memory import PeakMemory, peak_metrics
-
     # DeepSpeed calls torch.distributed's old collective names; torch warns on every step otherwise
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     job = json.loads(Path(job_path).read_text())

@@ -1,6 +1,8 @@
 """What several eval tasks share: the record limit, the prompt tokenizer, the cut-answers warning."""
 from __future__ import annotations
 
+from pipeline.models.loading import load_tokenizer
+
 # Below this share of answers ending at an end-of-generation token, most answers were cut by the budget.
 EOS_WARNING_SHARE = 0.5
 
@@ -19,8 +21,6 @@ def warn_if_cut(ctx, task: str, stopped: float, budget: int) -> None:
 def prompt_tokenizer(backend, ctx):
     """The tokenizer that renders chat prompts: the backend's own, or for a GGUF (which carries its template
     inside the file) the chain's base tokenizer, so every backend sees the same prompt text."""
-    from pipeline.models.loading import load_tokenizer
-
     if getattr(backend, "tokenizer", None) is not None:
         return backend.tokenizer
     return load_tokenizer(ctx.chain["base"].path if "base" in ctx.chain else ctx.model.path, ctx.model)

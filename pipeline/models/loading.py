@@ -6,13 +6,15 @@ work starts instead of after minutes of retries.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline import paths
-from pipeline.artifact import Artifact
-from pipeline.errors import ModelUnavailable
+from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.errors import ConfigError, ModelUnavailable
 from pipeline.hashing import folder_digest
 from pipeline.hub import hub_commit, hub_reachable
 from pipeline.models.config import DTYPES, ModelConfig
@@ -71,8 +73,6 @@ def declared_dtype(path: str | None) -> str | None:
         config_file = Path(cached) if isinstance(cached, str) else None
     if config_file is None or not config_file.is_file():
         return None
-    import json
-
     config = json.loads(config_file.read_text())
     value = config.get("dtype") or config.get("torch_dtype")
     return value if value in DTYPES else None
@@ -119,6 +119,15 @@ def load_tokenizer(source: str, model: ModelConfig, padding_side: str = "right")
     return tokenizer
 
 
+def save_tokenizer(tokenizer, source: Artifact, out_dir: Path | str) -> None:
+    """Save `tokenizer` (loaded from `source`'s tokenizer folder) beside the model written to `out_dir`.
+    save_pretrained does not write a SentencePiece tokenizer.model: it is copied from that folder."""
+    tokenizer.save_pretrained(out_dir)
+    original = Path(source.tokenizer_dir()) / "tokenizer.model"
+    if original.is_file() and not (Path(out_dir) / "tokenizer.model").exists():
+        shutil.copy2(original, Path(out_dir) / "tokenizer.model")
+
+
 THINKING_VARIABLE = "enable_thinking"
 _THINKING_SET = "{%- set enable_thinking = "
 
@@ -138,8 +147,6 @@ def with_thinking(template: str, enable: bool | None) -> str:
 
 def saved_chat_template(folder: Path) -> str | None:
     """The chat template an HF folder carries (chat_template.jinja, else tokenizer_config.json's)."""
-    import json
-
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text()
     config = folder / "tokenizer_config.json"
@@ -154,8 +161,6 @@ def check_thinking_switch(model: ModelConfig) -> None:
         return  # nothing to check, or a hub model not downloaded yet (its template is checked on load)
     template = resolve_file(model.chat_template).read_text() if model.chat_template else saved_chat_template(folder)
     if template is not None and THINKING_VARIABLE not in template:
-        from pipeline.errors import ConfigError
-
         raise ConfigError(f"model.enable_thinking: {model.enable_thinking}, but the chat template of '{model.path}' has "
                           f"no {THINKING_VARIABLE} switch; leave it null for this model")
 
@@ -170,7 +175,7 @@ def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_na
     implementation = attention(model, device, dtype)
     if implementation:
         kwargs["attn_implementation"] = implementation
-    if artifact.kind == "adapter":
+    if artifact.kind == ArtifactKind.adapter:
         from peft import PeftModel
 
         base = _from_pretrained(AutoModelForCausalLM, artifact.base_model, model, **kwargs)
@@ -198,8 +203,6 @@ def attention(model: ModelConfig, device: str, dtype) -> str | None:
 
 def model_type(path: str | None) -> str | None:
     """config.json's model_type of a local model folder (None for hub ids not yet fetched, GGUF files...)."""
-    import json
-
     folder = local_folder(path) if path else None
     try:
         return json.loads((folder / "config.json").read_text()).get("model_type") if folder else None

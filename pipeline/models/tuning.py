@@ -19,7 +19,7 @@ from pipeline.ranges import at_least, between, positive
 
 @dataclass
 class SFTTuning:
-    learning_rate: float = positive(2e-4)  # LoRA / QLoRA (seed 002: 1e-4..2e-4; full fine-tuning wants 1e-5..5e-5)
+    learning_rate: float = positive(2e-4)  # LoRA / QLoRA (usually 1e-4..2e-4; full fine-tuning wants 1e-5..5e-5)
     max_steps: int = at_least(1, 200, also=(-1,))
     short_steps: int = at_least(1, 100, also=(-1,))  # recipes that leave room for a later stage (sft_grpo, distill's student)
     batch_size: int = at_least(1, 8)

@@ -7,7 +7,7 @@
 
     loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
-(the T^2 keeps the soft term's gradients on the scale of the hard term's; seed 003 omits it). It
+(the T^2 keeps the soft term's gradients on the scale of the hard term's). It
 needs the teacher and the student to share a tokenizer, which the plan checks. `mode: sequence`
 (Kim & Rush 2016) lets the teacher answer the SFT prompts (greedy, batched) and SFT-trains the
 student on those answers; any teacher works. Training goes through trl's SFTTrainer as `sft` does
@@ -29,12 +29,25 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.backends.hf import hf_generate
+from pipeline.data.datasets import load
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, ModelUnavailable
+from pipeline.hashing import file_digest
+from pipeline.models.config import ModelConfig
+from pipeline.models.loading import (
+    base_artifact,
+    check_available,
+    load_causal_lm,
+    load_tokenizer,
+    local_folder,
+    looks_like_hub_id,
+)
 from pipeline.ranges import at_least, between, positive, setting
-from pipeline.stages.sft import SFTConfig, trained_kind
+from pipeline.stages.sft import SFTConfig, train, trained_kind
+from pipeline.training.distillation import trainer_class
 
 BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)
 
@@ -80,7 +93,7 @@ class DistillConfig(SFTConfig):
         if teacher.dtype not in (None, "auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"{where}.teacher.dtype: '{teacher.dtype}'; valid: auto, float32, bfloat16, float16")
         if teacher.stage is not None:
-            models = [n for n, s in earlier.items() if s.output_kind in ("model", "adapter")]
+            models = [n for n, s in earlier.items() if s.output_kind in (ArtifactKind.model, ArtifactKind.adapter)]
             if teacher.stage not in models:
                 raise ConfigError(f"{where}.teacher.stage: '{teacher.stage}' is not an earlier stage that produces a "
                                   f"model or adapter; choose from: {', '.join(models) or '(none)'}, "
@@ -99,20 +112,17 @@ class DistillConfig(SFTConfig):
         if teacher and len(named) > 1 and named[-1] == teacher:  # already normalised (validated twice)
             named = named[:-1]
         if not named:  # the latest earlier full model that is not the teacher, else the base
-            named = [next((n for n in reversed(list(earlier)) if earlier[n].output_kind == "model" and n != teacher),
+            named = [next((n for n in reversed(list(earlier)) if earlier[n].output_kind == ArtifactKind.model and n != teacher),
                           BASE)]
         student = named[0]
-        if len(named) > 1 or (student != BASE and (student not in earlier or earlier[student].output_kind != "model")):
-            models = [BASE] + [n for n, s in earlier.items() if s.output_kind == "model"]
+        if len(named) > 1 or (student != BASE and (student not in earlier or earlier[student].output_kind != ArtifactKind.model)):
+            models = [BASE] + [n for n, s in earlier.items() if s.output_kind == ArtifactKind.model]
             raise ConfigError(f"{where}.inputs: name one student model (the teacher goes in teacher.stage); "
                               f"got {self.inputs}; choose from: {', '.join(models)}")
         return [student] + ([teacher] if teacher else [])
 
 
 def _check_teacher_model(where: str, path: str) -> None:
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import check_available, local_folder, looks_like_hub_id
-
     folder = local_folder(path)
     if folder is not None and not (folder / "config.json").is_file():
         raise ConfigError(f"{where}.model: folder {folder} has no config.json (not a Hugging Face model folder)")
@@ -126,9 +136,6 @@ def _check_teacher_model(where: str, path: str) -> None:
 
 def _tokenizer_files(path: str) -> dict[str, str]:
     """Hashes of the files that define a local model's vocabulary (empty for a hub id)."""
-    from pipeline.hashing import file_digest
-    from pipeline.models.loading import local_folder
-
     folder = local_folder(path)
     if folder is None:
         return {}
@@ -139,8 +146,6 @@ def _tokenizer_files(path: str) -> dict[str, str]:
 def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
     """Logit distillation compares distributions id by id: both sides need the same vocabulary.
     Equal tokenizer files settle it at once; otherwise both tokenizers are loaded and compared."""
-    from pipeline.models.loading import local_folder
-
     files = _tokenizer_files(student)
     if files and files == _tokenizer_files(teacher):
         return
@@ -164,12 +169,9 @@ def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
 def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx: StageContext) -> int:
     """The vocabulary size both models score over, after checking that they share it (any teacher kind:
     a stage's or a model's). Logit columns past the tokenizer's size are embedding padding."""
-    from pipeline.models.loading import load_tokenizer
-    from pipeline.training.common import tokenizer_source
-
-    student_tok = load_tokenizer(tokenizer_source(inputs.primary), ctx.model)
+    student_tok = load_tokenizer(inputs.primary.tokenizer_dir(), ctx.model)
     teacher_source = ctx.chain[cfg.teacher.stage] if cfg.teacher.stage else None
-    teacher_path = tokenizer_source(teacher_source) if teacher_source else cfg.teacher.model
+    teacher_path = teacher_source.tokenizer_dir() if teacher_source else cfg.teacher.model
     vocab, other = student_tok.get_vocab(), load_tokenizer(teacher_path, ctx.model).get_vocab()
     where = f"stages.{ctx.name}.teacher"
     if vocab != other:
@@ -190,9 +192,6 @@ def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx
        libraries=TRAINING_LIBRARIES, distributed=True)
 def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Distill the teacher into the input model (logits or teacher-written answers)."""
-    from pipeline.data.datasets import load
-    from pipeline.models.loading import load_causal_lm
-
     # sequence mode rewrites each record with the teacher's answer (generation is per record anyway);
     # logit mode trains on the data set as it is, through Arrow like the sft stage (records=None)
     records = load(cfg.dataset, "sft") if cfg.mode == Mode.sequence else None
@@ -212,10 +211,6 @@ def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
 def _load_teacher(cfg: DistillConfig, ctx: StageContext):
     """The teacher model (adapters merged into their base), its tokenizer and a description."""
-    from pipeline.models.config import ModelConfig
-    from pipeline.models.loading import base_artifact, load_causal_lm, load_tokenizer
-    from pipeline.training.common import tokenizer_source
-
     if cfg.teacher.stage is not None:
         artifact, model_cfg = ctx.chain[cfg.teacher.stage], ctx.model
         described = {"stage": cfg.teacher.stage, "fingerprint": artifact.fingerprint, "path": artifact.path}
@@ -226,7 +221,7 @@ def _load_teacher(cfg: DistillConfig, ctx: StageContext):
     dtype = cfg.teacher.dtype or ctx.model.dtype
     started = time.time()
     model = load_causal_lm(artifact, model_cfg, ctx.device, dtype, merge_adapter=True).eval()
-    tokenizer = load_tokenizer(tokenizer_source(artifact), model_cfg, padding_side="left")
+    tokenizer = load_tokenizer(artifact.tokenizer_dir(), model_cfg, padding_side="left")
     ctx.log(f"teacher {described.get('stage') or described['model']} loaded in {time.time() - started:.1f}s")
     return model, tokenizer, described
 
@@ -234,8 +229,6 @@ def _load_teacher(cfg: DistillConfig, ctx: StageContext):
 def _teacher_answers(cfg: DistillConfig, teacher, tokenizer, records: list[dict], ctx: StageContext):
     """Each record's last assistant turn replaced by the teacher's greedy answer to what precedes it."""
     import torch
-
-    from pipeline.backends.hf import hf_generate
 
     prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False, add_generation_prompt=True)
                for r in records]
@@ -261,9 +254,6 @@ def _train(cfg: DistillConfig, records: list[dict] | None, model, teacher, input
            meta: dict) -> Artifact:
     """The sft stage's training path: plain SFT on teacher-written records (sequence mode), or the
     distillation subclass of SFTTrainer (logit mode)."""
-    from pipeline.stages.sft import train
-    from pipeline.training.distillation import trainer_class
-
     if teacher is None:
         return train(cfg, inputs, ctx, lambda: model, meta, records=records)
     vocab = _shared_vocabulary(cfg, model, teacher, inputs, ctx)

@@ -21,14 +21,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive, setting
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
@@ -37,11 +39,8 @@ from pipeline.training.common import (
     device_args,
     lora_config,
     loss_curve,
-    model_under,
     policy_artifact,
     save_policy,
-    save_tokenizer,
-    tokenizer_source,
 )
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
@@ -88,8 +87,6 @@ class DPOConfig(StageConfig):
     lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter; an input adapter keeps its own"})
 
     def memory_profile(self, sources):
-        from pipeline.models.memory import Workload
-
         # chosen and rejected go through the policy together; the reference's forward holds no activations
         return Workload(kind="train", method=self.method.value, batch=2 * self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing,
@@ -115,15 +112,13 @@ def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
     """
     from peft import PeftModel
 
-    from pipeline.models.loading import load_causal_lm
-
-    under = model_under(source)  # what the input sits on
-    base_reference = cfg.reference == Reference.base and (source.kind == "adapter" or source.base_model != source.path)
+    under = source.model_under()  # what the input sits on
+    base_reference = cfg.reference == Reference.base and (source.kind == ArtifactKind.adapter or source.base_model != source.path)
     reference = load_causal_lm(_model_artifact(source.base_model), ctx.model, ctx.device).eval() \
         if base_reference else None
     ref_text = f"reference: the base {source.base_model}" if base_reference else "reference: the input policy, frozen"
 
-    if source.kind == "adapter" and cfg.method == Method.lora:
+    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
         model = PeftModel.from_pretrained(load_causal_lm(_model_artifact(under), ctx.model, ctx.device),
                                           source.path, is_trainable=True)
         return model, None, reference, f"continuing the input adapter; {ref_text}"
@@ -170,10 +165,8 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
-    from pipeline.models.loading import load_tokenizer
-
     source = inputs.primary
-    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     train_set = _dataset(cfg.dataset, ctx.hardware)
     eval_set = _dataset(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = TrlDPOConfig(
@@ -201,7 +194,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
     save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
     if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+        save_tokenizer(tokenizer, source, ctx.out_dir)
     shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": runtime, "train_records": len(train_set),

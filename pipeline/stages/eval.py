@@ -19,12 +19,15 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact
+from pipeline.backends.open import open_backend
 from pipeline.data.datasets import DatasetSpec
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
 from pipeline.evaluation import registry as eval_tasks
 from pipeline.evaluation.scoring.judge import JudgeConfig
+from pipeline.models.memory import Workload
+from pipeline.models.peak_memory import MemoryWatch
 from pipeline.ranges import at_least, setting
 from pipeline.engine.contract import StageConfig
 
@@ -93,8 +96,6 @@ class EvalConfig(StageConfig):
         return {"math", "text", "instruct"} - read
 
     def memory_profile(self, sources):
-        from pipeline.models.memory import Workload
-
         budgets = [self.budget(s.name) for s in eval_tasks.with_needs(self.tasks) if s.budget is not None]
         source = sources[0] if sources else None  # a GGUF input runs in llama.cpp, not transformers
         return Workload(kind="generate", batch=self.batch_size, new_tokens=max(budgets, default=1),
@@ -109,15 +110,12 @@ class EvalConfig(StageConfig):
        libraries=("torch", "transformers", "peft", "llama-cpp-python"), isolated=True)
 def run(cfg: EvalConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Score the input (HF model, adapter, bnb/GPTQ checkpoint or GGUF); results.json, predictions.jsonl."""
-    from pipeline.backends.base import open_backend, size_on_disk
-    from pipeline.models.peak_memory import MemoryWatch
-
     source = inputs.primary
     started = time.time()
     memory = MemoryWatch(ctx.device)
     backend = open_backend(source, ctx, cfg.dtype, cfg.batch_size)
     metrics = {"backend": backend.name, "load_seconds": backend.load_seconds,
-               "size_mb": round(size_on_disk(source) / 2**20, 3)}
+               "size_mb": round(source.size_on_disk() / 2**20, 3)}
     shared = eval_tasks.EvalRun(cfg, backend, ctx, source)
     for spec in eval_tasks.with_needs(cfg.tasks):
         metrics.update(spec.run(shared))

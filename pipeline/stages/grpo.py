@@ -22,11 +22,13 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive, setting
 from pipeline.stages.sft import Method, trained_kind
 from pipeline.training.common import (
@@ -36,12 +38,11 @@ from pipeline.training.common import (
     lora_config,
     policy_artifact,
     save_policy,
-    save_tokenizer,
-    tokenizer_source,
 )
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
+from pipeline.training.rewards import build, parse
 from pipeline.engine.contract import StageConfig
 
 VLLM_CHOICES = ("auto", "true", "false")
@@ -82,8 +83,6 @@ class GRPOConfig(StageConfig):
     lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter; an input adapter keeps its own"})
 
     def validate(self, where: str, earlier: dict) -> None:
-        from pipeline.training.rewards import parse
-
         parse(self.rewards, f"{where}.rewards")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
@@ -100,8 +99,6 @@ class GRPOConfig(StageConfig):
                             "set use_vllm: auto or false to generate with transformers")
 
     def memory_profile(self, sources):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=128 + self.max_completion_length, lora_rank=self.lora.r,
                         gradient_checkpointing=self.gradient_checkpointing,
@@ -144,13 +141,11 @@ def _policy(cfg: GRPOConfig, source: Artifact, ctx: StageContext):
     """The model to train and how: (model, peft_config, what the log says)."""
     from peft import PeftModel
 
-    from pipeline.models.loading import load_causal_lm
-
-    if source.kind == "adapter" and cfg.method == Method.lora:
+    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
         base = load_causal_lm(Artifact(kind="model", path=source.base_model, fingerprint=""), ctx.model, ctx.device)
         # The adapter keeps training; trl freezes a copy of it as the reference ("ref" adapter).
         return PeftModel.from_pretrained(base, source.path, is_trainable=True), None, "continuing the input adapter"
-    if source.kind == "adapter":  # full training from a merged adapter: the reference must be the merged model
+    if source.kind == ArtifactKind.adapter:  # full training from a merged adapter: the reference must be the merged model
         merged_dir = ctx.out_dir / "_policy_start"
         load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).save_pretrained(str(merged_dir))
         source = Artifact(kind="model", path=str(merged_dir), fingerprint="")
@@ -174,14 +169,11 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     from trl import GRPOConfig as TrlGRPOConfig
     from trl import GRPOTrainer
 
-    from pipeline.models.loading import load_tokenizer
-    from pipeline.training.rewards import build, parse
-
     source = inputs.primary
     specs = parse(cfg.rewards, f"stages.{ctx.name}.rewards")
     reward_funcs, weights = build(specs)
     use_vllm = vllm_choice(cfg.use_vllm) == "true" or (vllm_choice(cfg.use_vllm) == "auto" and vllm_usable(ctx.device))
-    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model, padding_side="left")
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model, padding_side="left")
     dataset = _dataset(cfg, ctx.hardware)
     args = TrlGRPOConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
@@ -208,7 +200,7 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
     save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
     if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+        save_tokenizer(tokenizer, source, ctx.out_dir)
     for scratch in ("trainer", "_policy_start"):
         shutil.rmtree(ctx.out_dir / scratch, ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),

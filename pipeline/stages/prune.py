@@ -21,6 +21,8 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, setting
 from pipeline.engine.contract import StageConfig
 
@@ -52,8 +54,6 @@ class PruneConfig(StageConfig):
         return evenly_spaced(depth, max(1, round(depth * self.keep_fraction)))
 
     def memory_profile(self, sources):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="inference", extra_weights=0.5)  # saving writes a copy of the kept weights
 
 
@@ -93,9 +93,6 @@ def drop_layers(model, keep: list[int]) -> None:
 @stage("prune", config=PruneConfig, consumes={"model"}, produces="model")
 def run(cfg: PruneConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Drop decoder layers of a model and save the smaller one with its tokenizer."""
-    from pipeline.models.loading import load_causal_lm, load_tokenizer
-    from pipeline.training.common import save_tokenizer, tokenizer_source
-
     source = inputs.primary
     model = load_causal_lm(source, ctx.model, "cpu", cfg.dtype)  # surgery and saving need no accelerator
     depth = model.config.num_hidden_layers
@@ -104,7 +101,7 @@ def run(cfg: PruneConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     drop_layers(model, keep)
     after = sum(p.numel() for p in model.parameters())
     model.save_pretrained(str(ctx.out_dir), safe_serialization=True)
-    save_tokenizer(load_tokenizer(tokenizer_source(source), ctx.model), tokenizer_source(source), ctx.out_dir)
+    save_tokenizer(load_tokenizer(source.tokenizer_dir(), ctx.model), source, ctx.out_dir)
     ctx.log(f"kept {len(keep)} of {depth} layers {keep}: {before / 1e6:.1f}M -> {after / 1e6:.1f}M params")
     return Artifact(kind="model", path=str(ctx.out_dir), fingerprint="", format="hf",
                     base_model=str(ctx.out_dir), metrics={"params": after, "source_params": before},

@@ -25,17 +25,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.backends import serving
-from pipeline.backends.base import gguf_file
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, positive, setting
 from pipeline.engine.contract import StageConfig
 
 BACKENDS = ("auto", "llama.cpp", "vllm")
-SERVABLE = ("gguf", "model")
+SERVABLE = (ArtifactKind.gguf, ArtifactKind.model)
 # Top-level modules llama-cpp-python[server] and the checks need (found without importing them).
 LLAMA_CPP_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings",
                      "openai")
@@ -87,11 +87,11 @@ class ServeConfig(StageConfig):
         if input_kind is None:  # an unknown input name: the planner's input check reports it
             return None if self.backend == "auto" else self.backend
         if self.backend == "auto":
-            return "llama.cpp" if input_kind == "gguf" else "vllm"
-        if self.backend == "llama.cpp" and input_kind != "gguf":
+            return "llama.cpp" if input_kind == ArtifactKind.gguf else "vllm"
+        if self.backend == "llama.cpp" and input_kind != ArtifactKind.gguf:
             raise ConfigError(f"{where}.backend: llama.cpp serves GGUF files but the input is a '{input_kind}'; add a "
                               "gguf stage before serve (recipe sft_to_gguf), or use backend vllm on a GPU")
-        if self.backend == "vllm" and input_kind != "model":
+        if self.backend == "vllm" and input_kind != ArtifactKind.model:
             raise ConfigError(f"{where}.backend: vllm serves HF model folders here but the input is a "
                               f"'{input_kind}'; use backend auto or llama.cpp for a GGUF")
         return self.backend
@@ -119,8 +119,6 @@ class ServeConfig(StageConfig):
                                 f"'.[vllm,gguf]'; or {CPU_ALTERNATIVE}")
 
     def memory_profile(self, sources):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="inference")  # the server is another process; this one only sends requests
 
 
@@ -129,13 +127,13 @@ def _input_kind(inputs: list[str] | None, earlier: dict) -> str | None:
     if inputs:
         name = inputs[0]
         if name == "base":
-            return "model"
+            return ArtifactKind.model
         step = earlier.get(name)
         return step.output_kind if step is not None else None
     for step in reversed(list(earlier.values())):
         if step.output_kind in SERVABLE:
             return step.output_kind
-    return "model"  # the chain's base model
+    return ArtifactKind.model  # the chain's base model
 
 
 @stage("serve", config=ServeConfig, consumes=set(SERVABLE), produces="serve", cache=False)
@@ -162,7 +160,7 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     port = cfg.port or serving.free_port(cfg.host)
     if backend == "llama.cpp":
         threads = (ctx.hardware or {}).get("num_threads")
-        command = serving.llama_cpp_command(gguf_file(source), cfg.host, port, cfg.n_ctx, alias, threads,
+        command = serving.llama_cpp_command(source.gguf_file(), cfg.host, port, cfg.n_ctx, alias, threads,
                                             cfg.extra_args, ctx.device)
     else:
         command = serving.vllm_command(source.path, cfg.host, port, cfg.n_ctx, alias, cfg.extra_args)

@@ -11,14 +11,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Optional
+from typing import Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.data.chat_tokens import tokenize_chats, tokenize_record, truncated
 from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
+from pipeline.errors import PlanError
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, one_of, positive, setting
 from pipeline.training.common import (
     SCHEDULERS,
@@ -27,9 +31,7 @@ from pipeline.training.common import (
     lora_config,
     loss_curve,
     rank_share,
-    save_tokenizer,
     speed_args,
-    tokenizer_source,
 )
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
@@ -73,8 +75,6 @@ class SFTConfig(StageConfig):
     lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter"})
 
     def memory_profile(self, sources):
-        from pipeline.models.memory import Workload
-
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing)
 
@@ -85,8 +85,6 @@ class SFTConfig(StageConfig):
 def check_liger(liger: bool | None, where: str, device: str) -> None:
     import importlib.util
 
-    from pipeline.errors import PlanError
-
     if liger and device != "cuda":
         raise PlanError(f"{where}.liger: true, but Liger's Triton kernels need a CUDA GPU (device {device}); "
                         "set liger: null (on where they can run) or false")
@@ -94,17 +92,15 @@ def check_liger(liger: bool | None, where: str, device: str) -> None:
         raise PlanError(f"{where}.liger: true, but liger-kernel is not installed: pip install -e '.[liger]'")
 
 
-def trained_kind(cfg) -> str:
+def trained_kind(cfg) -> ArtifactKind:
     """What a training stage with a `method` produces: a whole model (full) or an adapter (lora, qlora)."""
-    return "model" if cfg.method == Method.full else "adapter"
+    return ArtifactKind.model if cfg.method == Method.full else ArtifactKind.adapter
 
 
 @stage("sft", config=SFTConfig, consumes={"model"}, produces=trained_kind, libraries=TRAINING_LIBRARIES,
        distributed=True)
 def run(cfg: SFTConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Train the input model on chat data; produce a LoRA adapter or a full model."""
-    from pipeline.models.loading import load_causal_lm
-
     return train(cfg, inputs, ctx, lambda: load_causal_lm(inputs.primary, ctx.model, ctx.device))
 
 
@@ -125,11 +121,8 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
-    from pipeline.data.chat_tokens import tokenize_chats, tokenize_record, truncated
-    from pipeline.models.loading import load_tokenizer
-
     source = inputs.primary
-    tokenizer = load_tokenizer(tokenizer_source(source), ctx.model)
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     turns = cfg.assistant_turns.value
     if records is not None:  # teacher-written chats: as many as the teacher answered, already in memory
         dataset = Dataset.from_list([truncated(r, cfg.max_length) for r in tokenize_chats(tokenizer, records, turns)])
@@ -162,7 +155,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
     trainer.save_model(str(ctx.out_dir))  # rank 0 only when distributed (gathered under DeepSpeed / FSDP)
     if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, tokenizer_source(source), ctx.out_dir)
+        save_tokenizer(tokenizer, source, ctx.out_dir)
         _remove_trainer_dir(ctx.out_dir / "trainer")
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset), "batching": batching,

@@ -1,13 +1,17 @@
 """What every trainer-based stage shares: LoRA settings, trainer arguments per device and
-hardware profile, tokenizer saving, and reading the loss curve back from a trainer."""
+hardware profile, saving what a trainer trained, and reading the loss curve back from a trainer."""
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
+from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.models.loading import local_folder, model_type
+from pipeline.models.memory import checkpointing_by_default, count_parameters
 from pipeline.ranges import at_least, between, positive, setting
 
 # transformers' SchedulerType values (tests/test_ranges.py keeps them in step)
@@ -62,19 +66,11 @@ def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: b
     return args
 
 
-def model_under(artifact) -> str:
-    """The model folder or hub id an artifact's weights are: an adapter's base, else its own path."""
-    return artifact.base_model if artifact.kind == "adapter" else artifact.path
-
-
 def resolved_checkpointing(setting: bool | None, device: str, source=None, params_b: float | None = None) -> bool:
     """A null setting by the model's size: counted from a local folder's weights, else model.params_b (hub ids)."""
-    from pipeline.models.loading import local_folder
-    from pipeline.models.memory import checkpointing_by_default, count_parameters
-
     if setting is not None:
         return bool(setting)
-    folder = local_folder(model_under(source)) if source else None
+    folder = local_folder(source.model_under()) if source else None
     n_params = count_parameters(folder) if folder else None
     return checkpointing_by_default(device, n_params or int((params_b or 0) * 1e9))
 
@@ -90,13 +86,9 @@ def speed_args(cfg, device: str, source) -> dict[str, Any]:
     padding_free left null: on for the families above (no pad tokens computed: 1.17x tokens/s and 14% less
     RSS on the embedded model at batch 16, the same loss); liger left null: on with CUDA where liger-kernel
     is installed (its Triton kernels need a GPU)."""
-    import importlib.util
-
-    from pipeline.models.loading import model_type
-
     padding_free = cfg.padding_free
     if padding_free is None:
-        padding_free = model_type(model_under(source)) in PADDING_FREE_FAMILIES
+        padding_free = model_type(source.model_under()) in PADDING_FREE_FAMILIES
     liger = cfg.liger if cfg.liger is not None else (device == "cuda" and importlib.util.find_spec("liger_kernel") is not None)
     return {"packing": cfg.packing, "padding_free": bool(padding_free) and not cfg.packing,
             "use_liger_kernel": bool(liger), "torch_compile": cfg.torch_compile}
@@ -104,8 +96,6 @@ def speed_args(cfg, device: str, source) -> dict[str, Any]:
 
 def deepspeed_config(hardware: dict[str, Any]) -> dict[str, Any]:
     """The profile's DeepSpeed config with its offload switches written in (DeepSpeed's own keys)."""
-    import copy
-
     config = copy.deepcopy(dict(hardware["deepspeed"]))
     zero = config.setdefault("zero_optimization", {})
     for switch in ("offload_optimizer", "offload_param"):
@@ -134,22 +124,6 @@ def loss_curve(log_history: list[dict[str, Any]], keys: tuple[str, ...] = ("loss
     return found
 
 
-def save_tokenizer(tokenizer, source: str, out_dir: Path) -> None:
-    """save_pretrained does not write a SentencePiece tokenizer.model: copy it from the source."""
-    tokenizer.save_pretrained(out_dir)
-    original = Path(source) / "tokenizer.model"
-    if original.is_file() and not (Path(out_dir) / "tokenizer.model").exists():
-        shutil.copy2(original, Path(out_dir) / "tokenizer.model")
-
-
-def tokenizer_source(artifact) -> str:
-    """Where an artifact's tokenizer lives: its own folder if it saved one, else its base."""
-    folder = Path(artifact.path)
-    if (folder / "tokenizer_config.json").is_file():
-        return str(folder)
-    return artifact.base_model or artifact.path
-
-
 def save_policy(trainer, out_dir: Path, lora: bool) -> None:
     """Save what an RL/preference trainer trained: for LoRA only the "default" adapter, not the
     frozen "ref" copy that trl adds when it continues an input adapter. Every rank calls it: the
@@ -164,15 +138,13 @@ def save_policy(trainer, out_dir: Path, lora: bool) -> None:
         trained.save_pretrained(str(out_dir), state_dict=state)
 
 
-def policy_artifact(source, out_dir: Path, full: bool, new_lora, metrics: dict, meta: dict):
+def policy_artifact(source: Artifact, out_dir: Path, full: bool, new_lora, metrics: dict, meta: dict) -> Artifact:
     """The artifact of a stage that trained `source` (a model, or an adapter it continued)."""
-    from pipeline.artifact import Artifact
-
     if full:
-        return Artifact(kind="model", path=str(out_dir), fingerprint="", format="hf",
+        return Artifact(kind=ArtifactKind.model, path=str(out_dir), fingerprint="", format="hf",
                         base_model=source.base_model, metrics=metrics, meta=meta)
-    adapter_base = model_under(source)
+    adapter_base = source.model_under()
     lora = {"r": new_lora.r, "alpha": new_lora.alpha} if new_lora is not None else source.meta.get("lora")
-    return Artifact(kind="adapter", path=str(out_dir), fingerprint="", format="peft-lora",
+    return Artifact(kind=ArtifactKind.adapter, path=str(out_dir), fingerprint="", format="peft-lora",
                     base_model=adapter_base, metrics=metrics, meta={"lora": lora, **meta})
 

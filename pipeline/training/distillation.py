@@ -2,6 +2,9 @@
 trains with it; the distill stage (pipeline/stages/distill.py) configures both."""
 from __future__ import annotations
 
+from pipeline.backends.perplexity import chunk_rows as default_rows
+from pipeline.backends.perplexity import output_head
+
 
 def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float,
                       num_tokens=None, vocab: int | None = None, chunk_rows: int | None = None):
@@ -16,8 +19,6 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     """
     import torch
     from torch.utils.checkpoint import checkpoint
-
-    from pipeline.evaluation.scoring.perplexity import chunk_rows as default_rows
 
     vocab = vocab or student_logits.shape[-1]
     rows = student_logits.shape[0]
@@ -54,8 +55,6 @@ def trainer_class():
 
     class DistillationSFTTrainer(SFTTrainer):
         def __init__(self, *args, teacher, temperature: float, alpha: float, vocab: int, **kwargs):
-            from pipeline.evaluation.scoring.perplexity import output_head
-
             super().__init__(*args, **kwargs)
             self.teacher = teacher.eval().requires_grad_(False)
             self.teacher_head = output_head(self.teacher)

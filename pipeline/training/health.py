@@ -1,4 +1,4 @@
-"""Training-health warnings from the trainer's logs, after seed 001's table of alarming values.
+"""Training-health warnings from the trainer's logs: values that say a run is going wrong.
 
 Each rule fires once per stage, is printed while training and is stored with the stage's
 metrics (`health_warnings`), so a run that "finished" but learned nothing says so.

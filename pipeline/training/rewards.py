@@ -22,9 +22,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from pipeline.answers import extract_answer, json_value
 from pipeline.ranges import setting
 from pipeline.errors import ConfigError
-from pipeline.evaluation.answers import extract_answer, json_value
 
 _MARKER_AT_END = re.compile(r"####\s*-?[\d,]*\.?\d+\s*$")
 _MARKER = re.compile(r"####\s*-?[\d,]*\.?\d+")

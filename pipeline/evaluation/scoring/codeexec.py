@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from pipeline.data.problems import DataError, collect
+from pipeline.data.readers import display, existing_file, read_jsonl
 
 STATUSES = ("passed", "failed", "timeout", "error", "memory")
 STDERR_TAIL = 2000        # characters of the candidate's stderr kept in results
@@ -175,8 +176,6 @@ def _status(verdict: str, nonce: str, timed_out: bool, returncode: int, stderr_t
 
 def load_code_problems(path: str | Path) -> list[dict]:
     """HumanEval-like problems from a .jsonl file; every line checked, errors name path:line."""
-    from pipeline.data.readers import display, existing_file, read_jsonl
-
     resolved = existing_file(str(path))
     where = display(resolved)
     if resolved.suffix.lower() != ".jsonl":

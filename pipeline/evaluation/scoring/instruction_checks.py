@@ -1,7 +1,8 @@
 """Verifiable instruction-following checks: does an output do what its prompt asked, in a way code can tell?
 
 An instruct record carries its check as a spec {type, ...}; `passes(output, spec)` says whether the output
-passes, `validate_spec(spec)` says at plan time what is wrong with a spec (None when it is fine).
+passes, `validate_spec(spec)` (pipeline/data/check_specs.py) says at plan time what is wrong with a spec
+(None when it is fine).
 
     type         keys                                   passes when
     json_valid   -                                      the output is a JSON object or array (a ```json fence is fine)
@@ -29,13 +30,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
-from pipeline.evaluation.answers import json_value as _json_value
-
-RELATIONS = ("exactly", "at_most", "at_least")
-UNITS = ("word", "char")
-_QUESTION_MARKS = ("?", "？")
+from pipeline.answers import json_value as _json_value
+from pipeline.data.check_specs import QUESTION_MARKS, validate_spec
 
 _WORD = re.compile(r"\d+(?:[.,]\d+)+|[^\W_]+(?:['’-][^\W_]+)*")
 _CHAR = re.compile(r"[^\W_]")
@@ -97,7 +95,7 @@ def list_items(output: str, spec: Mapping) -> bool:
 
 def question(output: str, spec: Mapping) -> bool:
     text = output.strip().strip(_QUOTES).strip()
-    if not text.endswith(_QUESTION_MARKS) or "\n" in text:
+    if not text.endswith(QUESTION_MARKS) or "\n" in text:
         return False
     expected = spec.get("expected")
     return expected is None or _normalize(text) == _normalize(expected)
@@ -110,72 +108,6 @@ CHECKS: dict[str, Callable[[str, Mapping], bool]] = {
     "list_items": list_items,
     "question": question,
 }
-
-
-# ---------------------------------------------------------------------------------------------
-# Specs
-
-def _positive_int(spec: Mapping, key: str) -> str | None:
-    value = spec[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return f"'{key}' must be a positive integer, got {value!r}"
-    return None
-
-
-def _choice(spec: Mapping, key: str, choices: tuple[str, ...]) -> str | None:
-    if key in spec and spec[key] not in choices:
-        return f"'{key}' must be one of {', '.join(choices)}, got {spec[key]!r}"
-    return None
-
-
-def _keys_problem(spec: Mapping) -> str | None:
-    keys = spec["keys"]
-    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-        return f"'keys' must be a non-empty list of strings, got {keys!r}"
-    if len(set(keys)) != len(keys):
-        return f"'keys' has duplicates: {keys!r}"
-    if "exact" in spec and not isinstance(spec["exact"], bool):
-        return f"'exact' must be true or false, got {spec['exact']!r}"
-    return None
-
-
-def _expected_problem(spec: Mapping) -> str | None:
-    expected = spec.get("expected")
-    if expected is not None and (not isinstance(expected, str) or not expected.strip().endswith(_QUESTION_MARKS)):
-        return f"'expected' must be a question ending with '?' or '？', got {expected!r}"
-    return None
-
-
-# type -> (required keys, optional keys, extra validation)
-_SPECS: dict[str, tuple[tuple[str, ...], tuple[str, ...], Callable[[Mapping], str | None]]] = {
-    "json_valid": ((), (), lambda spec: None),
-    "json_keys": (("keys",), ("exact",), _keys_problem),
-    "word_count": (("n",), ("unit", "relation"),
-                   lambda spec: _positive_int(spec, "n") or _choice(spec, "unit", UNITS)
-                   or _choice(spec, "relation", RELATIONS)),
-    "list_items": (("n",), ("relation",),
-                   lambda spec: _positive_int(spec, "n") or _choice(spec, "relation", RELATIONS)),
-    "question": ((), ("expected",), _expected_problem),
-}
-
-
-def validate_spec(spec: Any) -> str | None:
-    """What is wrong with a check spec, or None: unknown type, missing or unknown keys, bad values."""
-    if not isinstance(spec, Mapping):
-        return f"a check must be a mapping {{type, ...}}, got {type(spec).__name__}"
-    kind = spec.get("type")
-    if kind not in CHECKS:
-        what = "no 'type'" if kind is None else f"unknown type {kind!r}"
-        return f"{what}; valid types: {', '.join(CHECKS)}"
-    required, optional, extra = _SPECS[kind]
-    missing = [k for k in required if k not in spec]
-    if missing:
-        return f"{kind}: missing '{missing[0]}' (keys: {', '.join(required + optional) or 'none'})"
-    unknown = [k for k in spec if k != "type" and k not in required + optional]
-    if unknown:
-        return f"{kind}: unknown key '{unknown[0]}' (keys: {', '.join(required + optional) or 'none'})"
-    problem = extra(spec)
-    return f"{kind}: {problem}" if problem else None
 
 
 def passes(output: str, spec: Mapping) -> bool:

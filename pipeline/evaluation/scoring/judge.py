@@ -6,8 +6,8 @@ named by `base_url_env` and `api_key_env`); a literal `base_url` is allowed for 
 a chain starts itself. Neither the URL read from the environment nor the key is logged, stored in
 a result or written to its jsonl: error messages are scrubbed of both.
 
-Grading follows the seed lab's rubric (accuracy, completeness, clarity, helpfulness; 1-10) but
-not its fallback: a verdict without a valid `评分：X/10` / `Rating: X/10` line is counted as
+Grading follows a rubric (accuracy, completeness, clarity, helpfulness; 1-10) with no fallback
+score: a verdict without a valid `评分：X/10` / `Rating: X/10` line is counted as
 unparsable, never given an invented score. Every request that does not produce a completion
 (connection refused, timeout, HTTP error, malformed body) is counted in `n_failed`; none raises.
 

@@ -1,4 +1,4 @@
-"""The judge's prompts (the seed lab's rubric, Chinese and English) and how its verdicts are read:
+"""The judge's prompts (a rubric of accuracy, completeness, clarity and helpfulness, Chinese and English) and how its verdicts are read:
 a `评分：X/10` / `Rating: X/10` line for grades, `[[A]]` / `[[B]]` / `[[C]]` for pairwise picks."""
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.errors import ConfigError
 
 INSTALL = "pip install -e '.[eval]' (lm-eval)"
@@ -24,9 +24,9 @@ def check_available(where: str, tasks: list[str]) -> None:
 
 
 def model_args(artifact: Artifact, dtype: str) -> dict[str, Any]:
-    if artifact.kind == "adapter":
+    if artifact.kind == ArtifactKind.adapter:
         return {"pretrained": artifact.base_model, "peft": artifact.path, "dtype": dtype}
-    if artifact.kind == "model":
+    if artifact.kind == ArtifactKind.model:
         return {"pretrained": artifact.path, "dtype": dtype}
     raise ConfigError(f"lm_eval: artifact kind '{artifact.kind}' is not run through the harness here "
                       "(GGUF: serve it and use the harness's server-backed models)")

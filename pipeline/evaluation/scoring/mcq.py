@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.data.problems import DataError, Invalid, collect
+from pipeline.data.readers import display, existing_file, read_csv, read_jsonl
 
 PROMPT_STYLES = ("letter", "text")
 LETTERS = string.ascii_uppercase
@@ -37,8 +38,6 @@ def load_mcq(path: str | Path) -> list[dict]:
     """Every record of an MCQ file as {question, options: {letter: text}, answer, subject, ...extra keys}.
 
     Raises DataError naming `path:line: reason` for each bad record (the first few of them)."""
-    from pipeline.data.readers import display, existing_file, read_csv, read_jsonl
-
     resolved = existing_file(str(path))  # relative paths: from the project root, as in pipeline.data.datasets
     where = display(resolved)
     suffix = resolved.suffix.lower()

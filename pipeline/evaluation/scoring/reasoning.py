@@ -1,6 +1,6 @@
-"""Reasoning-chain features of generated text (seed 000's distilled-model analysis, made countable).
+"""Reasoning-chain features of generated text: what one reads in a distilled reasoning model's answer, counted.
 
-The seed lab looks at one answer by eye: does it have a `<think>` block, does it verify itself
+Read by eye, one answer raises the questions: does it have a `<think>` block, does it verify itself
 ("验证", "检查"), does it backtrack ("不对", "重新")? Here the same questions are counted, in English
 and Chinese, for every output of an evaluation set, and averaged:
 
@@ -129,7 +129,7 @@ def features(text: str) -> dict:
 def summarise(texts: list[str]) -> dict:
     """Averages over texts, keys prefixed `reasoning_`: booleans become rates (has_think, think_closed,
     answer_after_think), counts become means (think_tokens, ..., length), and the marker counts also get
-    a `_rate` (share of texts with at least one marker, the seed's yes/no question)."""
+    a `_rate` (share of texts with at least one marker: the yes/no question asked of one answer)."""
     out: dict = {"reasoning_n": len(texts)}
     if not texts:
         return out

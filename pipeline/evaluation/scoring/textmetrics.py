@@ -134,23 +134,3 @@ def score_generation(predictions: list[str], references: list[str], lang: str = 
         "bleu_tokenize": tokenizer,
         "meteor_synonyms": synonyms,
     }
-
-
-def bleu_details(prediction: str, reference: str, lang: str = "auto") -> dict:
-    """One pair's BLEU-4 parts from sacrebleu without smoothing, on a 0-1 scale (textbook form, unlike
-    score_generation's 0-100): p1..p4 (clipped n-gram precisions), bp (brevity penalty, at most 1),
-    bleu = bp * geometric mean of p1..p4 (0 when any precision is 0), plus the n-gram counts and lengths."""
-    import sacrebleu
-
-    lang = _resolve_lang(lang, [prediction], [reference])
-    result = sacrebleu.BLEU(tokenize=bleu_tokenizer(lang), smooth_method="none").corpus_score(
-        [prediction], [[reference]])
-    return {
-        **{f"p{n}": precision / 100 for n, precision in enumerate(result.precisions, start=1)},
-        "bp": result.bp,
-        "bleu": result.score / 100,
-        "matches": list(result.counts),
-        "totals": list(result.totals),
-        "hyp_len": result.sys_len,
-        "ref_len": result.ref_len,
-    }

@@ -1,4 +1,4 @@
-"""Tool calling in an agent loop (seed 000's optional part 3): the tools are in tool_set.py, the
+"""Tool calling in an agent loop: the tools are in tool_set.py, the
 call format in tool_calls.py.
 
 The agent loop (`run_episode`) sends the conversation to the model; when the reply holds tool calls,
@@ -6,7 +6,7 @@ it appends the reply as an assistant turn and each call's result as a `{"role": 
 <result JSON>}` turn, then asks again; it stops at a reply without a call (the final answer) or after
 `max_turns` replies. The tool turn is role "tool" with the bare result JSON because that is what the
 embedded data trains on (sft_train.jsonl: user, assistant `<tool_call>...`, tool `{"result": 528}`,
-assistant final) and what seed 000 sends; chat templates that want a `<tool_response>` wrapper
+assistant final); chat templates that want a `<tool_response>` wrapper
 (Qwen) add it themselves when they render a "tool" message.
 
 `score_tools(records, episodes)` compares episodes with the records of test_tools.jsonl
@@ -19,9 +19,9 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from pipeline.answers import extract_answer, normalize_number
 from pipeline.data.problems import DataError, Invalid, collect, kind_name
 from pipeline.data.readers import display, existing_file, read_json, read_jsonl
-from pipeline.evaluation.answers import extract_answer, normalize_number
 from pipeline.evaluation.scoring.reasoning import split_think
 from pipeline.evaluation.scoring.tool_calls import parse_tool_calls
 from pipeline.evaluation.scoring.tool_set import TOOLS, execute_tool, tool_schemas

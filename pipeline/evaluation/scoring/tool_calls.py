@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Mapping
 
 from pipeline.evaluation.scoring.reasoning import split_think
 
@@ -14,12 +13,6 @@ from pipeline.evaluation.scoring.reasoning import split_think
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 _CALL = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.DOTALL)
-
-
-def format_tool_call(name: str, arguments: Mapping) -> str:
-    """The assistant text of one call, as the embedded data writes it."""
-    return TOOL_CALL_OPEN + json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False) \
-        + TOOL_CALL_CLOSE
 
 
 def _call(body: str) -> dict | None:
@@ -47,11 +40,3 @@ def parse_tool_calls(text: str) -> tuple[list[dict], int]:
     blocks = _CALL.findall(visible)
     calls = [c for c in (_call(b) for b in blocks) if c is not None]
     return calls, len(blocks)
-
-
-def parse_tool_call(text: str) -> dict | None:
-    """The first call {"name", "arguments"} of `<tool_call>{json}</tool_call>`; None when there is no
-    block or its JSON is invalid."""
-    _, visible = split_think(text)
-    match = _CALL.search(visible)
-    return _call(match.group(1)) if match else None

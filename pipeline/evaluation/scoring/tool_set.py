@@ -1,6 +1,6 @@
-"""The tools of the tool-calling eval (seed 000's optional part 3), deterministic and offline.
+"""The tools of the tool-calling eval, deterministic and offline.
 
-The tools are seed 000's three, under the names the embedded data uses (`embedded/data/test_tools.jsonl`,
+There are three tools, under the names the embedded data uses (`embedded/data/test_tools.jsonl`,
 the tool turns of `sft_train.jsonl`), and they return the same tool messages as the data's generator
 (`scripts/embedded_data/tools.py`), so a model trained on that data sees what it learnt:
 

@@ -6,7 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from pipeline.errors import ConfigError
+from pipeline.evaluation.common import limited
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.codeexec import evaluate, load_code_problems
 from pipeline.ranges import positive, setting
 
 
@@ -17,9 +20,6 @@ class CodeSettings:
 
 
 def check(cfg, where: str) -> None:
-    from pipeline.errors import ConfigError
-    from pipeline.evaluation.scoring.codeexec import load_code_problems
-
     if not cfg.settings.code.path:
         raise ConfigError(f"{where}.settings.code.path: task 'code' needs a file; set {where}.settings.code.path=PATH")
     load_code_problems(cfg.settings.code.path)
@@ -29,9 +29,6 @@ def check(cfg, where: str) -> None:
       percent=("code_pass@1",))
 def run(ev: EvalRun) -> dict:
     """Problems {task_id, prompt, test} from settings.code.path; code_results.jsonl keeps each run."""
-    from pipeline.evaluation.common import limited
-    from pipeline.evaluation.scoring.codeexec import evaluate, load_code_problems
-
     cfg, ctx = ev.cfg, ev.ctx
     problems = limited(load_code_problems(cfg.settings.code.path), cfg.limit)
     completions = ev.backend.generate([p["prompt"] for p in problems], cfg.budget("code"),

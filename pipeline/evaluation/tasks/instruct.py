@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 
+from pipeline.backends.base import chat_prompt
+from pipeline.data.datasets import load
+from pipeline.evaluation.common import limited, prompt_tokenizer, warn_if_cut
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.instruction_checks import passes
+from pipeline.evaluation.scoring.textmetrics import score_generation
 
 
 @task("instruct", order=30, headlines=("instruct_pass_rate",), budget=256, reads=("instruct",),
       percent=("instruct_pass_rate",))
 def run(ev: EvalRun) -> dict:
     """Pass rate of the checks; instruct_predictions.jsonl keeps every answer."""
-    from pipeline.backends.base import chat_prompt
-    from pipeline.data.datasets import load
-    from pipeline.evaluation.common import limited, prompt_tokenizer, warn_if_cut
-    from pipeline.evaluation.scoring.instruction_checks import passes
-
     cfg, ctx = ev.cfg, ev.ctx
     records = limited(load(cfg.instruct, "instruct"), cfg.limit)
     tokenizer = prompt_tokenizer(ev.backend, ctx)
@@ -30,8 +30,6 @@ def run(ev: EvalRun) -> dict:
                      "instruct_stopped_at_eos": round(stopped, 4)}
     with_reference = [(o, r["reference"]) for r, o in zip(records, outputs) if r.get("reference")]
     if with_reference:
-        from pipeline.evaluation.scoring.textmetrics import score_generation
-
         scores = score_generation([o for o, _ in with_reference], [ref for _, ref in with_reference])
         metrics.update({f"gen_{k}": v for k, v in scores.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"})

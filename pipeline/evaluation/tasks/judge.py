@@ -2,21 +2,19 @@
 stage of the same chain served on loopback for the occasion (`judge_stage`)."""
 from __future__ import annotations
 
+from pipeline.backends import serving
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.judge import check_config, grade
 
 
 def check(cfg, where: str) -> None:
     if cfg.judge_stage is None:  # the endpoint must be known before anything runs
-        from pipeline.evaluation.scoring.judge import check_config
-
         check_config(cfg.judge, f"{where}.judge")
 
 
 @task("judge", order=31, headlines=("judge_score",), needs=("instruct",), check=check)
 def run(ev: EvalRun) -> dict:
     """Grades of the instruct task's answers; judge.jsonl keeps each verdict."""
-    from pipeline.evaluation.scoring.judge import grade
-
     cfg, ctx = ev.cfg, ev.ctx
     records, outputs = ev.shared["instruct"]
     items = [{"question": r["prompt"], "answer": o, "reference": r.get("reference") or None}
@@ -37,14 +35,10 @@ def _grade_with_stage(cfg, items: list[dict], ctx):
     import os
     import secrets
 
-    from pipeline.backends import serving
-    from pipeline.backends.base import gguf_file
-    from pipeline.evaluation.scoring.judge import grade
-
     judge = ctx.chain[cfg.judge_stage]
     key = secrets.token_urlsafe(16)
     port = serving.free_port("127.0.0.1")
-    command = serving.llama_cpp_command(gguf_file(judge), "127.0.0.1", port, 4096, "judge", os.cpu_count() or 1, [],
+    command = serving.llama_cpp_command(judge.gguf_file(), "127.0.0.1", port, 4096, "judge", os.cpu_count() or 1, [],
                                         ctx.device)
     server = serving.start(command, serving.server_env("llama.cpp", key, "127.0.0.1", port),
                            ctx.out_dir / "judge_server.log", "127.0.0.1", port)

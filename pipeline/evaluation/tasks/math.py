@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 import time
 
+from pipeline.answers import extract_answer
+from pipeline.backends.base import chat_prompt
+from pipeline.data.datasets import load
+from pipeline.evaluation.common import limited, prompt_tokenizer, warn_if_cut
 from pipeline.evaluation.registry import EvalRun, task
 
 
@@ -11,11 +15,6 @@ from pipeline.evaluation.registry import EvalRun, task
       percent=("math_accuracy", "stopped_at_eos"))
 def run(ev: EvalRun) -> dict:
     """Exact match of the final number; predictions.jsonl keeps every answer."""
-    from pipeline.backends.base import chat_prompt
-    from pipeline.data.datasets import load
-    from pipeline.evaluation.answers import extract_answer
-    from pipeline.evaluation.common import limited, prompt_tokenizer, warn_if_cut
-
     cfg, ctx = ev.cfg, ev.ctx
     records = limited(load(cfg.math, "gsm8k"), cfg.limit)
     tokenizer = prompt_tokenizer(ev.backend, ctx)

@@ -5,7 +5,10 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from pipeline.errors import ConfigError
+from pipeline.evaluation.common import limited
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.mcq import load_mcq, score_mcq
 from pipeline.ranges import one_of, setting
 
 
@@ -16,9 +19,6 @@ class MCQSettings:
 
 
 def check(cfg, where: str) -> None:
-    from pipeline.errors import ConfigError
-    from pipeline.evaluation.scoring.mcq import load_mcq
-
     if not cfg.settings.mcq.path:
         raise ConfigError(f"{where}.settings.mcq.path: task 'mcq' needs a file; set {where}.settings.mcq.path=PATH")
     load_mcq(cfg.settings.mcq.path)
@@ -27,9 +27,6 @@ def check(cfg, where: str) -> None:
 @task("mcq", order=50, headlines=("mcq_accuracy",), check=check, settings=MCQSettings, percent=("mcq_accuracy",))
 def run(ev: EvalRun) -> dict:
     """Needs logits, so the transformers backend; a GGUF is skipped with the reason."""
-    from pipeline.evaluation.common import limited
-    from pipeline.evaluation.scoring.mcq import load_mcq, score_mcq
-
     cfg, ctx, backend = ev.cfg, ev.ctx, ev.backend
     if not hasattr(backend, "model"):
         ctx.log(f"mcq: skipped, the {backend.name} backend gives no per-token log-likelihoods here")

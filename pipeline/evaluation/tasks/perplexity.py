@@ -1,8 +1,10 @@
 """Perplexity on held-out plain text: strided windows, each token scored once, bounded memory."""
 from __future__ import annotations
 
+from pipeline.answers import perplexity
+from pipeline.data.datasets import load
+from pipeline.evaluation.common import limited
 from dataclasses import dataclass
-
 from pipeline.evaluation.registry import EvalRun, task
 from pipeline.ranges import at_least
 
@@ -15,11 +17,7 @@ class PerplexitySettings:
 
 @task("perplexity", order=70, headlines=("perplexity",), reads=("text",), settings=PerplexitySettings)
 def run(ev: EvalRun) -> dict:
-    """exp(mean NLL) over every scored token (scoring/perplexity.py computes the windows)."""
-    from pipeline.data.datasets import load
-    from pipeline.evaluation.answers import perplexity
-    from pipeline.evaluation.common import limited
-
+    """exp(mean NLL) over every scored token (pipeline/backends/perplexity.py computes the windows)."""
     cfg = ev.cfg
     settings: PerplexitySettings = cfg.settings.perplexity
     texts = [r["text"] for r in limited(load(cfg.text, "text"), cfg.limit)]

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.reasoning import summarise
 
 
 @task("reasoning", order=21, headlines=("reasoning_has_think",), needs=("math",), percent=("reasoning_has_think",))
 def run(ev: EvalRun) -> dict:
     """Read from the math task's answers; generates nothing of its own."""
-    from pipeline.evaluation.scoring.reasoning import summarise
-
     return summarise([o.text for o in ev.shared["math"]])

@@ -1,8 +1,10 @@
 """First-token latency and decode rate on a prompt of realistic length."""
 from __future__ import annotations
 
+from pipeline.backends.base import chat_prompt
+from pipeline.data.datasets import load
+from pipeline.evaluation.common import prompt_tokenizer
 from dataclasses import dataclass
-
 from pipeline.evaluation.registry import EvalRun, task
 from pipeline.ranges import at_least
 
@@ -20,9 +22,6 @@ def run(ev: EvalRun) -> dict:
     about `settings.speed.prompt_tokens` long: worked examples, then a question."""
     import statistics
 
-    from pipeline.data.datasets import load
-    from pipeline.evaluation.common import prompt_tokenizer
-
     cfg, backend = ev.cfg, ev.backend
     settings: SpeedSettings = cfg.settings.speed
     tokenizer = prompt_tokenizer(backend, ev.ctx)
@@ -38,8 +37,6 @@ def run(ev: EvalRun) -> dict:
 
 def speed_prompt(tokenizer, records: list[dict], target_tokens: int) -> tuple[str, int]:
     """A chat prompt of about `target_tokens` tokens: solved problems as earlier turns, then one question."""
-    from pipeline.backends.base import chat_prompt
-
     question, solved = records[0]["question"], records[1:]
     messages: list[dict] = []
     for record in solved:

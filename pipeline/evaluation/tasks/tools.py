@@ -5,7 +5,10 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from pipeline.errors import ConfigError
+from pipeline.evaluation.common import limited, prompt_tokenizer
 from pipeline.evaluation.registry import EvalRun, task
+from pipeline.evaluation.scoring.tool_agent import backend_generate, evaluate_tools, load_tool_cases
 from pipeline.ranges import at_least, setting
 
 
@@ -16,9 +19,6 @@ class ToolsSettings:
 
 
 def check(cfg, where: str) -> None:
-    from pipeline.errors import ConfigError
-    from pipeline.evaluation.scoring.tool_agent import load_tool_cases
-
     if not cfg.settings.tools.path:
         raise ConfigError(f"{where}.settings.tools.path: task 'tools' needs a file; set {where}.settings.tools.path=PATH")
     load_tool_cases(cfg.settings.tools.path)
@@ -28,9 +28,6 @@ def check(cfg, where: str) -> None:
       settings=ToolsSettings, percent=("tools_call_match", "tools_answer_accuracy"))
 def run(ev: EvalRun) -> dict:
     """Cases {prompt, tool, arguments, answer} from settings.tools.path; tools_episodes.jsonl keeps each episode."""
-    from pipeline.evaluation.common import limited, prompt_tokenizer
-    from pipeline.evaluation.scoring.tool_agent import backend_generate, evaluate_tools, load_tool_cases
-
     cfg, ctx = ev.cfg, ev.ctx
     records = limited(load_tool_cases(cfg.settings.tools.path), cfg.limit)
     tokenizer = prompt_tokenizer(ev.backend, ctx)

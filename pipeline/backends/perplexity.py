@@ -1,4 +1,5 @@
-"""Perplexity with a sliding window and bounded memory.
+"""Negative log-likelihood with a sliding window and bounded memory: what a backend's `nll` computes
+(the perplexity eval task's figure), and the output head and chunk size the distillation loss shares.
 
 A text longer than the window is scored window by window: each window starts `stride` tokens after
 the previous one and scores only the tokens the previous windows did not, with what comes before
@@ -22,10 +23,6 @@ LOGITS_BUDGET_BYTES = 256 * 2**20  # fp32 logits (and the softmax's copies) of o
 class Window:
     ids: list[int]       # the window's tokens
     first_scored: int    # positions >= this are scored (each predicted from the ones before it)
-
-    @property
-    def n_scored(self) -> int:
-        return len(self.ids) - self.first_scored
 
 
 def windows(ids: list[int], max_length: int, stride: int) -> list[Window]:

@@ -1,0 +1,17 @@
+"""Which backend runs an artifact: llama.cpp for a GGUF, transformers for a model or an adapter."""
+from __future__ import annotations
+
+from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.backends.base import Backend
+from pipeline.backends.hf import HFBackend
+from pipeline.backends.llama_cpp import LlamaCppBackend
+from pipeline.errors import PlanError
+
+
+def open_backend(artifact: Artifact, ctx, dtype: str | None = None, batch_size: int = 32) -> Backend:
+    """The backend that runs `artifact` (a model, an adapter or a GGUF) on ctx.device."""
+    if artifact.kind == ArtifactKind.gguf:
+        return LlamaCppBackend(artifact.gguf_file(), seed=ctx.seed, device=ctx.device)
+    if artifact.kind in (ArtifactKind.model, ArtifactKind.adapter):
+        return HFBackend(artifact, ctx, dtype, batch_size)
+    raise PlanError(f"no inference backend for artifact kind '{artifact.kind}' ({artifact.path})")
