@@ -14,6 +14,8 @@ def _error_lines(result) -> list[str]:
     (["stages.sft.lerning_rate=1e-4"], "error: stages.sft.lerning_rate: unknown key (did you mean 'learning_rate'?); valid keys: "),
     (["stages.sft.learning_rate=abc"], "error: stages.sft.learning_rate: Value 'abc' of type 'str' could not be converted to Float"),
     (["stages.sft.method=qlora"], "error: stages.sft.method: Invalid value 'qlora', expected one of [full, lora]"),
+    (["recipe=sft_dpo", "stages.dpo.reference=bare"], "error: stages.dpo.reference: Invalid value 'bare', expected one of [input, base]"),
+    (["recipe=distill", "stages.distill.mode=soft"], "error: stages.distill.mode: Invalid value 'soft', expected one of [logit, sequence]"),
     (["stages.nope.max_steps=3"], "error: stages.nope.max_steps: the recipe has no stage 'nope'; its stages are: eval_base, sft, eval_tuned"),
     (["recipe=lora_merge", "stages.sft.method=full"],
      "error: stages.merge (kind 'merge') needs an input of kind adapter, but no earlier stage produces one"),

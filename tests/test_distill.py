@@ -205,7 +205,6 @@ def test_unknown_teacher_stage_fails_naming_the_key(teacher, message, tmp_path):
      r"^stages\.distill\.teacher\.model: '/nope/teacher' is no folder, and not a hub id"),
     ("stages.distill.alpha=1.5", r"^stages\.distill\.alpha: 1\.5; valid: \[0, 1\]$"),
     ("stages.distill.temperature=0", r"^stages\.distill\.temperature: 0\.0; valid: > 0$"),
-    ("stages.distill.mode=soft", r"^stages\.distill\.mode: Invalid value 'soft', expected one of \[logit, sequence\]"),
     ("stages.distill.inputs=[teacher]", r"^stages\.distill\.inputs: name one student model"),
     ("stages.distill.inputs=[sft_student]", r"^stages\.distill\.inputs: name one student model .*choose from: base, student$"),
 ])

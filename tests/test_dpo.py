@@ -49,7 +49,6 @@ def test_a_bad_preference_record_is_named_by_key_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("stages.dpo.loss_type=simpo", r"^stages\.dpo\.loss_type: 'simpo'; valid: one of sigmoid, hinge, ipo, "),
-    ("stages.dpo.reference=bare", r"^stages\.dpo\.reference: .*'bare'"),
     ("stages.dpo.beta=0", r"^stages\.dpo\.beta: 0\.0; valid: > 0$"),
     ("stages.dpo.label_smoothing=0.5", r"^stages\.dpo\.label_smoothing: 0\.5; valid: \[0, 0\.5\)$"),
 ])

@@ -58,7 +58,7 @@ def test_qlora_adapter_merges_into_the_dequantized_base(tiny_llama, tmp_path):
 
     error_dequantized = (dequantized_merge - seen_in_training).abs().max().item()
     error_original = (original_merge - seen_in_training).abs().max().item()
-    assert error_dequantized < 1e-3
+    assert error_dequantized < 2e-3  # fp32 logits; measured 1.0e-3 with transformers 5.25 (5.23: below 1e-3)
     assert error_original > 10 * error_dequantized  # the 4-bit rounding the adapter learned around is lost
 
 
