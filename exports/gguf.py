@@ -3,7 +3,7 @@
     python main.py recipe=lora_merge +stage@stages.gguf=gguf stages.gguf.quant=q4_k_m
 
 An adapter input is merged into its base first. llama.cpp's own converter (from the sdist of the
-installed llama-cpp-python, see exports/llamacpp.py) writes the target type directly when it can
+installed llama-cpp-python, see pipeline/llama_cpp/converter.py) writes the target type directly when it can
 (f32, f16, bf16, q8_0); other types are quantized from an f32/f16/bf16 file. The result is then
 read back through llama.cpp and compared with the HF folder: chat template, eos id, add_bos, and
 every generation_config eos id must end generation in llama.cpp. A missing or different value is
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exports import llamacpp, modelfile
+from pipeline.llama_cpp import converter, modelfile
 from exports.common import QUANTIZED_KINDS
-from exports.gguf_metadata import converter_folder, hf_expectations, verify_and_fix
+from pipeline.llama_cpp.gguf_metadata import converter_folder, hf_expectations, verify_and_fix
 from exports.merge import merge_adapter
 from exports.parity import PARITY_PERCENT, ParityFields, compare_with_source
 from pipeline.artifact import Artifact, ArtifactKind, weight_bytes
@@ -38,7 +38,7 @@ MODEL_KINDS = (ArtifactKind.model, ArtifactKind.adapter)
 @dataclass
 class GGUFConfig(ParityFields):
     kind: str = setting("gguf", "the stage kind")
-    quant: str = setting("q8_0", "one of exports.llamacpp.QUANT_TYPES")
+    quant: str = setting("q8_0", "one of pipeline.llama_cpp.converter.QUANT_TYPES")
     modelfile: bool = setting(True, "write an Ollama Modelfile beside the .gguf")
     keep_intermediate: bool = setting(False, "keep the f32/f16/bf16 GGUF a quantized type is made from")
 
@@ -49,10 +49,10 @@ class GGUFConfig(ParityFields):
         return int(n_params * (GGUF_BYTES_PER_PARAM.get(self.quant, 2.0) + made_from))
 
     def validate(self, where: str, earlier: dict) -> None:
-        if self.quant not in llamacpp.QUANT_TYPES:
-            hint = f" (lower case: '{self.quant.lower()}')" if self.quant.lower() in llamacpp.QUANT_TYPES else ""
+        if self.quant not in converter.QUANT_TYPES:
+            hint = f" (lower case: '{self.quant.lower()}')" if self.quant.lower() in converter.QUANT_TYPES else ""
             raise ConfigError(f"{where}.quant: unknown GGUF type '{self.quant}'{hint}; valid: "
-                              f"{', '.join(llamacpp.QUANT_TYPES)}")
+                              f"{', '.join(converter.QUANT_TYPES)}")
         source = self._input_step(earlier)
         if source is not None and source.kind.startswith(QUANTIZED_KINDS):
             before = source.input_names[0] if getattr(source, "input_names", None) else "base"
@@ -75,7 +75,7 @@ class GGUFConfig(ParityFields):
             raise PlanError(f"{where}: GGUF export needs llama-cpp-python: pip install -e '.[gguf]' "
                             f"(it compiles llama.cpp: 7-13 minutes on 2 cores, once) [{e}]") from None
         try:
-            llamacpp.converter_dir()
+            converter.converter_dir()
         except PlanError as e:
             raise PlanError(f"{where}: {e}") from None
 
@@ -89,7 +89,7 @@ def k_quant_fallbacks(config: dict) -> dict[str, int]:
     """Row sizes that are not a multiple of K_QUANT_BLOCK; llama.cpp quantizes those tensors with a
     fallback type (q5_0, q8_0, ...) instead of the k-quant asked for."""
     sizes = {k: config.get(k) for k in ("hidden_size", "intermediate_size", "moe_intermediate_size")}
-    return {k: v for k, v in sizes.items() if isinstance(v, int) and v % llamacpp.K_QUANT_BLOCK}
+    return {k: v for k, v in sizes.items() if isinstance(v, int) and v % converter.K_QUANT_BLOCK}
 
 
 def source_dtype(config: dict) -> str:
@@ -128,7 +128,7 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         meta["source_dtype"] = source_dtype(config)
 
         started = time.time()
-        expected = hf_expectations(hf_dir, ctx)
+        expected = hf_expectations(hf_dir, ctx.model)
         convert_dir, meta["tokenizer_config_patched"] = converter_folder(hf_dir, expected, staged_dir)
         out_file = _build(cfg, convert_dir, config, meta, ctx)
         ctx.log(f"converted {hf_dir} to {meta['converter_outtype']}"
@@ -184,9 +184,9 @@ def _local_folder(artifact: Artifact, ctx: StageContext) -> Path:
 def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageContext) -> Path:
     """Convert (and quantize); returns ctx.out_dir/model-<quant>.gguf."""
     out_file = ctx.out_dir / f"model-{cfg.quant}.gguf"
-    if cfg.quant in llamacpp.CONVERTER_TYPES:
+    if cfg.quant in converter.CONVERTER_TYPES:
         meta["converter_outtype"] = cfg.quant
-        llamacpp.convert(hf_dir, out_file, cfg.quant, ctx.model.name)
+        converter.convert(hf_dir, out_file, cfg.quant, ctx.model.name)
         return out_file
     outtype = intermediate_type(meta["source_dtype"])
     meta["converter_outtype"] = outtype
@@ -195,11 +195,11 @@ def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageCo
         if fallbacks:
             meta["k_quant_fallback"] = fallbacks
             sizes = ", ".join(f"{k} {v}" for k, v in fallbacks.items())
-            ctx.log(f"warning: {sizes}: not multiples of {llamacpp.K_QUANT_BLOCK}: llama.cpp quantizes those "
+            ctx.log(f"warning: {sizes}: not multiples of {converter.K_QUANT_BLOCK}: llama.cpp quantizes those "
                     f"tensors with a fallback type instead of {cfg.quant} (a larger file, other quality)")
     intermediate = ctx.out_dir / f"model-{outtype}.gguf"
-    llamacpp.convert(hf_dir, intermediate, outtype, ctx.model.name)
-    llamacpp.quantize(intermediate, out_file, cfg.quant)
+    converter.convert(hf_dir, intermediate, outtype, ctx.model.name)
+    converter.quantize(intermediate, out_file, cfg.quant)
     if cfg.keep_intermediate:
         meta["intermediate"] = intermediate.name
     else:

@@ -56,7 +56,7 @@ PRESETS = sorted(p.stem for p in (CONF / "stage" / "preset").glob("*.yaml"))
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_method_presets_apply_over_the_recipe(preset):
-    from pipeline.stages.sft import SFTConfig
+    from pipeline.stages.train.sft import SFTConfig
 
     cfg = compose([f"+stage/preset@stages.sft={preset}"])
     typed = typed_config(cfg.stages.sft, SFTConfig, "stages.sft")

@@ -103,7 +103,7 @@ def test_a_stage_teacher_of_another_vocabulary_is_refused(tiny_llama, tmp_path):
 
     from pipeline.artifact import Artifact
     from pipeline.models.config import ModelConfig
-    from pipeline.stages.distill import DistillConfig, TeacherSpec, _shared_vocabulary
+    from pipeline.stages.train.distill import DistillConfig, TeacherSpec, _shared_vocabulary
 
     other = tmp_path / "other"
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)

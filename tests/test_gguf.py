@@ -13,9 +13,9 @@ pytest.importorskip("llama_cpp")
 
 from conftest import EMBEDDED, compose  # noqa: E402
 
-from exports import llamacpp, modelfile  # noqa: E402
+from pipeline.llama_cpp import converter, modelfile  # noqa: E402
 from exports.gguf import GGUFConfig, run  # noqa: E402
-from exports.gguf_metadata import hf_expectations, read_gguf, rewrite_metadata, verify_and_fix  # noqa: E402
+from pipeline.llama_cpp.gguf_metadata import hf_expectations, read_gguf, rewrite_metadata, verify_and_fix  # noqa: E402
 from pipeline.artifact import Artifact  # noqa: E402
 from pipeline.data.datasets import DatasetSpec  # noqa: E402
 from pipeline.engine.context import Inputs, StageContext  # noqa: E402
@@ -114,7 +114,7 @@ def test_quantized_files_are_smaller_and_keep_the_metadata(exported, tmp_path):
     f32 = ctx.out_dir / artifact.meta["file"]
     sizes = {}
     for quant in ("q8_0", "q4_k_m"):
-        llamacpp.quantize(f32, tmp_path / f"{quant}.gguf", quant)
+        converter.quantize(f32, tmp_path / f"{quant}.gguf", quant)
         sizes[quant] = (tmp_path / f"{quant}.gguf").stat().st_size
         found = read_gguf(tmp_path / f"{quant}.gguf", [5, 2])
         assert found["eog"] == {5: True, 2: True}
@@ -130,7 +130,7 @@ def test_wrong_metadata_is_rewritten(exported, tmp_path):
                             "tokenizer.ggml.eos_token_id": ("uint32", 3),
                             "tokenizer.ggml.add_bos_token": ("bool", True)})
     assert read_gguf(path, [5])["metadata"]["tokenizer.ggml.eos_token_id"] == "3"
-    expected = hf_expectations(EMBEDDED, _ctx(tmp_path / "ctx"))
+    expected = hf_expectations(EMBEDDED, _ctx(tmp_path / "ctx").model)
     expected["stop_ids"].append(7)  # </tool_call>: not an end token for llama.cpp until it is the eot
     expected["tokens"][7] = "</tool_call>"
     fixed = verify_and_fix(path, expected, log=lambda _: None)
@@ -174,7 +174,7 @@ def test_unknown_quant_names_the_key_at_plan_time(tmp_path):
 
 def test_missing_llama_cpp_or_converter_fails_at_plan_time(monkeypatch):
     cfg = GGUFConfig(parity_prompts=PROMPTS)
-    monkeypatch.setattr(llamacpp, "converter_dir", lambda: (_ for _ in ()).throw(PlanError("no sdist")))
+    monkeypatch.setattr(converter, "converter_dir", lambda: (_ for _ in ()).throw(PlanError("no sdist")))
     with pytest.raises(PlanError, match="stages.gguf: no sdist"):
         cfg.check_device("stages.gguf", "cpu")
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)

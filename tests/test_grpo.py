@@ -11,7 +11,7 @@ from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
 from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
-from pipeline.stages.grpo import reward_curve
+from pipeline.stages.train.grpo import reward_curve
 from pipeline.training import rewards
 
 

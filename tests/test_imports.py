@@ -24,11 +24,12 @@ FLOORS = {
     "pipeline.data": 1,        # data sets
     "pipeline.models": 1,      # the chain's model
     "pipeline.backends": 2,    # running a model for inference
+    "pipeline.llama_cpp": 2,   # everything llama.cpp: runtime, backend, server, converter, GGUF checks
     "pipeline.training": 3,    # what training stages share
     "pipeline.evaluation": 3,  # eval tasks and their scorers
     "pipeline.engine": 4,      # planning and running a chain (stage modules are found through importlib)
-    "pipeline.stages": 5,      # training, eval and serve stage kinds
-    "exports": 5,              # merge and the export formats
+    "pipeline.stages": 5,      # stage kinds that train (train/), evaluate and serve
+    "exports": 5,              # stage kinds that turn a model into another form: merge, prune, bnb, GPTQ, GGUF
 }
 
 
@@ -140,9 +141,9 @@ EDGES = internal_imports(KNOWN)
 
 def test_the_graph_is_read():
     """A parser that found nothing would pass every check below."""
-    assert {"pipeline.artifact", "pipeline.engine.registry", "pipeline.stages.sft", "exports.gguf"} <= set(KNOWN)
+    assert {"pipeline.artifact", "pipeline.engine.registry", "pipeline.stages.train.sft", "exports.gguf"} <= set(KNOWN)
     assert len(EDGES) > 300
-    assert ("pipeline.stages.sft", "pipeline.engine.registry") in {(a, b) for a, b, _ in EDGES}
+    assert ("pipeline.stages.train.sft", "pipeline.engine.registry") in {(a, b) for a, b, _ in EDGES}
 
 
 def test_no_import_cycles():

@@ -302,7 +302,7 @@ def test_llama_cpp_server_as_the_judge(tmp_path, monkeypatch):
     """The embedded model served by llama.cpp is the judge: a real endpoint, a real key, real (mostly
     unparsable) verdicts from a tiny model; every item is accounted for."""
     pytest.importorskip("llama_cpp.server")
-    from exports.llamacpp import convert
+    from pipeline.llama_cpp.converter import convert
     from pipeline.backends import serving
 
     gguf = tmp_path / "j.gguf"

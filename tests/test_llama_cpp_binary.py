@@ -19,10 +19,10 @@ def test_llama_cpp_binary_matches_transformers_greedy(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from exports import llamacpp
+    from pipeline.llama_cpp import converter
 
     gguf = tmp_path / "model-f32.gguf"
-    llamacpp.convert(EMBEDDED, gguf, "f32")
+    converter.convert(EMBEDDED, gguf, "f32")
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED)
     model = AutoModelForCausalLM.from_pretrained(EMBEDDED).eval()
     for prompt in PROMPTS:

@@ -12,7 +12,8 @@ pytest.importorskip("llama_cpp")
 
 from conftest import ROOT  # noqa: E402
 
-from pipeline.backends import llama_runtime, serving  # noqa: E402
+from pipeline.backends import serving  # noqa: E402
+from pipeline.llama_cpp import runtime  # noqa: E402
 
 AVX2 = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | REPACK = 1 |"
 AMX = "CPU : SSE3 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | REPACK = 1 |"
@@ -21,14 +22,14 @@ AMX = "CPU : SSE3 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | REPACK = 1
 @pytest.mark.parametrize("mode, info, allowed", [("auto", AVX2, True), ("auto", AMX, False), ("off", AVX2, False),
                                                  ("on", AMX, True), ("", AMX, False)])
 def test_repacking_is_off_exactly_where_ggml_reports_amx(monkeypatch, mode, info, allowed):
-    monkeypatch.setenv(llama_runtime.REPACK_ENV, mode)
-    assert llama_runtime.repack_allowed(info) is allowed
+    monkeypatch.setenv(runtime.REPACK_ENV, mode)
+    assert runtime.repack_allowed(info) is allowed
 
 
 def test_a_bad_repack_setting_names_the_variable(monkeypatch):
-    monkeypatch.setenv(llama_runtime.REPACK_ENV, "maybe")
+    monkeypatch.setenv(runtime.REPACK_ENV, "maybe")
     with pytest.raises(ValueError, match="TUNECHAIN_LLAMA_REPACK='maybe': valid values are auto, on, off"):
-        llama_runtime.repack_allowed(AVX2)
+        runtime.repack_allowed(AVX2)
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +37,17 @@ def q8_file(tmp_path_factory):
     """The embedded model as GGUF q8_0 (the type whose AMX repacking crashed)."""
     from conftest import EMBEDDED
 
-    from exports import llamacpp
+    from pipeline.llama_cpp import converter
 
     out = tmp_path_factory.mktemp("q8")
-    llamacpp.convert(EMBEDDED, out / "model-q8_0.gguf", "q8_0")
+    converter.convert(EMBEDDED, out / "model-q8_0.gguf", "q8_0")
     return out / "model-q8_0.gguf"
 
 
 @pytest.mark.parametrize("mode, expected", [("off", False), ("on", True)])
 def test_in_process_models_load_with_the_chosen_buffers(monkeypatch, q8_file, mode, expected):
-    monkeypatch.setenv(llama_runtime.REPACK_ENV, mode)
-    llm = llama_runtime.open_llama(q8_file, n_ctx=256)
+    monkeypatch.setenv(runtime.REPACK_ENV, mode)
+    llm = runtime.open_llama(q8_file, n_ctx=256)
     assert bool(llm.model_params.use_extra_bufts) is expected
     import llama_cpp.llama_cpp as bindings
 
@@ -66,7 +67,7 @@ def test_quantized_decoding_survives_on_this_cpu(q8_file):
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED)
     want = hf_generate(AutoModelForCausalLM.from_pretrained(EMBEDDED), tokenizer, [prompt], 1, 16, "cpu")[0]
     script = textwrap.dedent(f"""
-        from pipeline.backends.llama_cpp import LlamaCppBackend
+        from pipeline.llama_cpp.backend import LlamaCppBackend
         backend = LlamaCppBackend({str(q8_file)!r}, n_ctx=512)
         print("TOKENS", backend.generate([{prompt!r}], 16)[0].token_ids)
     """)
@@ -77,8 +78,8 @@ def test_quantized_decoding_survives_on_this_cpu(q8_file):
 
 def test_the_server_is_started_through_the_safe_launcher():
     command = serving.llama_cpp_command(ROOT / "m.gguf", "127.0.0.1", 8001, 2048, "m", 2, [])
-    assert command[1:3] == ["-m", "pipeline.backends.llama_server"] and "--n_gpu_layers" not in command
-    probe = ("import sys, runpy; sys.argv=['x', '--help']; import pipeline.backends.llama_server as s; "
+    assert command[1:3] == ["-m", "pipeline.llama_cpp.server"] and "--n_gpu_layers" not in command
+    probe = ("import sys, runpy; sys.argv=['x', '--help']; import pipeline.llama_cpp.server as s; "
              "print(s.repack_allowed.__module__)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 0 and "pipeline.backends.llama_runtime" in done.stdout, done.stderr[-500:]
+    assert done.returncode == 0 and "pipeline.llama_cpp.runtime" in done.stdout, done.stderr[-500:]

@@ -16,10 +16,10 @@ PROMPT = "<|im_start|>user\nWhat is 12 + 7?<|im_end|>\n<|im_start|>assistant\n"
 @pytest.fixture(scope="module")
 def embedded_gguf(tmp_path_factory):
     pytest.importorskip("llama_cpp")
-    from exports import llamacpp
+    from pipeline.llama_cpp import converter
 
     out = tmp_path_factory.mktemp("gguf") / "embedded-f32.gguf"
-    llamacpp.convert(EMBEDDED, out, "f32", model_name="embedded")
+    converter.convert(EMBEDDED, out, "f32", model_name="embedded")
     return out
 
 

@@ -57,7 +57,7 @@ def test_speed_defaults_follow_the_device_and_the_model():
     from pipeline.artifact import Artifact
     from pipeline.errors import PlanError
     from pipeline.models.memory import checkpointing_by_default
-    from pipeline.stages.sft import SFTConfig
+    from pipeline.stages.train.sft import SFTConfig
     from pipeline.training.common import speed_args
 
     assert checkpointing_by_default("cuda", 1_500_000_000) and not checkpointing_by_default("cuda", 500_000_000)

@@ -8,7 +8,7 @@ import pytest
 from conftest import EMBEDDED, compose
 
 from pipeline.errors import ConfigError
-from pipeline.stages.prune import PruneConfig, drop_layers, evenly_spaced
+from exports.prune import PruneConfig, drop_layers, evenly_spaced
 
 
 def test_evenly_spaced_keeps_the_ends_and_the_count():

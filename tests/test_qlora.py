@@ -10,7 +10,7 @@ from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
 from pipeline.engine.store import Store
 from pipeline.errors import ConfigError, PlanError
-from pipeline.stages.qlora import QLoRAConfig
+from pipeline.stages.train.qlora import QLoRAConfig
 
 pytest.importorskip("bitsandbytes")
 
@@ -43,7 +43,7 @@ def test_qlora_full_method_is_refused_at_plan_time(tmp_path):
 
 
 def test_old_bitsandbytes_on_cpu_is_refused_with_the_alternative(monkeypatch):
-    import pipeline.stages.qlora as qlora
+    import pipeline.stages.train.qlora as qlora
 
     monkeypatch.setattr(qlora, "_bitsandbytes_version", lambda where: (0, 42))
     with pytest.raises(PlanError, match=r"stages.q: bitsandbytes 0.42 cannot run 4-bit on CPU; .*kind sft with method lora"):

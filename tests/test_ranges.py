@@ -97,7 +97,7 @@ def test_a_bad_value_on_the_command_line_starts_no_work(tmp_path):
 
 
 def test_problems_walks_nested_configs_and_skips_unset_values(tmp_path):
-    from pipeline.stages.sft import SFTConfig
+    from pipeline.stages.train.sft import SFTConfig
 
     cfg = compose(["logger=none"])
     typed = build_plan(cfg, Store(tmp_path), recipe="quickstart", device="cpu").steps[1].cfg

@@ -41,7 +41,7 @@ def test_a_few_lora_steps_train_on_its_bpe_tokenizer(chain):
 
 
 def test_the_gguf_keeps_the_greedy_tokens_template_system_prompt_and_stop_token(chain):
-    from exports.llamacpp import metadata
+    from pipeline.llama_cpp.converter import metadata
 
     stages = {s["name"]: s for s in chain[0]["stages"]}
     gguf = stages["gguf"]

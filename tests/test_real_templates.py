@@ -104,7 +104,7 @@ def test_thinking_off_reaches_the_gguf_its_chat_server_and_the_modelfile(gguf_wi
     pytest.importorskip("llama_cpp")
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from exports.llamacpp import metadata
+    from pipeline.llama_cpp.converter import metadata
     from pipeline.backends.base import chat_prompt
 
     artifact, model, out = gguf_with_template(QWEN3_STYLE, thinking=False)
@@ -126,9 +126,9 @@ def test_no_double_bos_when_the_template_writes_it(gguf_with_template):
     pytest.importorskip("llama_cpp")
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from exports.llamacpp import metadata
+    from pipeline.llama_cpp.converter import metadata
     from pipeline.backends.base import chat_prompt
-    from pipeline.backends.llama_cpp import LlamaCppBackend
+    from pipeline.llama_cpp.backend import LlamaCppBackend
 
     artifact, model, out = gguf_with_template(LLAMA3_STYLE, add_bos=True)
     assert artifact.meta["add_bos"] is True

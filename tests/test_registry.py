@@ -4,7 +4,7 @@ import pytest
 from pipeline.engine import registry
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError
-from pipeline.stages.sft import SFTConfig
+from pipeline.stages.train.sft import SFTConfig
 
 
 def test_every_listed_module_registers_its_kind():

@@ -29,7 +29,7 @@ from pipeline.stages import serve  # noqa: E402
 @pytest.fixture(scope="module")
 def gguf(tmp_path_factory) -> Artifact:
     """The embedded model as an f16 GGUF (llama.cpp's converter, cached in TUNECHAIN_CACHE)."""
-    from exports.llamacpp import convert
+    from pipeline.llama_cpp.converter import convert
 
     out = tmp_path_factory.mktemp("gguf") / "m.gguf"
     convert(EMBEDDED, out, "f16")

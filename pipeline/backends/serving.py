@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backends.llama_runtime import gpu_layers
+from pipeline.llama_cpp.runtime import gpu_layers
 
 # Environment variables each server reads its key from (never a command-line argument).
 KEY_ENV = {"llama.cpp": "API_KEY", "vllm": "VLLM_API_KEY"}
@@ -93,9 +93,9 @@ def free_port(host: str) -> int:
 
 def llama_cpp_command(model_file: Path, host: str, port: int, n_ctx: int, alias: str,
                       n_threads: int | None, extra_args: list[str], device: str = "cpu") -> list[str]:
-    """llama-cpp-python's server, started through pipeline.backends.llama_server (llama.cpp's weight repacking off
-    where it crashes: pipeline.backends.llama_runtime), with every layer on the GPU when there is one."""
-    command = [sys.executable, "-m", "pipeline.backends.llama_server", "--model", str(model_file), "--host", host,
+    """llama-cpp-python's server, started through pipeline.llama_cpp.server (llama.cpp's weight repacking off
+    where it crashes: pipeline.llama_cpp.runtime), with every layer on the GPU when there is one."""
+    command = [sys.executable, "-m", "pipeline.llama_cpp.server", "--model", str(model_file), "--host", host,
                "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias]
     if n_threads and "--n_threads" not in extra_args:
         command += ["--n_threads", str(n_threads)]

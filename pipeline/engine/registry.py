@@ -15,7 +15,8 @@ from pipeline.artifact import ArtifactKind
 from pipeline.engine.contract import StageConfig
 from pipeline.errors import ConfigError
 
-# Where stage kinds live: training, eval and serve stages; merge and the export formats.
+# Where stage kinds live (subpackages included): pipeline/stages (train/, eval, serve) and exports (merge, prune,
+# bnb, gptq, gguf).
 STAGE_PACKAGES = ("pipeline.stages", "exports")
 
 # What a stage's result depends on unless its @stage says otherwise (their versions enter its fingerprint).
@@ -75,8 +76,8 @@ def _load_all() -> None:
         return
     for package_name in STAGE_PACKAGES:
         package = importlib.import_module(package_name)
-        for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
-            importlib.import_module(f"{package_name}.{module}")
+        for module in sorted(m.name for m in pkgutil.walk_packages(package.__path__, f"{package_name}.")):
+            importlib.import_module(module)
     _loaded = True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifact import ArtifactKind
 from pipeline.engine import registry
 from pipeline.errors import ConfigError
 from pipeline.evaluation import registry as eval_tasks
@@ -77,7 +78,7 @@ def exports(entries: list[dict[str, Any]]) -> list[str]:
     lines = []
     for e in entries:
         m = e.get("metrics", {})
-        if e.get("output") == "eval" or ("parity_identical" not in m and "size_mb" not in m):
+        if e.get("output") == ArtifactKind.eval or ("parity_identical" not in m and "size_mb" not in m):
             continue
         parts = []
         if "size_mb" in m:
@@ -96,7 +97,7 @@ def serving(entries: list[dict[str, Any]]) -> list[str]:
     lines = []
     for e in entries:
         m = e.get("metrics", {})
-        if e.get("output") != "serve" or not m:
+        if e.get("output") != ArtifactKind.serve or not m:
             continue
         lines.append(f"{e['name']}: ready in {m.get('ready_seconds')}s on {m.get('bound_address')}, smoke reply "
                      f"{m.get('smoke_latency_s')}s ({m.get('smoke_tokens_per_s')} tokens/s, finish "
@@ -114,7 +115,7 @@ def variant_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The evals of one model's forms: each eval whose input is an export (bnb, GPTQ, GGUF) and compares
     with an earlier eval, and those references. A trained adapter against its base is not a variant."""
     variant = {e["name"]: _spec(e["kind"]).variant for e in entries}
-    evals = [e for e in entries if e.get("output") == "eval" and "size_mb" in e.get("metrics", {})]
+    evals = [e for e in entries if e.get("output") == ArtifactKind.eval and "size_mb" in e.get("metrics", {})]
     variants = [e for e in evals if e.get("compare_with") and variant.get((e.get("inputs") or [""])[0], False)]
     references = {e["compare_with"] for e in variants}
     return [e for e in evals if e in variants or e["name"] in references]

@@ -1,5 +1,5 @@
 """The distillation loss (alpha * CE + (1 - alpha) * T^2 * KL, chunked) and the SFTTrainer that
-trains with it; the distill stage (pipeline/stages/distill.py) configures both."""
+trains with it; the distill stage (pipeline/stages/train/distill.py) configures both."""
 from __future__ import annotations
 
 from pipeline.backends.perplexity import chunk_rows as default_rows

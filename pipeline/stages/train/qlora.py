@@ -19,7 +19,7 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.stages.sft import Method, SFTConfig, train
+from pipeline.stages.train.sft import Method, SFTConfig, train
 from pipeline.training.common import resolved_checkpointing
 
 MIN_BNB_FOR_CPU = (0, 50)  # first bitsandbytes seen here to run NF4 load, train and save on CPU

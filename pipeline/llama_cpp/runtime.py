@@ -15,7 +15,7 @@ AMX, unless TUNECHAIN_LLAMA_REPACK says otherwise:
 
 Every way tunechain runs llama.cpp goes through here: the in-process backend (eval, parity,
 perplexity) through `open_llama`, the OpenAI-compatible server through pipeline.backends.serving's
-`llama_cpp_command` (which starts `python -m pipeline.backends.llama_server`: this same rule applied in the
+`llama_cpp_command` (which starts `python -m pipeline.llama_cpp.server`: this same rule applied in the
 server's process). The
 quantizer never allocates backend weight buffers (it reads tensors through the file loader), and
 vocab-only loads hold no weights, so neither needs it.

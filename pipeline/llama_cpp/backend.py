@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from pipeline.backends.base import Generation, Progress, Timing, _timing
-from pipeline.backends.llama_runtime import open_llama
+from pipeline.llama_cpp.runtime import open_llama
 from pipeline.backends.perplexity import windows
 from pipeline.errors import PlanError
 

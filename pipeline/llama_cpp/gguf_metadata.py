@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from exports import llamacpp
-from pipeline.engine.context import StageContext
+from pipeline.llama_cpp import converter
+from pipeline.models.config import ModelConfig
 from pipeline.models.loading import load_tokenizer
 
 # A multi-turn chat with a system prompt: rendered by both tokenizers to compare their tokenization.
@@ -19,9 +19,9 @@ PROBE_CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "cont
               {"role": "assistant", "content": "42"}, {"role": "user", "content": "And 7 * 6?"}]
 
 
-def hf_expectations(hf_dir: Path, ctx: StageContext) -> dict:
+def hf_expectations(hf_dir: Path, model: ModelConfig) -> dict:
     """Chat template, eos, add_bos and stop ids as the HF tokenizer and generation_config give them."""
-    tok = load_tokenizer(str(hf_dir), ctx.model)
+    tok = load_tokenizer(str(hf_dir), model)
     stop_ids = []
     generation = hf_dir / "generation_config.json"
     if generation.is_file():
@@ -100,8 +100,8 @@ def read_gguf(path: Path, ids: list[int], probe: str = "") -> dict:
     ids of `probe` (special tokens parsed, no BOS), as llama.cpp tokenizes a chat prompt."""
     import llama_cpp
 
-    found = llamacpp.metadata(path)
-    with llamacpp.open_vocab(path) as model:
+    found = converter.metadata(path)
+    with converter.open_vocab(path) as model:
         vocab = llama_cpp.llama_model_get_vocab(model)
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         found_eog = {i: 0 <= i < n_vocab and bool(llama_cpp.llama_vocab_is_eog(vocab, i)) for i in ids}
@@ -195,7 +195,7 @@ copy_with_new_metadata(reader, writer, changes, [])
 def rewrite_metadata(path: Path, changes: dict[str, tuple[str, Any]]) -> None:
     """Copy the GGUF with some key/values set (the vendored gguf-py's gguf_new_metadata approach);
     the copy replaces the file when complete."""
-    folder = llamacpp.converter_dir()
+    folder = converter.converter_dir()
     tmp = path.with_name(f".{path.name}.rewrite")
     env = dict(os.environ, PYTHONPATH=str(folder / "gguf-py"), NO_LOCAL_GGUF="1")
     done = subprocess.run([sys.executable, "-c", _REWRITE, str(path), str(tmp)], input=json.dumps(changes),

@@ -32,7 +32,7 @@ from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive, setting
-from pipeline.stages.sft import Method, trained_kind
+from pipeline.stages.train.sft import Method, trained_kind
 from pipeline.training.common import (
     SCHEDULERS,
     LoraSpec,

@@ -46,7 +46,7 @@ from pipeline.models.loading import (
     looks_like_hub_id,
 )
 from pipeline.ranges import at_least, between, positive, setting
-from pipeline.stages.sft import SFTConfig, train, trained_kind
+from pipeline.stages.train.sft import SFTConfig, train, trained_kind
 from pipeline.training.distillation import trainer_class
 
 BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)

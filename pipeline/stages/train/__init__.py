@@ -1,0 +1,1 @@
+"""Training stage kinds: one file each (sft, qlora, dpo, grpo, distill)."""
