@@ -22,7 +22,7 @@ import functools
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,11 +57,12 @@ class GPTQConfig(ParityFields):
     kind: str = setting("gptq", "the stage kind")
     bits: int = one_of(4, BITS, help="4: W4A16 | 8: W8A16 (weights quantized, activations 16 bit)")
     group_size: int = at_least(1, 128, also=(-1,), help="input columns sharing one scale/zero (-1: one group per row)")
-    damp_percent: float = between(0.01, 0, 1, low_open=True, high_open=True, help="Hessian dampening, a fraction of its mean diagonal (GPTQModel's name)")
+    damp_percent: float = between(0.01, 0, 1, low_open=True, high_open=True,
+                                  help="Hessian dampening, a fraction of its mean diagonal (GPTQModel's name)")
     desc_act: bool = setting(False, "quantize columns in order of activation size (\"act-order\")")
     n_samples: int = at_least(1, 128, help="calibration chats")
     max_seq_len: int = at_least(16, 512, help="tokens per calibration chat (longer ones are cut)")
-    calibration: DatasetSpec = field(default=MISSING, metadata={"help": "chats (messages records), rendered with the tokenizer's chat template", "purpose": "sft"})
+    calibration: DatasetSpec = setting(MISSING, "chats (messages records), rendered with the tokenizer's chat template", purpose="sft")
     backend: str = setting("gptqmodel", "gptqmodel (the library that quantizes)")
     model_path: Optional[str] = setting(MISSING, "the chain's model (yaml: ${model.path}): its layer sizes are checked")
                                            # against group_size at plan time

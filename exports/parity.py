@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from omegaconf import MISSING
@@ -37,10 +37,11 @@ class ParityFields(StageConfig):
     """Config fields shared by every export stage (flat, so `stages.gguf.parity_limit=20` works)."""
 
     parity: bool = setting(True, "false: skip the comparison")
-    parity_prompts: DatasetSpec = field(default=MISSING, metadata={"help": "prompts both models answer (gsm8k records)", "purpose": "gsm8k"})
+    parity_prompts: DatasetSpec = setting(MISSING, "prompts both models answer (gsm8k records)", purpose="gsm8k")
     parity_limit: Optional[int] = at_least(1, 50, help="first N prompts (null: all)")
     parity_max_new_tokens: int = at_least(1, MISSING, help="tokens generated per prompt")
-    parity_min_identical: Optional[float] = between(None, 0, 1, help="fail the stage when fewer prompts match token for token")
+    parity_min_identical: Optional[float] = between(None, 0, 1,
+                                                    help="fail the stage when fewer prompts match token for token")
 
     def memory_profile(self, sources):
 

@@ -1,7 +1,7 @@
 """A dataset as a config names it (conf/data/*.yaml): a DatasetSpec, and the purposes stages read data for."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 from omegaconf import MISSING
@@ -22,7 +22,7 @@ class DatasetSpec:
     subset: Optional[str] = setting(None, "hub config name")
     revision: Optional[str] = setting(None, "hub branch, tag or commit (null: main); its commit enters the fingerprint")
     limit: Optional[int] = at_least(1, None, help="keep the first N records")
-    columns: Dict[str, str] = field(default_factory=dict, metadata={"help": "source column -> canonical key"})
+    columns: Dict[str, str] = setting(factory=dict, help="source column -> canonical key")
 
 
 def as_spec(spec: DatasetSpec | Mapping[str, Any] | str) -> DatasetSpec:

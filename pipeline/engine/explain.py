@@ -73,7 +73,8 @@ def _table(title: str, cls: type, typed: Any, doc: str) -> str:
     header = ("key", "value" if typed is not None else "", "default", "help")
     rows = [header] + _rows(cls, typed, "")
     width = [min(max(len(r[c]) for r in rows), cap) for c, cap in enumerate((34, 28, 16))]
-    lines = [f"{title}: {doc}", f"  every key is set with {title if title.startswith(('stages.', 'model')) else 'stages.<name>'}.<key>=VALUE"]
+    prefix = title if title.startswith(("stages.", "model")) else "stages.<name>"
+    lines = [f"{title}: {doc}", f"  every key is set with {prefix}.<key>=VALUE"]
     for row in rows:
         cells = [_cut(row[c], width[c]).ljust(width[c]) for c in range(3)]
         lines.append("  " + "  ".join(cells) + "  " + row[3])

@@ -28,4 +28,5 @@ def load(specs: list[str]) -> None:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise ConfigError(f"plugins: {spec}: cannot import it ({e}); give a .py file or a module on sys.path") from None
+            raise ConfigError(f"plugins: {spec}: cannot import it ({e}); give a .py file or a module on "
+                              f"sys.path") from None

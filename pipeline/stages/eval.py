@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from omegaconf import MISSING
@@ -38,11 +38,10 @@ class EvalConfig(StageConfig):
     tasks: List[str] = setting(factory=lambda: ["math", "perplexity"],
                                help="math | perplexity | speed | instruct | judge | tools | mcq | code | reasoning | "
                                     "lm_eval, or a task of your own (README: eval tasks)")
-    math: DatasetSpec = field(default=MISSING, metadata={"help": "arithmetic problems with a final number (gsm8k)",
-                                                         "purpose": "gsm8k"})
-    text: DatasetSpec = field(default=MISSING, metadata={"help": "held-out documents (task perplexity)", "purpose": "text"})
-    instruct: DatasetSpec = field(default=MISSING, metadata={"help": "prompts with verifiable checks and reference "
-                                                                     "answers (tasks instruct, judge)", "purpose": "instruct"})
+    math: DatasetSpec = setting(MISSING, "arithmetic problems with a final number (gsm8k)", purpose="gsm8k")
+    text: DatasetSpec = setting(MISSING, "held-out documents (task perplexity)", purpose="text")
+    instruct: DatasetSpec = setting(MISSING, "prompts with verifiable checks and reference answers (tasks instruct, "
+                                             "judge)", purpose="instruct")
     judge: JudgeConfig = setting(factory=JudgeConfig, help="an OpenAI-compatible judge that grades the instruct answers "
                                                            "1-10 (task judge)")
     judge_stage: Optional[str] = setting(None, "an earlier gguf stage as the judge, served on loopback; list it in "

@@ -22,7 +22,7 @@ import secrets
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 from pipeline.artifact import Artifact, ArtifactKind
@@ -59,7 +59,7 @@ class ServeConfig(StageConfig):
     max_tokens: int = at_least(1, 64, help="tokens per check answer")
     concurrency: int = at_least(0, 16, help="chat requests sent at once (0: skip)")
     n_ctx: int = at_least(16, 2048, help="llama.cpp context length")
-    extra_args: List[str] = field(default_factory=list, metadata={"help": "appended to the server's command line"})
+    extra_args: List[str] = setting(factory=list, help="appended to the server's command line")
     model_alias: Optional[str] = setting(None, "the model name clients send (null: the chain's model name)")
 
     def validate(self, where: str, earlier: dict) -> None:

@@ -19,7 +19,7 @@ import importlib
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pipeline.answers import extract_answer, json_value
@@ -93,7 +93,7 @@ BUILTINS: dict[str, Callable[..., list]] = {
 class RewardSpec:
     name: str                                   # a built-in name or a dotted path
     weight: float = setting(1.0, "the reward's weight in the sum")
-    args: dict[str, Any] = field(default_factory=dict, metadata={"help": "keyword arguments passed to the reward function"})
+    args: dict[str, Any] = setting(factory=dict, help="keyword arguments passed to the reward function")
 
 
 _ENTRY_KEYS = ("name", "weight", "args")

@@ -51,7 +51,8 @@ class JudgeConfigError(ConfigError, ValueError):
 class JudgeConfig:
     base_url_env: str = setting("TUNECHAIN_JUDGE_URL", "the variable holding the base URL (…/v1)")
     api_key_env: Optional[str] = setting("TUNECHAIN_JUDGE_API_KEY", "the variable holding the key (unset: no key)")
-    base_url: Optional[str] = setting(None, "a literal URL (e.g. a loopback server the chain started) wins over the env")
+    base_url: Optional[str] = setting(None,
+                                      "a literal URL (e.g. a loopback server the chain started) wins over the env")
     model: str = setting("judge", "the model name sent to the judge's API")
     timeout_s: float = positive(30.0, help="per request; a slower answer counts as failed")
     max_retries: int = at_least(0, 1, help="the openai client's own retries (connection errors, 408/429/5xx)")

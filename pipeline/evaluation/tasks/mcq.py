@@ -15,7 +15,8 @@ from pipeline.ranges import one_of, setting
 @dataclass
 class MCQSettings:
     path: Optional[str] = setting(None, "MMLU / C-Eval style file (question, A, B, C, D, answer)")
-    style: str = one_of("letter", ("letter", "text"), help="letter: score \" A\"..\" D\"; text: the option texts per token")
+    style: str = one_of("letter", ("letter", "text"),
+                        help="letter: score \" A\"..\" D\"; text: the option texts per token")
 
 
 def check(cfg, where: str) -> None:

@@ -14,7 +14,8 @@ from pipeline.ranges import at_least, setting
 
 @dataclass
 class ToolsSettings:
-    path: Optional[str] = setting("embedded/data/test_tools.jsonl", "cases {prompt, tool, arguments, answer}: the agent loop")
+    path: Optional[str] = setting("embedded/data/test_tools.jsonl",
+                                  "cases {prompt, tool, arguments, answer}: the agent loop")
     max_turns: int = at_least(1, 3, help="model turns per case (tool call, tool result, answer)")
 
 

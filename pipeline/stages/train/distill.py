@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
@@ -67,15 +67,18 @@ class TeacherSpec:
 @dataclass
 class DistillConfig(SFTConfig):
     kind: str = setting("distill", "the stage kind")
-    mode: Mode = setting(Mode.logit, "logit: alpha*CE + (1-alpha)*T^2*KL(teacher||student) | sequence: SFT on teacher answers")
-    teacher: TeacherSpec = field(default_factory=TeacherSpec, metadata={"help": "the model whose outputs the student learns"})
+    mode: Mode = setting(Mode.logit,
+                         "logit: alpha*CE + (1-alpha)*T^2*KL(teacher||student) | sequence: SFT on teacher answers")
+    teacher: TeacherSpec = setting(factory=TeacherSpec, help="the model whose outputs the student learns")
     temperature: float = positive(2.0, help="logit mode: T softens both distributions")
     alpha: float = between(0.5, 0, 1, help="logit mode: weight of the hard-label CE (1: plain SFT)")
     max_new_tokens: int = at_least(1, 128, help="sequence mode: longest teacher answer")
     generation_batch_size: int = at_least(1, 64, help="sequence mode: prompts per teacher generate call")
     # The chain's model (${model.path}): every student derives from it, so its tokenizer is the
     # student's; compared with a teacher model's at plan time in logit mode.
-    student_tokenizer: Optional[str] = setting(MISSING, "the chain's model; compared with teacher.model's tokenizer at plan time")
+    student_tokenizer: Optional[str] = setting(MISSING,
+                                               "the chain's model; compared with teacher.model's tokenizer at plan "
+                                               "time")
 
     def memory_profile(self, sources):
         from dataclasses import replace

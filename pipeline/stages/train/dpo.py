@@ -63,12 +63,17 @@ class DPOConfig(StageConfig):
     kind: str = setting("dpo", "the stage kind")
     method: Method = setting(Method.lora, "lora: continue an input adapter, or a new LoRA on a model")
     dataset: DatasetSpec = field(default=MISSING, metadata={"help": "{\"prompt\", \"chosen\", \"rejected\"}: strings or messages", "purpose": "preference"})
-    eval_dataset: Optional[DatasetSpec] = field(default=MISSING, metadata={"help": "held-out pairs scored after training (null: skip)", "purpose": "preference"})
+    eval_dataset: Optional[DatasetSpec] = setting(MISSING, "held-out pairs scored after training (null: skip)", purpose="preference")
     eval_limit: Optional[int] = at_least(1, MISSING, help="score the first N held-out pairs (null: all)")
-    reference: Reference = setting(Reference.input, "input: the input policy, frozen | base: the model under the input adapter (for comparison only)")
+    reference: Reference = setting(Reference.input,
+                                   "input: the input policy, frozen | base: the model under the input adapter (for "
+                                   "comparison only)")
     beta: float = positive(0.1, help="strength of the pull toward the reference (higher: stay closer)")
-    loss_type: str = one_of("sigmoid", LOSS_TYPES, help="sigmoid | hinge | ipo | exo_pair | nca_pair | robust | bco_pair | sppo_hard | aot | aot_unpaired | apo_zero | apo_down | discopop | sigmoid_norm")
-    label_smoothing: float = between(0.0, 0, 0.5, high_open=True, help="robust / exo_pair: assumed share of flipped labels")
+    loss_type: str = one_of("sigmoid", LOSS_TYPES,
+                            help="sigmoid | hinge | ipo | exo_pair | nca_pair | robust | bco_pair | sppo_hard | aot | "
+                                 "aot_unpaired | apo_zero | apo_down | discopop | sigmoid_norm")
+    label_smoothing: float = between(0.0, 0, 0.5, high_open=True,
+                                     help="robust / exo_pair: assumed share of flipped labels")
     sft_weight: float = at_least(0, 0.0, help="> 0: add trl's \"sft\" loss on chosen (RPO-style) with this weight")
     max_steps: int = at_least(1, MISSING, also=(-1,), help="-1: train num_train_epochs instead")
     num_train_epochs: float = positive(1.0, help="used when max_steps is -1")
@@ -83,8 +88,10 @@ class DPOConfig(StageConfig):
     max_grad_norm: float = positive(1.0, help="gradients clipped to this norm")
     logging_steps: int = at_least(1, 10, help="steps between loss rows")
     gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more")
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec, metadata={"help": "mid-stage checkpoints in the stage's temporary store folder; a re-run resumes"})
-    lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter; an input adapter keeps its own"})
+    checkpoint: CheckpointSpec = setting(factory=CheckpointSpec,
+                                         help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
+                                              "resumes")
+    lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
 
     def memory_profile(self, sources):
         # chosen and rejected go through the policy together; the reference's forward holds no activations

@@ -79,8 +79,10 @@ class GRPOConfig(StageConfig):
     logging_steps: int = at_least(1, 1, help="steps between reward and loss rows")
     use_vllm: str = setting("auto", "auto: vLLM where a GPU and vllm are present | true | false")
     gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more")
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec, metadata={"help": "mid-stage checkpoints in the stage's temporary store folder; a re-run resumes"})
-    lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter; an input adapter keeps its own"})
+    checkpoint: CheckpointSpec = setting(factory=CheckpointSpec,
+                                         help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
+                                              "resumes")
+    lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
 
     def validate(self, where: str, earlier: dict) -> None:
         parse(self.rewards, f"{where}.rewards")

@@ -9,7 +9,7 @@ the template: pipeline/data/chat_tokens.py finds the turns, trl's SFTTrainer mas
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
 
@@ -53,10 +53,11 @@ class AssistantTurns(str, Enum):
 class SFTConfig(StageConfig):
     kind: str = setting("sft", "the stage kind")
     method: Method = setting(Method.lora, "lora: train a new adapter | full: every weight")
-    dataset: DatasetSpec = field(default=MISSING, metadata={"help": "chat data: messages, alpaca or sharegpt records", "purpose": "sft"})
+    dataset: DatasetSpec = setting(MISSING, "chat data: messages, alpaca or sharegpt records", purpose="sft")
     max_steps: int = at_least(1, MISSING, also=(-1,), help="-1: train num_train_epochs instead")
     num_train_epochs: float = positive(1.0, help="used when max_steps is -1")
-    learning_rate: float = positive(MISSING, help="peak learning rate (LoRA 1e-4..2e-4, full 1e-5..5e-5; tiny models take more)")
+    learning_rate: float = positive(MISSING,
+                                    help="peak learning rate (LoRA 1e-4..2e-4, full 1e-5..5e-5; tiny models take more)")
     per_device_train_batch_size: int = at_least(1, MISSING, help="chats per step on each device")
     gradient_accumulation_steps: int = at_least(1, 1, help="batches per optimizer step")
     max_length: int = at_least(1, MISSING, help="tokens per chat; longer ones are cut")
@@ -65,14 +66,18 @@ class SFTConfig(StageConfig):
     weight_decay: float = at_least(0, 0.0, help="AdamW weight decay")
     max_grad_norm: float = positive(1.0, help="gradients clipped to this norm")
     logging_steps: int = at_least(1, 10, help="steps between loss rows (terminal, metrics, W&B)")
-    gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more; off on CPUs")
+    gradient_checkpointing: Optional[bool] = setting(None,
+                                                     "null: on for GPUs and models of 1B params and more; off on CPUs")
     packing: bool = setting(False, "chats packed into max_length rows (trl's bfd), kept apart by position ids")
     padding_free: Optional[bool] = setting(None, "null: on where the model family keeps padding-free rows apart")
     liger: Optional[bool] = setting(None, "Liger kernels; null: on with CUDA where liger-kernel is installed")
     torch_compile: bool = setting(False, "compile the model with torch.compile (not measured here)")
-    assistant_turns: AssistantTurns = setting(AssistantTurns.all, "all: every assistant reply is trained | last: only the final one")
-    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec, metadata={"help": "mid-stage checkpoints in the stage's temporary store folder; a re-run resumes"})
-    lora: LoraSpec = field(default_factory=LoraSpec, metadata={"help": "LoRA settings of a new adapter"})
+    assistant_turns: AssistantTurns = setting(AssistantTurns.all,
+                                              "all: every assistant reply is trained | last: only the final one")
+    checkpoint: CheckpointSpec = setting(factory=CheckpointSpec,
+                                         help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
+                                              "resumes")
+    lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter")
 
     def memory_profile(self, sources):
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
