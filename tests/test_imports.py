@@ -23,13 +23,13 @@ FLOORS = {
     "pipeline": 0,             # top-level modules
     "pipeline.data": 1,        # data sets
     "pipeline.models": 1,      # the chain's model
-    "pipeline.backends": 2,    # running a model for inference
-    "pipeline.llama_cpp": 2,   # everything llama.cpp: runtime, backend, server, converter, GGUF checks
-    "pipeline.training": 3,    # what training stages share
-    "pipeline.evaluation": 3,  # eval tasks and their scorers
-    "pipeline.engine": 4,      # planning and running a chain (stage modules are found through importlib)
-    "pipeline.stages": 5,      # stage kinds that train (train/), evaluate and serve
-    "exports": 5,              # stage kinds that turn a model into another form: merge, prune, bnb, GPTQ, GGUF
+    "pipeline.llama_cpp": 2,   # the llama.cpp toolkit: runtime, server, HF -> GGUF converter, GGUF checks, Modelfile
+    "pipeline.backends": 3,    # running a model for inference: the interface, transformers, GGUF, servers
+    "pipeline.training": 4,    # what training stages share
+    "pipeline.evaluation": 4,  # eval tasks and their scorers
+    "pipeline.engine": 5,      # planning and running a chain (stage modules are found through importlib)
+    "pipeline.stages": 6,      # stage kinds that train (train/), evaluate and serve
+    "exports": 6,              # stage kinds that turn a model into another form: merge, prune, bnb, GPTQ, GGUF
 }
 
 

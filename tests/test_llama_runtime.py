@@ -67,7 +67,7 @@ def test_quantized_decoding_survives_on_this_cpu(q8_file):
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED)
     want = hf_generate(AutoModelForCausalLM.from_pretrained(EMBEDDED), tokenizer, [prompt], 1, 16, "cpu")[0]
     script = textwrap.dedent(f"""
-        from pipeline.llama_cpp.backend import LlamaCppBackend
+        from pipeline.backends.gguf import LlamaCppBackend
         backend = LlamaCppBackend({str(q8_file)!r}, n_ctx=512)
         print("TOKENS", backend.generate([{prompt!r}], 16)[0].token_ids)
     """)

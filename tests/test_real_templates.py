@@ -128,7 +128,7 @@ def test_no_double_bos_when_the_template_writes_it(gguf_with_template):
 
     from pipeline.llama_cpp.converter import metadata
     from pipeline.backends.base import chat_prompt
-    from pipeline.llama_cpp.backend import LlamaCppBackend
+    from pipeline.backends.gguf import LlamaCppBackend
 
     artifact, model, out = gguf_with_template(LLAMA3_STYLE, add_bos=True)
     assert artifact.meta["add_bos"] is True

@@ -1,5 +1,5 @@
 """The inference backend interface: one over transformers (HF folders, adapters, bnb and GPTQ
-checkpoints: backends/hf.py) and llama.cpp (GGUF files: llama_cpp/backend.py), so eval and the
+checkpoints: backends/hf.py) and llama.cpp (GGUF files: backends/gguf.py), so eval and the
 export parity check treat every artifact alike; backends/open.py picks one from the artifact's kind.
 vLLM joins here where a GPU is present.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.backends.base import Backend
 from pipeline.backends.hf import HFBackend
-from pipeline.llama_cpp.backend import LlamaCppBackend
+from pipeline.backends.gguf import LlamaCppBackend
 from pipeline.errors import PlanError
 
 

@@ -1,2 +1,2 @@
-"""Everything llama.cpp: loading (runtime), the inference backend, its server, the HF -> GGUF
-converter, the GGUF metadata checks and the Ollama Modelfile."""
+"""The llama.cpp toolkit: loading (runtime), its server, the HF -> GGUF converter, the GGUF metadata
+checks and the Ollama Modelfile. The GGUF inference backend over it is pipeline/backends/gguf.py."""
