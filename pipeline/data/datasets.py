@@ -29,7 +29,6 @@ from pipeline.data.records import check_spec
 from pipeline.data.spec import DatasetSpec, as_spec
 from pipeline.hashing import content_digest
 from pipeline.hub import hub_commit
-from pipeline.ranges import setting
 
 if TYPE_CHECKING:
     from pipeline.data.check_cache import CheckCache
@@ -45,8 +44,8 @@ HUB_SAMPLE = 64             # hub rows checked at plan time; all of them when th
 class DataCheck:
     records: Optional[int]  # None: a hub split whose size its card does not give
     format: str
-    sampled: int = setting(0, "hub: rows checked at plan time (0: every record was checked)")
-    cached: bool = setting(False, "the result came from the store's check cache (no record was read)")
+    sampled: int = 0        # hub: rows checked at plan time (0: every record was checked)
+    cached: bool = False    # the result came from the store's check cache (no record was read)
 
     def describe(self, purpose: str) -> str:
         if self.sampled:
