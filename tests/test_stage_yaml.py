@@ -84,3 +84,9 @@ def _fields_without_help(cls: type, where: str, seen: set) -> list[str]:
 @pytest.mark.parametrize("kind", registry.kinds())
 def test_every_stage_field_has_help(kind):
     assert _fields_without_help(registry.get(kind).config_cls, kind, set()) == []
+
+
+def test_every_model_field_has_help():
+    from pipeline.models.config import ModelConfig
+
+    assert _fields_without_help(ModelConfig, "model", set()) == []
