@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from conftest import ROOT, compose, read_chain, run_main, tiny_overrides
 
 from pipeline.engine.runner import run_chain
@@ -84,8 +86,12 @@ def test_kill_during_eval_then_rerun_resumes(tiny_llama, tmp_path):
         assert proc.poll() is None, "the run ended before its last eval started"
         time.sleep(0.2)
     time.sleep(1.0)
+    stage_processes = psutil.Process(proc.pid).children(recursive=True)
+    assert stage_processes, "eval_tuned runs in its own process"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    _, alive = psutil.wait_procs(stage_processes, timeout=3)
+    assert not alive, f"the stage's process outlived the killed runner: {alive}"
     killed = read_chain(tmp_path / "run")
     assert [s["status"] for s in killed["stages"]] == ["done", "done", "running"]
     assert not (tmp_path / "store" / "eval" / killed["stages"][2]["fingerprint"]).exists()

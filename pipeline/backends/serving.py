@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.llama_cpp.runtime import gpu_layers
+from pipeline.processes import die_with_parent
 
 # Environment variables each server reads its key from (never a command-line argument).
 KEY_ENV = {"llama.cpp": "API_KEY", "vllm": "VLLM_API_KEY"}
@@ -135,7 +136,7 @@ def start(command: list[str], env: dict[str, str], log_path: Path, host: str, po
         log.write("$ " + " ".join(command) + "\n")  # the key is in the environment, never here
         log.flush()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
     base_url = f"http://{url_host(connect_host(host))}:{port}"
     return ServerProcess(proc, command, log_path, base_url, port)
 

@@ -34,6 +34,7 @@ from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError, TunechainError
 from pipeline.evaluation import registry as tasks
 from pipeline.models.config import ModelConfig
+from pipeline.processes import die_with_parent
 from pipeline.ranges import Range
 
 JOB_FILE, RESULT_FILE, WORKER_LOGS = "job.json", "result.json", ".worker"
@@ -171,7 +172,7 @@ def run_in_child(step, inputs, ctx) -> Artifact:
         env.setdefault("DS_ACCELERATOR", "cpu")
     tail: collections.deque[str] = collections.deque(maxlen=FAILED_LINES)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=die_with_parent)
     try:
         for line in process.stdout:  # type: ignore[union-attr]
             print(line, end="", flush=True)

@@ -17,6 +17,7 @@ from pipeline.engine.launch import RESULT_FILE, WORKER_LOGS, import_user_modules
 from pipeline.engine.runner import seed_everything
 from pipeline.engine.tracking import LoggerConfig, Tracker
 from pipeline.models.peak_memory import PeakMemory, peak_metrics
+from pipeline.processes import die_with_parent
 
 
 class RankContext(StageContext):
@@ -30,6 +31,7 @@ class RankContext(StageContext):
 
 
 def main(job_path: str) -> None:
+    die_with_parent()  # a rank under torchrun: torchrun dies with the runner, the ranks with torchrun
     # DeepSpeed calls torch.distributed's old collective names; torch warns on every step otherwise
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     job = json.loads(Path(job_path).read_text())
