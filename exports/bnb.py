@@ -29,7 +29,8 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.models.loading import load_tokenizer, save_tokenizer
+from pipeline.models.loading import is_vision, load_tokenizer, model_class, save_tokenizer
+from pipeline.models.vision import PROJECTOR_NAMES, VISION_TOWER_NAMES
 from pipeline.models.memory import BYTES_PER_PARAM, NF4_OVERHEAD
 from pipeline.ranges import at_least, setting
 
@@ -149,9 +150,11 @@ def resolve_compute_dtype(cfg: BnbConfig, device: str) -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
-def quantization_settings(cfg: BnbConfig, device: str) -> dict[str, Any]:
-    """BitsAndBytesConfig's arguments (dtype as a name), as the manifest records them."""
-    skip = list(cfg.skip_modules) if cfg.skip_modules is not None else ["lm_head"]
+def quantization_settings(cfg: BnbConfig, device: str, vision: bool = False) -> dict[str, Any]:
+    """BitsAndBytesConfig's arguments (dtype as a name), as the manifest records them. A vision-language model
+    keeps its image encoder and projector unquantized by default, as the output layer (small, and sensitive)."""
+    default_skip = ["lm_head", *VISION_TOWER_NAMES, *PROJECTOR_NAMES] if vision else ["lm_head"]
+    skip = list(cfg.skip_modules) if cfg.skip_modules is not None else default_skip
     if cfg.mode == "int8":
         return {"load_in_8bit": True, "llm_int8_threshold": cfg.int8_threshold, "llm_int8_skip_modules": skip}
     return {"load_in_4bit": True, "bnb_4bit_quant_type": cfg.mode, "bnb_4bit_use_double_quant": cfg.double_quant,
@@ -164,16 +167,16 @@ def quantization_settings(cfg: BnbConfig, device: str) -> dict[str, Any]:
 def run(cfg: BnbConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model with bitsandbytes (NF4/FP4 4-bit or LLM.int8) and save it."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     source = inputs.primary
-    settings = quantization_settings(cfg, ctx.device)
+    settings = quantization_settings(cfg, ctx.device, vision=is_vision(ctx.model, source.model_under()))
     dtype = getattr(torch, resolve_compute_dtype(cfg, ctx.device))
     quant = BitsAndBytesConfig(**{k: (getattr(torch, v) if k == "bnb_4bit_compute_dtype" else v)
                                   for k, v in settings.items()})
     started = time.time()
     revision = ctx.model.revision if source.path == ctx.model.path else None
-    model = AutoModelForCausalLM.from_pretrained(
+    model = model_class(source.path, ctx.model).from_pretrained(
         source.path, revision=revision, quantization_config=quant, dtype=dtype,
         device_map={"": 0} if ctx.device == "cuda" else {"": "cpu"}, trust_remote_code=ctx.model.trust_remote_code)
     out_dir = Path(ctx.out_dir)

@@ -11,7 +11,7 @@ from exports.parity import ParityFields
 from pipeline.artifact import Artifact, ArtifactKind, weight_bytes
 from pipeline.data.datasets import load
 from pipeline.errors import ConfigError, PlanError
-from pipeline.models.loading import load_causal_lm, local_folder
+from pipeline.models.loading import load_causal_lm, local_folder, model_class
 
 # Stage kinds whose checkpoints are quantized: they cannot be quantized again, and llama.cpp's
 # converter cannot read them.
@@ -71,7 +71,7 @@ def reload_check(folder: Path, source: Artifact, ctx, is_quantized: Callable[[An
     quantized, and one forward per text must give the source's logits shape. Also reports how often
     both models pick the same next token on those texts (teacher-forced, so one early difference
     does not hide the rest, unlike greedy parity)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     reference = load_causal_lm(source, ctx.model, ctx.device).eval()
@@ -81,7 +81,7 @@ def reload_check(folder: Path, source: Artifact, ctx, is_quantized: Callable[[An
 
     started = time.time()
     kwargs = {"device_map": {"": 0}} if ctx.device == "cuda" else {}
-    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs).eval()
+    model = model_class(str(folder), ctx.model).from_pretrained(str(folder), **kwargs).eval()
     seconds = round(time.time() - started, 2)
     classes = sorted({type(m).__name__ for m in model.modules() if is_quantized(m)})
     if not classes:

@@ -21,7 +21,7 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError
-from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer, torch_dtype
+from pipeline.models.loading import load_causal_lm, load_tokenizer, model_class, save_tokenizer, torch_dtype
 from pipeline.models.memory import BYTES_PER_PARAM, Workload
 from pipeline.engine.contract import StageConfig
 
@@ -83,11 +83,11 @@ def merge_adapter(adapter: Artifact, ctx, out_dir: Path, dtype: Optional[str] = 
 def _dequantized_base(base_path: str, settings: dict, ctx, dtype):
     """The base quantized exactly as QLoRA trained on it, then dequantized back to `dtype`."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     compute = getattr(torch, settings.get("bnb_4bit_compute_dtype", "float32"))
     quant = BitsAndBytesConfig(**{**settings, "bnb_4bit_compute_dtype": compute})
-    model = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, dtype=compute,
+    model = model_class(base_path, ctx.model).from_pretrained(base_path, quantization_config=quant, dtype=compute,
                                                  trust_remote_code=ctx.model.trust_remote_code,
                                                  device_map={"": ctx.device if ctx.device != "cuda" else 0})
     model = model.dequantize()

@@ -8,9 +8,10 @@ from pipeline.evaluation import registry
 
 
 def test_every_shipped_task_is_registered_in_run_order():
-    assert registry.names() == ("speed", "math", "reasoning", "instruct", "judge", "tools", "mcq", "code",
-                                "perplexity", "lm_eval")
-    assert registry.default_budgets() == {"math": 256, "instruct": 256, "tools": 128, "code": 256}
+    assert registry.names() == ("speed", "math", "reasoning", "instruct", "judge", "tools", "mcq", "vqa",
+                                "hallucination", "code", "perplexity", "lm_eval")
+    assert registry.default_budgets() == {"math": 256, "instruct": 256, "tools": 128, "vqa": 16, "hallucination": 4,
+                                          "code": 256}
     assert [s.name for s in registry.with_needs(["judge", "reasoning"])] == ["math", "reasoning", "instruct", "judge"]
 
 
@@ -123,8 +124,12 @@ def test_tasks_and_stages_declare_their_percent_metrics():
     from pipeline.engine import registry as stages
     from pipeline.engine import report
 
+    pope = {f"{figure}{suffix}" for figure in ("hallucination_rate", "pope_accuracy", "pope_precision", "pope_recall",
+                                               "pope_f1", "pope_yes_ratio")
+            for suffix in ("", "_random", "_popular", "_adversarial")}
     assert registry.percent_metrics() == {"math_accuracy", "stopped_at_eos", "instruct_pass_rate", "tools_call_match",
-                                          "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "reasoning_has_think"}
+                                          "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "reasoning_has_think",
+                                          "vqa_accuracy", "vqa_stopped_at_eos"} | pope
     assert stages.get("gguf").percent == ("parity_identical", "parity_token_agreement") and stages.get("sft").percent == ()
     assert report.percent_metrics() == registry.percent_metrics() | {"parity_identical", "parity_token_agreement"}
     assert report._fmt("mcq_accuracy", 0.25) == "25.0%" and report._fmt("parity_identical", 1) == "100.0%"

@@ -7,7 +7,8 @@ import time
 from pipeline.artifact import Artifact
 from pipeline.backends.base import Generation, Progress, Timing, _Clock
 from pipeline.backends.perplexity import hf_nll
-from pipeline.models.loading import load_causal_lm, load_tokenizer
+from pipeline.errors import PlanError
+from pipeline.models.loading import is_vision, load_causal_lm, load_processor, load_tokenizer
 from pipeline.models.memory import ModelShape, generation_batch
 
 
@@ -18,7 +19,12 @@ class HFBackend:
 
     def __init__(self, artifact: Artifact, ctx, dtype: str | None, batch_size: int):
         started = time.time()
-        self.tokenizer = load_tokenizer(artifact.tokenizer_dir(), ctx.model, padding_side="left")
+        self.processor = None  # a vision-language model's: it renders image prompts
+        if is_vision(ctx.model, artifact.model_under()):
+            self.processor = load_processor(artifact.tokenizer_dir(), ctx.model, padding_side="left")
+            self.tokenizer = self.processor.tokenizer
+        else:
+            self.tokenizer = load_tokenizer(artifact.tokenizer_dir(), ctx.model, padding_side="left")
         self.model = load_causal_lm(artifact, ctx.model, ctx.device, dtype, merge_adapter=True).eval()
         self.device = ctx.device
         self.batch_size = batch_size
@@ -28,15 +34,21 @@ class HFBackend:
         self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.load_seconds = round(time.time() - started, 3)
 
-    def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None) -> list[Generation]:
-        return hf_generate(self.model, self.tokenizer, prompts, self._fitting_batch(prompts, max_new_tokens),
-                           max_new_tokens, self.device, self.stop_ids, progress)
+    def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None,
+                 images: list[list] | None = None) -> list[Generation]:
+        """Greedy answers; `images`: each prompt's PIL images, in the order of its image placeholders."""
+        if images is not None and self.processor is None:
+            raise PlanError(f"{self.model.name_or_path} is not a vision-language model: it cannot take images")
+        return hf_generate(self.model, self.processor if images is not None else self.tokenizer, prompts,
+                           self._fitting_batch(prompts, max_new_tokens), max_new_tokens, self.device, self.stop_ids,
+                           progress, images)
 
     def _fitting_batch(self, prompts: list[str], max_new_tokens: int) -> int:
         """The configured batch, lowered where its KV cache would not fit (pipeline.models.memory)."""
         if not prompts:
             return self.batch_size
         longest = max(len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        longest += self.image_tokens(prompts[0])
         value_bytes = self.model.dtype.itemsize if hasattr(self.model, "dtype") else 4
         batch = generation_batch(ModelShape.from_config(self.model.config.to_dict()), longest + max_new_tokens,
                                  self.batch_size, self.device, value_bytes)
@@ -44,6 +56,12 @@ class HFBackend:
             print(f"[eval] batch {self.batch_size} -> {batch}: the KV cache of {longest + max_new_tokens} tokens per "
                   f"prompt must fit in the memory available", flush=True)
         return batch
+
+    def image_tokens(self, prompt: str) -> int:
+        """The tokens the processor expands a prompt's image placeholders into (0 for a text model)."""
+        seq = getattr(self.processor, "image_seq_len", None) or getattr(self.processor, "num_image_tokens", None)
+        token = getattr(self.processor, "image_token", None)
+        return int(seq) * prompt.count(token) if seq and token else 0
 
     def timed(self, prompt: str, new_tokens: int) -> Timing:
         """One streamed greedy generation of exactly `new_tokens` tokens (EOS ignored)."""
@@ -68,12 +86,16 @@ class HFBackend:
 
 
 def hf_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, device: str,
-                stop_ids: set[int] | None = None, progress: str | None = None) -> list[Generation]:
+                stop_ids: set[int] | None = None, progress: str | None = None,
+                images: list[list] | None = None) -> list[Generation]:
     """Batched greedy generation with left padding; each result is cut at its first stop token.
     Prompts are rendered chat text that carries its own special tokens (BOS included where the
-    template writes one), so the tokenizer adds none: the same ids llama.cpp gets."""
+    template writes one), so the tokenizer adds none: the same ids llama.cpp gets. With `images`,
+    `tokenizer` is the model's processor, which expands each prompt's image placeholders."""
     import torch
 
+    processor = tokenizer if images is not None else None
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     if stop_ids is None:
         eos = model.generation_config.eos_token_id
         stop_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else []) | {tokenizer.eos_token_id}
@@ -82,7 +104,12 @@ def hf_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_t
     with Progress(progress, len(prompts)) as bar:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            if processor is not None:
+                batch = processor(text=chunk, images=images[start:start + batch_size], return_tensors="pt",
+                                  padding=True, add_special_tokens=False).to(device)
+                batch["pixel_values"] = batch["pixel_values"].to(model.dtype)  # the processor gives float32
+            else:
+                batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)

@@ -24,3 +24,19 @@ def prompt_tokenizer(backend, ctx):
     if getattr(backend, "tokenizer", None) is not None:
         return backend.tokenizer
     return load_tokenizer(ctx.chain["base"].path if "base" in ctx.chain else ctx.model.path, ctx.model)
+
+
+def image_prompts(backend, records: list[dict], ctx) -> tuple[list[str], list[list]]:
+    """Each record's chat (`prompt`, image parts included) rendered by the model's processor, and its images
+    (PIL, in placeholder order) for backend.generate(..., images=...)."""
+    from pipeline.data.images import load_image
+    from pipeline.errors import PlanError
+    from pipeline.training.images import image_refs, placeholders
+
+    processor = getattr(backend, "processor", None)
+    if processor is None:
+        raise PlanError(f"stages.{ctx.name}: the {backend.name} backend of this model takes no images "
+                        "(a vision-language model's HF folder or adapter does)")
+    prompts = [processor.apply_chat_template(placeholders(r["prompt"]), tokenize=False, add_generation_prompt=True)
+               for r in records]
+    return prompts, [[load_image(ref) for ref in image_refs(r["prompt"])] for r in records]

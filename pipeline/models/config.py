@@ -28,5 +28,7 @@ class ModelConfig:
     params_b: Optional[float] = positive(None, help="parameter count (billions) for planning hub models")
     attn_implementation: Optional[str] = setting(None, "null: flash_attention_2 on a GPU in 16-bit where installed, "
                                                        "else transformers' choice")
+    vision: Optional[bool] = setting(None, "a vision-language model (AutoModelForImageTextToText + AutoProcessor); "
+                                           "null: from its config.json (a vision_config)")
     tuning: Tuning = setting(factory=Tuning, help="what recipes and stage defaults use for this model")
     source: Optional[str] = setting(None, "set by tunechain: the GGUF source that `path` was converted from")

@@ -18,6 +18,7 @@ from pipeline.errors import ConfigError, ModelUnavailable
 from pipeline.hashing import folder_digest
 from pipeline.hub import hub_commit, hub_reachable
 from pipeline.models.config import DTYPES, ModelConfig
+from pipeline.models.vision import copy_processor_files, folder_is_vision
 
 
 def local_folder(path: str) -> Path | None:
@@ -119,10 +120,33 @@ def load_tokenizer(source: str, model: ModelConfig, padding_side: str = "right")
     return tokenizer
 
 
+def is_vision(model, path: str | None = None) -> bool:
+    """Whether the chain's model (a ModelConfig) is a VLM: its entry's `vision`, else its folder's config."""
+    if model.vision is not None:
+        return bool(model.vision)
+    folder = local_folder(path or model.path)
+    return folder_is_vision(folder)
+
+
+def load_processor(source: str, model, padding_side: str = "right"):
+    """The model's AutoProcessor, with the entry's chat template and thinking switch applied as for a tokenizer."""
+    from transformers import AutoProcessor
+
+    processor = _from_pretrained(AutoProcessor, source, model)
+    tokenizer = load_tokenizer(source, model, padding_side)  # pad token, template override, thinking switch
+    processor.tokenizer = tokenizer
+    if model.chat_template or getattr(processor, "chat_template", None) is None:
+        processor.chat_template = tokenizer.chat_template
+    return processor
+
+
 def save_tokenizer(tokenizer, source: Artifact, out_dir: Path | str) -> None:
-    """Save `tokenizer` (loaded from `source`'s tokenizer folder) beside the model written to `out_dir`.
+    """Save `tokenizer` (loaded from `source`'s tokenizer folder) beside the model written to `out_dir`, with a
+    VLM's processor files.
     save_pretrained does not write a SentencePiece tokenizer.model: it is copied from that folder."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a VLM's processor: its files are copied below
     tokenizer.save_pretrained(out_dir)
+    copy_processor_files(source.tokenizer_dir(), out_dir)  # a VLM's image processor and its template
     original = Path(source.tokenizer_dir()) / "tokenizer.model"
     if original.is_file() and not (Path(out_dir) / "tokenizer.model").exists():
         shutil.copy2(original, Path(out_dir) / "tokenizer.model")
@@ -167,9 +191,7 @@ def check_thinking_switch(model: ModelConfig) -> None:
 
 def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_name: str | None = None,
                    merge_adapter: bool = False):
-    """Load a model artifact, or an adapter artifact on top of its base."""
-    from transformers import AutoModelForCausalLM
-
+    """Load a model artifact, or an adapter artifact on top of its base (a VLM with its image side)."""
     dtype = torch_dtype(dtype_name or model.dtype, device, model.path)
     kwargs: dict[str, Any] = {"dtype": dtype}
     implementation = attention(model, device, dtype)
@@ -178,13 +200,23 @@ def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_na
     if artifact.kind == ArtifactKind.adapter:
         from peft import PeftModel
 
-        base = _from_pretrained(AutoModelForCausalLM, artifact.base_model, model, **kwargs)
+        base = _from_pretrained(model_class(artifact.base_model, model), artifact.base_model, model, **kwargs)
         lm = PeftModel.from_pretrained(base, artifact.path)
         if merge_adapter:
             lm = lm.merge_and_unload()
     else:
-        lm = _from_pretrained(AutoModelForCausalLM, artifact.path, model, **kwargs)
+        lm = _from_pretrained(model_class(artifact.path, model), artifact.path, model, **kwargs)
     return lm if placed_by_sharding() else lm.to(device)
+
+
+def model_class(path: str, model: ModelConfig):
+    """AutoModelForImageTextToText for a vision-language model (its folder's config, or the entry's
+    `vision` for a hub id not downloaded yet), else AutoModelForCausalLM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    folder = local_folder(path)
+    vision = folder_is_vision(folder) if folder is not None else bool(model.vision)
+    return AutoModelForImageTextToText if vision else AutoModelForCausalLM
 
 
 def attention(model: ModelConfig, device: str, dtype) -> str | None:

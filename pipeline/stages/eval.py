@@ -37,11 +37,15 @@ class EvalConfig(StageConfig):
     kind: str = setting("eval", "the stage kind")
     tasks: List[str] = setting(factory=lambda: ["math", "perplexity"],
                                help="math | perplexity | speed | instruct | judge | tools | mcq | code | reasoning | "
-                                    "lm_eval, or a task of your own (README: eval tasks)")
+                                    "lm_eval | vqa | hallucination, or a task of your own (README: eval tasks)")
     math: DatasetSpec = setting(MISSING, "arithmetic problems with a final number (gsm8k)", purpose="gsm8k")
     text: DatasetSpec = setting(MISSING, "held-out documents (task perplexity)", purpose="text")
     instruct: DatasetSpec = setting(MISSING, "prompts with verifiable checks and reference answers (tasks instruct, "
                                              "judge)", purpose="instruct")
+    vqa: Optional[DatasetSpec] = setting(None, "questions about images with short answers (task vqa)",
+                                         purpose="prompt")
+    pope: Optional[DatasetSpec] = setting(None, "yes/no questions about objects in and not in images (task "
+                                                "hallucination)", purpose="prompt")
     judge: JudgeConfig = setting(factory=JudgeConfig, help="an OpenAI-compatible judge that grades the instruct answers "
                                                            "1-10 (task judge)")
     judge_stage: Optional[str] = setting(None, "an earlier gguf stage as the judge, served on loopback; list it in "
@@ -92,7 +96,7 @@ class EvalConfig(StageConfig):
     def unused_datasets(self) -> set[str]:
         """Data the chosen tasks never read: not checked at plan time, not in the fingerprint."""
         read = {field_name for spec in eval_tasks.with_needs(self.tasks) for field_name in spec.reads}
-        return {"math", "text", "instruct"} - read
+        return {"math", "text", "instruct", "vqa", "pope"} - read
 
     def memory_profile(self, sources):
         budgets = [self.budget(s.name) for s in eval_tasks.with_needs(self.tasks) if s.budget is not None]

@@ -12,6 +12,7 @@ from typing import Any, List, Optional
 from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.models.loading import local_folder, model_type
 from pipeline.models.memory import checkpointing_by_default, count_parameters
+from pipeline.models.vision import lora_target_pattern, projector_modules
 from pipeline.ranges import at_least, between, positive, setting
 
 # transformers' SchedulerType values (tests/test_ranges.py keeps them in step)
@@ -30,13 +31,22 @@ class LoraSpec:
     use_rslora: bool = setting(False, "rank-stabilized scale alpha / sqrt(r)")
 
 
-def lora_config(spec: LoraSpec, default_targets: list[str]):
+def lora_config(spec: LoraSpec, default_targets: list[str], vision_model=None, vision=None):
+    """peft's LoraConfig; for a vision-language model (`vision_model`), the targets are matched in its language
+    model only (and its vision encoder where `vision.tune_vision_tower`), and the projector trains whole where
+    `vision.tune_projector`."""
     from peft import LoraConfig
 
     targets = list(spec.target_modules or default_targets)
+    extra = {}
+    if vision_model is not None:
+        extra["target_modules"] = lora_target_pattern(vision_model, targets, vision.tune_vision_tower)
+        if vision.tune_projector:
+            extra["modules_to_save"] = projector_modules(vision_model)
+    else:
+        extra["target_modules"] = "all-linear" if targets == ["all-linear"] else targets
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, task_type="CAUSAL_LM",
-                      target_modules="all-linear" if targets == ["all-linear"] else targets,
-                      use_dora=spec.use_dora, use_rslora=spec.use_rslora)
+                      use_dora=spec.use_dora, use_rslora=spec.use_rslora, **extra)
 
 
 def device_args(device: str, hardware: dict[str, Any], gradient_checkpointing: bool | None,

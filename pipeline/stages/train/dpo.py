@@ -26,10 +26,10 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact, ArtifactKind
-from pipeline.data.datasets import DatasetSpec, prepared
+from pipeline.data.datasets import DatasetSpec, load, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
-from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.loading import is_vision, load_causal_lm, load_processor, load_tokenizer, save_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive, setting
 from pipeline.stages.train.sft import Method, trained_kind
@@ -45,6 +45,8 @@ from pipeline.training.common import (
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
+from pipeline.training.images import image_dataset, preference_rows
+from pipeline.training.vision import VisionSpec
 from pipeline.engine.contract import StageConfig
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
@@ -92,6 +94,8 @@ class DPOConfig(StageConfig):
                                          help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
                                               "resumes")
     lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
+    vision: VisionSpec = setting(factory=VisionSpec, help="a vision-language model: which image-side parts a new "
+                                                          "adapter trains")
 
     def memory_profile(self, sources):
         # chosen and rejected go through the policy together; the reference's forward holds no activations
@@ -105,6 +109,12 @@ def _dataset(spec: DatasetSpec, hardware: dict, limit: int | None = None):
     rows = prepared(spec, "preference", hardware=hardware, desc="preference pairs")
     rows = rows.select_columns(["prompt", "chosen", "rejected"])
     return rows.select(range(limit)) if limit and limit < len(rows) else rows
+
+
+def _image_pairs(spec: DatasetSpec, limit: int | None = None):
+    """Preference records whose prompts carry images, as rows with lazily loaded images."""
+    records = load(spec, "preference")
+    return image_dataset(preference_rows(records[:limit] if limit else records))
 
 
 def _model_artifact(path: str) -> Artifact:
@@ -131,7 +141,10 @@ def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
         return model, None, reference, f"continuing the input adapter; {ref_text}"
     model = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True)
     if cfg.method == Method.lora:
-        return model, lora_config(cfg.lora, ctx.model.lora_target_modules), reference, f"new LoRA; {ref_text}"
+        vision = is_vision(ctx.model, under)  # a VLM: LoRA on its language model only
+        peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules, vision_model=model if vision else None,
+                                  vision=cfg.vision)
+        return model, peft_config, reference, f"new LoRA; {ref_text}"
     if reference is None:  # full training: a second, frozen copy of the input
         reference = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).eval()
     return model, None, reference, f"full model; {ref_text}"
@@ -173,9 +186,15 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     from trl import DPOTrainer
 
     source = inputs.primary
-    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
-    train_set = _dataset(cfg.dataset, ctx.hardware)
-    eval_set = _dataset(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
+    vision = is_vision(ctx.model, source.model_under())
+    if vision:  # image pairs: the processor renders them batch by batch (trl's vision preference collator)
+        tokenizer = load_processor(source.tokenizer_dir(), ctx.model)
+        train_set = _image_pairs(cfg.dataset)
+        eval_set = _image_pairs(cfg.eval_dataset, cfg.eval_limit) if cfg.eval_dataset is not None else None
+    else:
+        tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
+        train_set = _dataset(cfg.dataset, ctx.hardware)
+        eval_set = _dataset(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = TrlDPOConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,

@@ -19,6 +19,8 @@ from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError, PlanError
+from pipeline.models.loading import is_vision, model_class
+from pipeline.models.vision import PROJECTOR_NAMES, VISION_TOWER_NAMES
 from pipeline.stages.train.sft import Method, SFTConfig, train
 from pipeline.training.common import resolved_checkpointing
 
@@ -81,11 +83,15 @@ def resolve_compute_dtype(name: str, device: str) -> str:
     return "float32"  # bf16 4-bit matmuls measured 6x slower than fp32 on a 2-core CPU
 
 
-def quantization_settings(cfg: QLoRAConfig, device: str) -> dict:
-    """What the manifest records and what BitsAndBytesConfig gets."""
-    return {"load_in_4bit": True, "bnb_4bit_quant_type": cfg.quant_type.value,
-            "bnb_4bit_use_double_quant": cfg.double_quant,
-            "bnb_4bit_compute_dtype": resolve_compute_dtype(cfg.compute_dtype, device)}
+def quantization_settings(cfg: QLoRAConfig, device: str, vision: bool = False) -> dict:
+    """What the manifest records and what BitsAndBytesConfig gets. A vision-language model's image encoder and
+    projector stay in the compute dtype (frozen, small, and sensitive to 4-bit rounding)."""
+    settings = {"load_in_4bit": True, "bnb_4bit_quant_type": cfg.quant_type.value,
+                "bnb_4bit_use_double_quant": cfg.double_quant,
+                "bnb_4bit_compute_dtype": resolve_compute_dtype(cfg.compute_dtype, device)}
+    if vision:
+        settings["llm_int8_skip_modules"] = ["lm_head", *VISION_TOWER_NAMES, *PROJECTOR_NAMES]
+    return settings
 
 
 @stage("qlora", config=QLoRAConfig, consumes={"model"}, produces="adapter",
@@ -94,9 +100,9 @@ def run(cfg: QLoRAConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Quantize the input model to 4 bits on load and train a LoRA adapter on it."""
     import torch
     from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
-    settings = quantization_settings(cfg, ctx.device)
+    settings = quantization_settings(cfg, ctx.device, vision=is_vision(ctx.model, inputs.primary.model_under()))
     compute_dtype = getattr(torch, settings["bnb_4bit_compute_dtype"])
     quant = BitsAndBytesConfig(**{**settings, "bnb_4bit_compute_dtype": compute_dtype})
     optim = cfg.optim if cfg.optim != "auto" else ("paged_adamw_8bit" if ctx.device == "cuda" else "adamw_torch")
@@ -104,7 +110,7 @@ def run(cfg: QLoRAConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     def load_4bit():
         # each rank's 4-bit base on its own GPU (the worker sets the current device per LOCAL_RANK)
         place = torch.cuda.current_device() if ctx.device == "cuda" else "cpu"
-        model = AutoModelForCausalLM.from_pretrained(
+        model = model_class(inputs.primary.path, ctx.model).from_pretrained(
             inputs.primary.path, quantization_config=quant, dtype=compute_dtype, device_map={"": place},
             trust_remote_code=ctx.model.trust_remote_code)
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=resolved_checkpointing(

@@ -17,11 +17,11 @@ from omegaconf import MISSING
 
 from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.chat_tokens import tokenize_chats, tokenize_record, truncated
-from pipeline.data.datasets import DatasetSpec, prepared
+from pipeline.data.datasets import DatasetSpec, load, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import PlanError
-from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.loading import is_vision, load_causal_lm, load_processor, load_tokenizer, save_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, one_of, positive, setting
 from pipeline.training.common import (
@@ -36,6 +36,8 @@ from pipeline.training.common import (
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
+from pipeline.training.images import image_dataset, sft_rows
+from pipeline.training.vision import VisionSpec, freeze_image_side
 from pipeline.engine.contract import StageConfig
 
 
@@ -78,6 +80,7 @@ class SFTConfig(StageConfig):
                                          help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
                                               "resumes")
     lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter")
+    vision: VisionSpec = setting(factory=VisionSpec, help="a vision-language model: which image-side parts train")
 
     def memory_profile(self, sources):
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
@@ -129,12 +132,19 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     source = inputs.primary
     tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     turns = cfg.assistant_turns.value
-    if records is not None:  # teacher-written chats: as many as the teacher answered, already in memory
+    vision = is_vision(ctx.model, source.model_under())
+    if vision and records is None:  # image chats: the processor renders and tokenizes them, batch by batch
+        tokenizer = load_processor(source.tokenizer_dir(), ctx.model)
+        records = load(cfg.dataset, "sft")
+    if vision:
+        dataset = image_dataset(sft_rows(records))
+    elif records is not None:  # teacher-written chats: as many as the teacher answered, already in memory
         dataset = Dataset.from_list([truncated(r, cfg.max_length) for r in tokenize_chats(tokenizer, records, turns)])
     else:  # Arrow end to end, tokenized once per data and tokenizer version (datasets' cache)
         dataset = prepared(cfg.dataset, "sft", partial(tokenize_record, tokenizer=tokenizer, turns=turns,
                                                        max_length=cfg.max_length), ctx.hardware, desc="tokenizing chats")
-    speed = speed_args(cfg, ctx.device, source)
+    speed = speed_args(cfg, ctx.device, source) if not vision else {**speed_args(cfg, ctx.device, source),
+                                                                     "packing": False, "padding_free": False}
     batching = "packed" if speed["packing"] else "padding-free" if speed["padding_free"] else "padded"
     args = TrlSFTConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
@@ -146,8 +156,13 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
         seed=ctx.seed, **speed, **checkpoints.trainer_args(cfg.checkpoint),
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b), **_optimizer_args(cfg),
     )
-    peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules) if cfg.method == Method.lora else None
     model = load_model()
+    peft_config = None
+    if cfg.method == Method.lora:
+        peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules,
+                                  vision_model=model if vision else None, vision=cfg.vision)
+    elif vision:
+        freeze_image_side(model, cfg.vision)
     share = rank_share(model)
     if share:
         ctx.log(f"ZeRO-3: weights created partitioned (zero.Init); this rank holds {share['rank_param_share']:.0%}")
