@@ -24,12 +24,13 @@ from exports.common import QUANTIZED_KINDS
 from pipeline.llama_cpp.gguf_metadata import converter_folder, hf_expectations, verify_and_fix
 from exports.merge import merge_adapter
 from exports.parity import PARITY_PERCENT, ParityFields, compare_with_source
-from pipeline.artifact import Artifact, ArtifactKind, weight_bytes
+from pipeline.artifact import MMPROJ, Artifact, ArtifactKind, weight_bytes
 from pipeline.ranges import setting
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
 from pipeline.models.loading import local_folder
+from pipeline.models.vision import folder_is_vision
 from pipeline.models.memory import GGUF_BYTES_PER_PARAM
 
 MODEL_KINDS = (ArtifactKind.model, ArtifactKind.adapter)
@@ -68,6 +69,17 @@ class GGUFConfig(ParityFields):
             return earlier.get(self.inputs[0])
         return next((s for s in reversed(list(earlier.values())) if s.output_kind in MODEL_KINDS), None)
 
+    def check_model(self, where: str, folder: Path | None) -> None:
+        """A vision-language model converts only where this llama.cpp has both halves: its language model and
+        its image projector (mmproj); elsewhere the plan stops here, naming the architecture."""
+        if folder is None or not folder_is_vision(folder):
+            return
+        config = json.loads((folder / "config.json").read_text())
+        problem = mmproj_problem(config)
+        if problem:
+            raise PlanError(f"{where}: {problem}; keep this model in HF form (merge) or quantize it with "
+                            f"bitsandbytes (bnb_nf4) instead")
+
     def check_device(self, where: str, device: str) -> None:
         try:
             import llama_cpp  # noqa: F401
@@ -79,6 +91,22 @@ class GGUFConfig(ParityFields):
         except PlanError as e:
             raise PlanError(f"{where}: {e}") from None
 
+
+
+def mmproj_problem(config: dict) -> str | None:
+    """Why this llama.cpp cannot write a GGUF + mmproj pair for a vision-language model's config, or None."""
+    architecture = (config.get("architectures") or ["?"])[0]
+    text_architecture = ((config.get("text_config") or {}).get("architectures") or [architecture])[0]
+    version = converter.bindings_version()
+    if architecture not in converter.architectures(mmproj=True):
+        return f"llama.cpp {version}'s converter has no image projector (mmproj) for {architecture}"
+    if text_architecture not in converter.architectures(mmproj=False):
+        return f"llama.cpp {version}'s converter cannot convert {architecture}'s language model ({text_architecture})"
+    vision_type = (config.get("vision_config") or {}).get("model_type")
+    if architecture == "LlavaForConditionalGeneration" and vision_type != "pixtral":
+        return (f"llama.cpp {version}'s converter writes an mmproj for LLaVA with a Pixtral encoder only, not "
+                f"{vision_type} (its legacy llava scripts are not part of the converter)")
+    return None
 
 
 def is_k_quant(quant: str) -> bool:
@@ -134,6 +162,9 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         ctx.log(f"converted {hf_dir} to {meta['converter_outtype']}"
                 + (f", quantized to {cfg.quant}" if cfg.quant != meta["converter_outtype"] else ""))
         meta["metadata_fixed"] = verify_and_fix(out_file, expected, ctx.log)
+        if folder_is_vision(hf_dir):  # the image encoder and projector, in their own file beside the model's
+            meta["mmproj"] = _build_mmproj(convert_dir, meta, ctx).name
+            ctx.log(f"image projector: {meta['mmproj']}")
         metrics["convert_seconds"] = round(time.time() - started, 2)
         meta.update(file=out_file.name, chat_template_present=expected["chat_template"] is not None,
                     eos_token=expected["eos_text"], eos_token_id=expected["eos_id"],
@@ -150,7 +181,8 @@ def run(cfg: GGUFConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         metrics.update(size_mb=round(gguf_bytes / 2**20, 2), source_size_mb=round(source_bytes / 2**20, 2),
                        compression_ratio=round(source_bytes / gguf_bytes, 3) if source_bytes else None)
         exported = Artifact(kind="gguf", path=str(ctx.out_dir), fingerprint="", format=f"gguf-{cfg.quant}",
-                            base_model=source.base_model or source.path, meta={"file": out_file.name})
+                            base_model=source.base_model or source.path,
+                            meta={"file": out_file.name, **({"mmproj": meta["mmproj"]} if "mmproj" in meta else {})})
         metrics.update(compare_with_source(cfg, hf_source, exported, ctx))
     finally:
         shutil.rmtree(staged_dir, ignore_errors=True)
@@ -179,6 +211,15 @@ def _local_folder(artifact: Artifact, ctx: StageContext) -> Path:
     return Path(snapshot_download(artifact.path, revision=revision,
                                   allow_patterns=["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt",
                                                   "*.tiktoken"]))
+
+
+def _build_mmproj(hf_dir: Path, meta: dict, ctx: StageContext) -> Path:
+    """mmproj-<type>.gguf: the image side at the source's precision (f32 stays f32, 16-bit becomes f16); the
+    language model's quantization does not apply to it, as llama.cpp's own releases ship it."""
+    outtype = "f32" if meta["source_dtype"] == "float32" else "f16"
+    out_file = ctx.out_dir / f"{MMPROJ}-{outtype}.gguf"
+    converter.convert(hf_dir, out_file, outtype, ctx.model.name, mmproj=True)
+    return out_file
 
 
 def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageContext) -> Path:

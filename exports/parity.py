@@ -18,7 +18,7 @@ from pipeline.backends.open import open_backend
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.errors import TunechainError
 from pipeline.hashing import hash_json
-from pipeline.models.loading import load_tokenizer
+from pipeline.models.loading import is_vision, load_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.paths import cache_root
 from pipeline.ranges import at_least, between, setting
@@ -29,7 +29,7 @@ class ParityError(TunechainError):
     """The exported model disagrees with its source more than the stage allows."""
 
 
-PARITY_PERCENT = ("parity_identical", "parity_token_agreement")  # shares of the prompts, shown as %
+PARITY_PERCENT = ("parity_identical", "parity_token_agreement", "parity_image_identical", "parity_image_token_agreement")  # shares of the prompts, shown as %
 
 
 @dataclass
@@ -42,6 +42,9 @@ class ParityFields(StageConfig):
     parity_max_new_tokens: int = at_least(1, MISSING, help="tokens generated per prompt")
     parity_min_identical: Optional[float] = between(None, 0, 1,
                                                     help="fail the stage when fewer prompts match token for token")
+    parity_images: Optional[DatasetSpec] = setting(None, "a vision-language model's image questions both models "
+                                                         "answer too (prompt records with an image part)",
+                                                   purpose="prompt")
 
     def memory_profile(self, sources):
 
@@ -57,20 +60,29 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
     records = records[:cfg.parity_limit] if cfg.parity_limit else records
     prompts = [chat_prompt(_source_tokenizer(source, ctx), r["question"]) for r in records]
     cached = _reference_file(source, prompts, cfg.parity_max_new_tokens, dtype, ctx)
-    if cached is not None and cached.is_file():  # another export of the same model already generated these
+    image_records = _image_records(source, cfg, ctx)
+    want_images = None
+    if cached is not None and cached.is_file() and not image_records:
+        # another export of the same model already generated these
         want = [Generation(**g) for g in json.loads(cached.read_text())]
         ctx.log(f"parity: the source's {len(want)} greedy answers reused from {cached}")
     else:  # only now load the source model (a cache hit needs its tokenizer alone)
         reference = open_backend(source, ctx, dtype)
         want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
+        want_images = _answer_images(reference, image_records, cfg, ctx, "source")
         reference.close()
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cached, [dataclasses.asdict(g) for g in want])
     candidate = open_backend(exported, ctx, dtype)
     got = candidate.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: export")
+    got_images = _answer_images(candidate, image_records, cfg, ctx, "export") if want_images is not None else None
     candidate.close()
     metrics = compare(records, want, got)
+    if want_images is not None and got_images is not None:
+        metrics.update(image_parity(image_records, want_images, got_images, ctx.out_dir / "parity_images.jsonl"))
+        ctx.log(f"image parity: {metrics['parity_image_identical']:.1%} of {len(image_records)} image prompts "
+                f"token-identical, token agreement {metrics['parity_image_token_agreement']:.1%}")
     metrics["parity_backend"] = candidate.name
     with open(ctx.out_dir / "parity.jsonl", "w") as handle:
         for record, a, b in zip(records, want, got):
@@ -84,6 +96,37 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
         raise ParityError(f"{ctx.name}: only {metrics['parity_identical']:.1%} of prompts give the source's greedy "
                           f"tokens (parity_min_identical {cfg.parity_min_identical}); see {ctx.out_dir}/parity.jsonl")
     return metrics
+
+
+def _image_records(source: Artifact, cfg: ParityFields, ctx) -> list[dict]:
+    """The image questions, for a vision-language source (none for a text model)."""
+    if cfg.parity_images is None or not is_vision(ctx.model, source.model_under()):
+        return []
+    records = load(cfg.parity_images, "prompt")
+    return records[:cfg.parity_limit] if cfg.parity_limit else records
+
+
+def _answer_images(backend, records: list[dict], cfg: ParityFields, ctx, side: str) -> list[Generation] | None:
+    """Greedy answers to the image questions, where this backend takes images (None: a text model)."""
+    from pipeline.evaluation.common import image_prompts
+
+    if not records or getattr(backend, "processor", None) is None:
+        return None
+    prompts, images = image_prompts(backend, records, ctx)
+    return backend.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] image parity: {side}",
+                            images=images)
+
+
+def image_parity(records: list[dict], want: list[Generation], got: list[Generation], path) -> dict:
+    """The text comparison's shares for image prompts (parity_image_*), each pair kept in `path`."""
+    found = compare([{"target": None}] * len(records), want, got)
+    with open(path, "w") as handle:
+        for record, a, b in zip(records, want, got):
+            handle.write(json.dumps({"prompt": record["prompt"], "answer": record.get("answer"), "source": a.text,
+                                     "export": b.text, "identical": a.token_ids == b.token_ids},
+                                    ensure_ascii=False) + "\n")
+    return {"parity_image_n": found["parity_n"], "parity_image_identical": found["parity_identical"],
+            "parity_image_token_agreement": found["parity_token_agreement"]}
 
 
 def _source_tokenizer(source: Artifact, ctx):

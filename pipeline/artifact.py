@@ -19,6 +19,9 @@ from pipeline.redaction import redact
 MANIFEST = "artifact.json"
 
 
+MMPROJ = "mmproj"  # llama.cpp's name prefix for the image projector GGUF beside a model's
+
+
 class ArtifactKind(str, Enum):
     """What an artifact is. A str enum: artifact.json holds the plain names, and a kind compares equal
     to its name."""
@@ -67,15 +70,25 @@ class Artifact:
         if path.is_file():
             return path
         name = self.meta.get("file")
-        found = [path / name] if name else sorted(path.glob("*.gguf"))
+        found = [path / name] if name else sorted(p for p in path.glob("*.gguf") if not p.name.startswith(MMPROJ))
         if not found or not found[0].is_file():
             raise PlanError(f"artifact {self.path} has no .gguf file")
         return found[0]
 
+    def mmproj_file(self) -> Path | None:
+        """A vision-language GGUF's image projector (llama.cpp's mmproj file), None for a text model."""
+        path = Path(self.path)
+        name = self.meta.get("mmproj")
+        if name:
+            return path / name
+        found = sorted(path.glob(f"{MMPROJ}*.gguf")) if path.is_dir() else []
+        return found[0] if found else None
+
     def size_on_disk(self) -> int:
         """Bytes of the weights this artifact needs: its GGUF file, its weight files, or an adapter plus its base."""
         if self.kind == ArtifactKind.gguf:
-            return self.gguf_file().stat().st_size
+            mmproj = self.mmproj_file()
+            return self.gguf_file().stat().st_size + (mmproj.stat().st_size if mmproj else 0)
         weights = weight_bytes(self.path)
         if self.kind == ArtifactKind.adapter and self.base_model:
             weights += weight_bytes(self.base_model)

@@ -130,7 +130,8 @@ def test_tasks_and_stages_declare_their_percent_metrics():
     assert registry.percent_metrics() == {"math_accuracy", "stopped_at_eos", "instruct_pass_rate", "tools_call_match",
                                           "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "reasoning_has_think",
                                           "vqa_accuracy", "vqa_stopped_at_eos"} | pope
-    assert stages.get("gguf").percent == ("parity_identical", "parity_token_agreement") and stages.get("sft").percent == ()
-    assert report.percent_metrics() == registry.percent_metrics() | {"parity_identical", "parity_token_agreement"}
+    parity = ("parity_identical", "parity_token_agreement", "parity_image_identical", "parity_image_token_agreement")
+    assert stages.get("gguf").percent == parity and stages.get("sft").percent == ()
+    assert report.percent_metrics() == registry.percent_metrics() | set(parity)
     assert report._fmt("mcq_accuracy", 0.25) == "25.0%" and report._fmt("parity_identical", 1) == "100.0%"
     assert report._fmt("perplexity", 3.5) == "3.5"

@@ -16,7 +16,9 @@ class LlamaCppBackend:
     name = "llama.cpp"
 
     def __init__(self, path: Path, seed: int = 0, n_ctx: int = 2048, n_threads: int | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", mmproj: Path | None = None, processor=None):
+        """`mmproj`: the image projector GGUF of a vision-language model; `processor`: its HF processor, which
+        renders image prompts (its image placeholder becomes llama.cpp's media marker)."""
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
@@ -25,6 +27,11 @@ class LlamaCppBackend:
         self.path, self.device = Path(path), device
         self.llm = open_llama(path, device, n_ctx=n_ctx, seed=seed, logits_all=False, n_threads=n_threads)
         self.context_length = min(n_ctx, self.llm._model.n_ctx_train() or n_ctx)
+        self.processor, self.projector = processor, None
+        if mmproj is not None:
+            from pipeline.llama_cpp.multimodal import Projector
+
+            self.projector = Projector(Path(mmproj), self.llm, self.llm.n_threads, use_gpu=device == "cuda")
         self.load_seconds = round(time.time() - started, 3)
 
     def _is_end(self, token: int) -> bool:
@@ -38,7 +45,10 @@ class LlamaCppBackend:
         chat server do, so no prompt starts with two BOS."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
-    def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None) -> list[Generation]:
+    def generate(self, prompts: list[str], max_new_tokens: int, progress: str | None = None,
+                 images: list[list] | None = None) -> list[Generation]:
+        if images is not None:
+            return self._generate_with_images(prompts, images, max_new_tokens, progress)
         results = []
         with Progress(progress, len(prompts)) as bar:
             for prompt in prompts:
@@ -53,6 +63,22 @@ class LlamaCppBackend:
                         break
                 text = self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace")
                 results.append(Generation(text, ids, stopped))
+                bar.update(1)
+        return results
+
+    def _generate_with_images(self, prompts: list[str], images: list[list], max_new_tokens: int,
+                              progress: str | None) -> list[Generation]:
+        if self.projector is None or self.processor is None:
+            raise PlanError(f"{self.path.name}: a GGUF without its mmproj file takes no images")
+        placeholder = self.processor.image_token
+        results = []
+        with Progress(progress, len(prompts)) as bar:
+            for prompt, pictures in zip(prompts, images):
+                text = prompt.replace(placeholder, self.projector.marker)
+                ids, stopped = self.projector.greedy(text, [png_bytes(p) for p in pictures], max_new_tokens,
+                                                     self._is_end)
+                results.append(Generation(self.llm.detokenize(ids, special=False).decode("utf-8", errors="replace"),
+                                          ids, stopped))
                 bar.update(1)
         return results
 
@@ -93,4 +119,15 @@ class LlamaCppBackend:
         return total, count
 
     def close(self) -> None:
+        if self.projector is not None:
+            self.projector.close()
         self.llm = None
+
+
+def png_bytes(image) -> bytes:
+    """A PIL image as PNG bytes (lossless: llama.cpp decodes the same pixels the HF processor got)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

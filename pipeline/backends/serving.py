@@ -93,11 +93,15 @@ def free_port(host: str) -> int:
 
 
 def llama_cpp_command(model_file: Path, host: str, port: int, n_ctx: int, alias: str,
-                      n_threads: int | None, extra_args: list[str], device: str = "cpu") -> list[str]:
+                      n_threads: int | None, extra_args: list[str], device: str = "cpu",
+                      mmproj: Path | None = None) -> list[str]:
     """llama-cpp-python's server, started through pipeline.llama_cpp.server (llama.cpp's weight repacking off
-    where it crashes: pipeline.llama_cpp.runtime), with every layer on the GPU when there is one."""
+    where it crashes: pipeline.llama_cpp.runtime), with every layer on the GPU when there is one; with
+    `mmproj`, a vision-language model that takes image_url content (libmtmd, the GGUF's own chat template)."""
     command = [sys.executable, "-m", "pipeline.llama_cpp.server", "--model", str(model_file), "--host", host,
                "--port", str(port), "--n_ctx", str(n_ctx), "--model_alias", alias]
+    if mmproj is not None:
+        command += ["--clip_model_path", str(mmproj), "--chat_format", "mtmd"]
     if n_threads and "--n_threads" not in extra_args:
         command += ["--n_threads", str(n_threads)]
     layers = gpu_layers(device)

@@ -72,18 +72,34 @@ def _fetch_converter(version: str, folder: Path) -> None:
         os.replace(staging, folder) if not folder.exists() else None
 
 
-def convert(hf_dir: Path, out_file: Path, outtype: str = "f16", model_name: str | None = None) -> None:
+def convert(hf_dir: Path, out_file: Path, outtype: str = "f16", model_name: str | None = None,
+            mmproj: bool = False) -> None:
     """HF folder -> GGUF with llama.cpp's own converter (tokenizer, chat template, special tokens).
-    `model_name` becomes general.name (else the converter names it after the folder)."""
+    `model_name` becomes general.name (else the converter names it after the folder); `mmproj`: write
+    a vision-language model's image encoder and projector instead of its language model."""
     folder = converter_dir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder / "gguf-py"), str(folder)]),
                NO_LOCAL_GGUF="")
     cmd = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(hf_dir), "--outfile", str(out_file),
-           "--outtype", outtype] + (["--model-name", model_name] if model_name else [])
+           "--outtype", outtype] + (["--model-name", model_name] if model_name else []) + (["--mmproj"] if mmproj else [])
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out_file.is_file():
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])
         raise RuntimeError(f"llama.cpp converter failed on {hf_dir}:\n{tail}")
+
+
+def architectures(mmproj: bool) -> set[str]:
+    """The HF architectures this llama.cpp's converter turns into a language-model GGUF (or, `mmproj`, into an
+    image projector GGUF), read from its registry (conversion/__init__.py) without running it."""
+    import ast
+
+    source = (converter_dir() / "conversion" / "__init__.py").read_text()
+    wanted = "MMPROJ_MODEL_MAP" if mmproj else "TEXT_MODEL_MAP"
+    for node in ast.walk(ast.parse(source)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == wanted for t in targets) and isinstance(node.value, ast.Dict):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    raise PlanError(f"llama.cpp {bindings_version()}'s converter has no {wanted}: cannot tell what it converts")
 
 
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:

@@ -27,6 +27,7 @@ from typing import List, Optional
 
 from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.backends import serving
+from pipeline.llama_cpp.server import REMOTE_IMAGES_ENV
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
@@ -61,6 +62,10 @@ class ServeConfig(StageConfig):
     n_ctx: int = at_least(16, 2048, help="llama.cpp context length")
     extra_args: List[str] = setting(factory=list, help="appended to the server's command line")
     model_alias: Optional[str] = setting(None, "the model name clients send (null: the chain's model name)")
+    image_prompt: str = setting("What colour is the shape?", "a vision-language model: the question sent with a "
+                                                             "drawn image (base64 data URL) to check it sees")
+    remote_images: bool = setting(False, "let clients name http(s) image URLs the server then fetches (off: base64 "
+                                         "data URLs only)")
 
     def validate(self, where: str, earlier: dict) -> None:
         if self.backend not in BACKENDS:
@@ -161,10 +166,11 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     if backend == "llama.cpp":
         threads = (ctx.hardware or {}).get("num_threads")
         command = serving.llama_cpp_command(source.gguf_file(), cfg.host, port, cfg.n_ctx, alias, threads,
-                                            cfg.extra_args, ctx.device)
+                                            cfg.extra_args, ctx.device, mmproj=source.mmproj_file())
     else:
         command = serving.vllm_command(source.path, cfg.host, port, cfg.n_ctx, alias, cfg.extra_args)
     env = serving.server_env(backend, key, cfg.host, port)
+    env[REMOTE_IMAGES_ENV] = "1" if cfg.remote_images else "0"
     log_path = ctx.out_dir / "server.log"
     ctx.log(f"starting {backend}: {' '.join(command)}")  # safe to print: the key is in the environment
     server = serving.start(command, env, log_path, cfg.host, port)
@@ -174,6 +180,10 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         metrics.update(_bound(cfg, server))
         checked, extra = _checks(cfg, server, alias, key, ctx)
         metrics.update(checked)
+        if backend == "llama.cpp" and source.mmproj_file() is not None:
+            seen, said = image_checks(_client(server, key), alias, cfg, ctx)
+            metrics.update(seen)
+            extra.update(said)
         ctx.tracker.log(ctx.name, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         if cfg.block:
             _announce(server, alias, cfg.api_key_env if key else None)
@@ -185,6 +195,50 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
                     base_model=source.base_model, metrics=metrics,
                     meta={"backend": backend, "base_url": f"{server.base_url}/v1", "model": alias,
                           "served": source.path, "auth": "api-key" if key else "none", "server_pid": server.pid, **extra})
+
+
+def drawn_image_url() -> str:
+    """A red circle on white, 64x64, as a base64 PNG data URL (what an OpenAI client sends)."""
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill="red")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_checks(client, alias: str, cfg: ServeConfig, ctx: StageContext) -> tuple[dict, dict]:
+    """A chat request carrying a base64 image must be answered; one naming a remote URL must be refused
+    unless remote_images is on."""
+    import openai
+
+    def ask(url: str):
+        return client.chat.completions.create(model=alias, max_tokens=cfg.max_tokens, temperature=0.0, messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": cfg.image_prompt}]}])
+
+    started = time.time()
+    reply = ask(drawn_image_url())
+    text = reply.choices[0].message.content or ""
+    metrics = {"image_latency_s": round(time.time() - started, 3),
+               "image_prompt_tokens": reply.usage.prompt_tokens if reply.usage else 0}
+    ctx.log(f"image request: {metrics['image_prompt_tokens']} prompt tokens (the image's included), answer "
+            f"{text[:80]!r} in {metrics['image_latency_s']}s")
+    if not cfg.remote_images:
+        try:
+            ask("http://127.0.0.1:9/image.png")
+            refused = False
+        except openai.APIStatusError:
+            refused = True
+        if not refused:
+            raise RuntimeError("a request naming a remote image URL was answered, but remote_images is off")
+        metrics["remote_image_refused"] = True
+        ctx.log("remote image URL: refused (remote_images: false)")
+    return metrics, {"image_answer": text[:500]}
 
 
 def _bound(cfg: ServeConfig, server: serving.ServerProcess) -> dict:
