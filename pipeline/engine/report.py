@@ -12,7 +12,10 @@ from pipeline.evaluation import registry as eval_tasks
 # Metrics shown in tables, in this order, when a stage has them: every eval task's headline
 # (pipeline/evaluation/registry.py), then the training stages'.
 TRAINING_HEADLINE = ("eval_reward_margin", "reward_end", "train_loss", "train_runtime")
-COMPARED = ("math_accuracy", "perplexity")
+COMPARED = ("math_accuracy", "vqa_accuracy", "hallucination_rate", "perplexity")
+# The accuracy a lab's variants table compares, first found: (metric, its per-item file, its item count, label)
+QUALITY = (("math_accuracy", "predictions.jsonl", "math_n", "math"),
+           ("vqa_accuracy", "vqa_predictions.jsonl", "vqa_n", "vqa"))
 
 
 def _spec(kind: str) -> registry.StageSpec:
@@ -122,18 +125,19 @@ def variant_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def retained_interval(variant: dict[str, Any], reference: dict[str, Any], draws: int = 2000,
-                      seed: int = 0) -> tuple[float, float] | None:
+                      seed: int = 0, items: str = "predictions.jsonl") -> tuple[float, float] | None:
     """95% interval of accuracy retained (variant / reference), a paired bootstrap over the prompts both
-    answered (their predictions.jsonl), so the n of a small prompt set shows in the figure."""
+    answered (their per-item file, `items`), so the n of a small prompt set shows in the figure."""
     import random
 
     def correct(entry):
-        path = Path(entry.get("artifact") or "") / "predictions.jsonl"
+        path = Path(entry.get("artifact") or "") / items
         if not path.is_file():
             return None
         import json
 
-        return {r["question"]: bool(r["correct"]) for r in map(json.loads, path.read_text().splitlines())}
+        return {(r["question"], r.get("image")): bool(r["correct"])
+                for r in map(json.loads, path.read_text().splitlines())}
 
     ours, theirs = correct(variant), correct(reference)
     if not ours or not theirs:
@@ -158,29 +162,33 @@ def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
     if len(evals) < 2:
         return []
     by_name = {e["name"]: e for e in evals}
-    rows = [list(VARIANT_COLUMNS)]
+    metric, items, count, label = next((q for q in QUALITY if any(q[0] in e["metrics"] for e in evals)), QUALITY[0])
+    hallucination = any("hallucination_rate" in e["metrics"] for e in evals)
+    stops = "stopped_at_eos" if metric == "math_accuracy" else f"{label}_stopped_at_eos"
+    rows = [[f"{label} acc (n)" if c == "math acc (n)" else c for c in VARIANT_COLUMNS]
+            + (["hallucination"] if hallucination else [])]
     for e in evals:
         m = e["metrics"]
         reference = by_name.get(e.get("compare_with") or "")
         ref = reference["metrics"] if reference else {}
         ratio = ref["size_mb"] / m["size_mb"] if ref.get("size_mb") and m.get("size_mb") else None
-        retained = (m["math_accuracy"] / ref["math_accuracy"]
-                    if ref.get("math_accuracy") and "math_accuracy" in m else None)
-        interval = retained_interval(e, reference) if retained is not None else None
+        retained = m[metric] / ref[metric] if ref.get(metric) and metric in m else None
+        interval = retained_interval(e, reference, items=items) if retained is not None else None
         shown = f"{100 * retained:.1f}%" if retained is not None else "-"
         if interval:
             shown += f" [{100 * interval[0]:.0f}-{100 * interval[1]:.0f}]"
-        accuracy = _fmt("math_accuracy", m.get("math_accuracy"))
-        if m.get("math_n"):
-            accuracy += f" (n={m['math_n']})"
+        accuracy = _fmt(metric, m.get(metric))
+        if m.get(count):
+            accuracy += f" (n={m[count]})"
         ttft = m.get("first_token_s")
         rows.append([(e.get("inputs") or [e["name"]])[0], str(m.get("backend", "-")), _fmt("size_mb", m.get("size_mb")),
-                     f"{ratio:.2f}x" if ratio else "-", accuracy, shown, _fmt("stopped_at_eos", m.get("stopped_at_eos")),
+                     f"{ratio:.2f}x" if ratio else "-", accuracy, shown, _fmt("stopped_at_eos", m.get(stops)),
                      _fmt("perplexity", m.get("perplexity")),
                      _fmt("load_seconds", m.get("load_seconds")), f"{1000 * ttft:.1f}" if ttft else "-",
                      _fmt("decode_tokens_per_s", m.get("decode_tokens_per_s")), _fmt("memory_mb", m.get("memory_mb")),
                      _fmt("math_accuracy", m.get("instruct_pass_rate")), _fmt("gen_chrf", m.get("gen_chrf")),
-                     _fmt("judge_score", m.get("judge_score"))])
+                     _fmt("judge_score", m.get("judge_score"))]
+                    + ([_fmt("hallucination_rate", m.get("hallucination_rate"))] if hallucination else []))
     return rows
 
 
@@ -276,6 +284,40 @@ def health(entries: list[dict[str, Any]]) -> list[str]:
     return [f"{e['name']}: {w}" for e in entries for w in e.get("metrics", {}).get("health_warnings") or []]
 
 
+IMAGE_EXAMPLES = 4          # answers shown per image task and eval stage
+EXAMPLE_IMAGES = "report_images"
+
+
+def image_examples(entries: list[dict[str, Any]], run_dir: Path) -> list[str]:
+    """A few answers of each eval's image tasks beside their pictures (copied next to the report, so report.md
+    and report.html show them wherever the store is): question, reference and the model's answer."""
+    import json
+    import shutil
+
+    lines = []
+    for e in entries:
+        folder = Path(e.get("artifact") or "")
+        for items, kind in (("vqa_predictions.jsonl", "vqa"), ("pope_predictions.jsonl", "hallucination")):
+            path = folder / items
+            if e.get("output") != ArtifactKind.eval or not path.is_file():
+                continue
+            rows = [json.loads(line) for line in path.read_text().splitlines()[:IMAGE_EXAMPLES]]
+            cells = []
+            for i, row in enumerate(rows):
+                image = Path(row.get("image") or "")
+                if not image.is_file():
+                    continue
+                copy = run_dir / EXAMPLE_IMAGES / f"{e['name']}-{kind}-{i}{image.suffix}"
+                copy.parent.mkdir(exist_ok=True)
+                shutil.copy2(image, copy)
+                verdict = "right" if row.get("correct", str(row.get("read_as")) == row.get("answer")) else "wrong"
+                cells.append(f"![{kind} {i}]({EXAMPLE_IMAGES}/{copy.name}) {row['question']} expected "
+                             f"**{row['answer']}**, answered **{row['output'].strip() or '(nothing)'}** ({verdict})")
+            if cells:
+                lines += [f"{e['name']}, {kind}:", ""] + [f"- {c}" for c in cells] + [""]
+    return lines
+
+
 def _locations(run_dir: Path, record: dict[str, Any], tracker) -> list[str]:
     lines = [f"run folder: {run_dir}", f"chain:      {run_dir / 'chain.json'}", f"report:     {run_dir / 'report.md'}",
              f"artifacts:  {record['store']}"]
@@ -299,6 +341,9 @@ def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
         lines += ["## Variants", ""] + _markdown_table(variants(record["stages"])) + [""]
         if plot_compression(record["stages"], run_dir / PLOT):
             lines += [f"![compression vs quality retained]({PLOT})", ""]
+    shown = image_examples(record["stages"], run_dir)
+    if shown:
+        lines += ["## Image answers", ""] + shown + [""]
     if exports(record["stages"]):
         lines += ["## Exports (parity with the source model)", ""] + [f"- {x}" for x in exports(record["stages"])] + [""]
     if serving(record["stages"]):
