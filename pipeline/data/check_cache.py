@@ -17,7 +17,8 @@ from pipeline.artifact import write_json_atomic
 from pipeline.hashing import content_digest, hash_json
 
 # The code whose rules a cached check stands for: an edit to any of these re-checks every file.
-_VALIDATION_CODE = ("formats.py", "screens.py", "arrow.py", "readers.py", "datasets.py", "problems.py")
+_VALIDATION_CODE = ("formats.py", "parts.py", "images.py", "screens.py", "arrow.py", "readers.py", "records.py",
+                    "datasets.py", "problems.py")
 
 
 def validation_digest() -> str:

@@ -13,7 +13,9 @@ read their small sets with `load`. Records have one canonical shape per purpose:
     gsm8k       {"question": str, "answer": str, "target": str}
     text        {"text": str}
 
-where messages are [{"role": system|user|assistant|tool, "content": str}, ...].
+where messages are [{"role": system|user|assistant|tool, "content": str | parts}, ...]; a record with
+images has parts in every message, [{"type": "text", "text": str} | {"type": "image", "image": ref}, ...],
+ref an absolute path, http(s) URL or data URL, each checked at plan time (pipeline/data/parts.py, images.py).
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def check(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, cache: "Che
     key = None
     if cache is not None:
         key = cache.check_key(cache.digest(path), purpose=purpose, format=spec.format, limit=spec.limit,
-                              columns=spec.columns, where=where_of(spec))
+                              columns=spec.columns, where=where_of(spec), remote_images=spec.remote_images)
         known = cache.result(key)
         if known:
             if known.get("error"):
