@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline import paths
 from pipeline.data import datasets as data, images
+from pipeline.data.check_cache import CheckCache
 from pipeline.data.datasets import DataError, DatasetSpec
 
 
@@ -276,3 +277,18 @@ def test_each_image_is_opened_once(monkeypatch, folder):
     path = write_jsonl(folder / "chats.jsonl", [chat(image("images/red.png"), text("?"))] * 3)
     assert data.check(str(path), "sft").records == 3
     assert len(opened) == 1
+
+
+def test_a_checked_file_is_checked_again_when_an_image_changes(folder):
+    """The data file is the same; its images are not: the store's check result must not hide that."""
+    cache = CheckCache(folder / "store")
+    path = write_jsonl(folder / "chats.jsonl", [chat(image("images/new.png"), text("Colour?"))])
+    for _ in range(2):
+        with pytest.raises(DataError, match="image 'images/new.png': file not found"):
+            data.check(str(path), "sft", cache)
+    (folder / "images/new.png").write_bytes(png())
+    assert not data.check(str(path), "sft", cache).cached
+    assert data.check(str(path), "sft", cache).cached
+    (folder / "images/new.png").write_bytes(b"")
+    with pytest.raises(DataError, match="image 'images/new.png': 0-byte file"):
+        data.check(str(path), "sft", cache)

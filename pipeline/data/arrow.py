@@ -88,14 +88,15 @@ def _all_strings(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The plan's check
 
-def check_file(spec: DatasetSpec, purpose: str) -> Checked:
+def check_file(spec: DatasetSpec, purpose: str, files: Optional[dict] = None) -> Checked:
     """Every record of a local file checked for `purpose` through Arrow batches and the screens; raises
-    DataError naming each bad record's path:line, or NotArrow (the caller then reads record by record)."""
-    return check_batches(batches(existing_file(spec.path)), spec, purpose, lambda rows: locations(spec, rows))
+    DataError naming each bad record's path:line, or NotArrow (the caller then reads record by record).
+    `files` gets the local images looked at (pipeline.data.images.ImageRefs)."""
+    return check_batches(batches(existing_file(spec.path)), spec, purpose, lambda rows: locations(spec, rows), files)
 
 
 def check_batches(source: Iterator["pa.RecordBatch"], spec: DatasetSpec, purpose: str,
-                  locate: Callable[[list[int]], dict[int, str]]) -> Checked:
+                  locate: Callable[[list[int]], dict[int, str]], files: Optional[dict] = None) -> Checked:
     """The check itself, for any stream of batches (a file's, or a downloaded hub split's table)."""
     import numpy as np
     import pyarrow as pa
@@ -112,7 +113,7 @@ def check_batches(source: Iterator["pa.RecordBatch"], spec: DatasetSpec, purpose
         if convert is None and batch.num_rows:
             fmt = spec.format if spec.format != "auto" else detect(as_record(batch.slice(0, 1).to_pylist()[0], {}),
                                                                    locate([0])[0])
-            convert = record_converter(spec, fmt, purpose, where, detected=spec.format == "auto")
+            convert = record_converter(spec, fmt, purpose, where, detected=spec.format == "auto", files=files)
             screen = screen_for(fmt, purpose)
         flagged = screen(batch).nonzero()[0] if screen else np.arange(batch.num_rows)
         for row, item in zip(flagged, batch.take(pa.array(flagged, pa.int64())).to_pylist()):  # one conversion

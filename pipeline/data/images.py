@@ -81,10 +81,11 @@ def _has_image_field(feature: Any) -> bool:
 
 class ImageRefs:
     """Resolves the image references of a dataset's records: relative paths from `folder` (the data file's;
-    None for a hub dataset), bytes into the cache; `verify` also checks each image (the plan's check)."""
+    None for a hub dataset), bytes into the cache; `verify` also checks each image (the plan's check).
+    `files` gets each local image looked at, with its version (None: absent), for the check cache."""
 
-    def __init__(self, folder: Optional[Path], remote: bool, verify: bool = True):
-        self.folder, self.remote, self.verify = folder, remote, verify
+    def __init__(self, folder: Optional[Path], remote: bool, verify: bool = True, files: Optional[dict] = None):
+        self.folder, self.remote, self.verify, self.files = folder, remote, verify, files
 
     def resolved(self, record: dict) -> dict:
         """The record with every image part's reference canonical; Invalid naming the part for a bad image."""
@@ -128,13 +129,26 @@ class ImageRefs:
         looked += [c for c in paths.candidates(ref) if c not in looked]
         found = next((c for c in looked if c.exists()), None)
         if found is None:
+            if self.files is not None:
+                self.files.update(dict.fromkeys(map(str, looked)))
             raise Invalid(f"file not found (looked in {' and '.join(map(str, looked))})")
         return found.resolve()
 
     def _local(self, path: Path) -> str:
+        if self.files is not None:
+            self.files[str(path)] = version(path)
         if self.verify:
             _raise(file_problem(path))
         return str(path)
+
+
+def version(path: Path) -> Optional[list]:
+    """A file's [size, mtime_ns], None when absent: what the check cache compares."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _raise(problem: Optional[str]) -> None:
