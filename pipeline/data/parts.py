@@ -70,8 +70,13 @@ def text_of(content: str | list, where: str) -> str:
 
 
 def has_parts(record: dict) -> bool:
-    return any(isinstance(m.get("content"), list) for key in CHAT_KEYS if isinstance(record.get(key), list)
-               for m in record[key])
+    for key in CHAT_KEYS:  # plain loops: every text record of a stage's set comes through here
+        chat = record.get(key)
+        if isinstance(chat, list):
+            for message in chat:
+                if isinstance(message.get("content"), list):
+                    return True
+    return False
 
 
 def as_parts(content: str | list) -> list[dict]:
@@ -83,7 +88,7 @@ def as_parts(content: str | list) -> list[dict]:
 def finished(record: dict, source: dict) -> dict:
     """A converted record with its image column placed into its chat, no unfilled slot, and, where any
     message has parts, parts in every message (one Arrow type per column; trl's form)."""
-    column = next((c for c in IMAGE_COLUMNS if c in source), None)
+    column = next((name for name in IMAGE_COLUMNS if name in source), None)
     key = "messages" if "messages" in record else "prompt"
     if column is None and not has_parts(record) or key not in record:  # text, gsm8k: no chat to put images in
         return record

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 from pipeline.data.formats import FORMATS, converter, detect
 from pipeline.data.images import ImageRefs
+from pipeline.data.parts import has_parts
 from pipeline.data.problems import DataError, Invalid, kind_name, summarise
 from pipeline.data.readers import entries, folder_of, is_hub, where_of
 from pipeline.data.spec import PURPOSES, DatasetSpec, as_spec
@@ -59,7 +60,7 @@ def record_converter(spec: DatasetSpec, fmt: str, purpose: str, where: str, dete
     `verify`, checked (pipeline/data/images.py): the plan verifies, the stage that maps the checked file not."""
     convert = converter(fmt, purpose, where, detected)
     images = ImageRefs(folder_of(spec), spec.remote_images, verify, files)
-    return lambda record: images.resolved(convert(record))
+    return lambda record: images.resolved(record) if has_parts(record := convert(record)) else record
 
 
 def as_record(item: Any, columns: Mapping[str, str]) -> dict:
