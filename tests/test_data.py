@@ -280,7 +280,8 @@ def test_hub_rows_are_validated_like_files(monkeypatch):
 
     def fake_hub(path, name=None, split=None, revision=None, streaming=False):
         calls.append((path, name, split, revision, streaming))
-        return [{"question": "Q", "answer": "#### 3"}, {"question": "Q", "answer": "three"}]
+        rows = [{"question": "Q", "answer": "#### 3"}, {"question": "Q", "answer": "three"}]
+        return datasets.Dataset.from_list(rows).to_iterable_dataset()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_hub)
     spec = DatasetSpec(path="openai/gsm8k", subset="main", split="test")

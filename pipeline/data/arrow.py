@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from pipeline import paths
-from pipeline.data.formats import converter, detect
+from pipeline.data.formats import detect
+from pipeline.data.parts import CHAT_KEYS, IMAGE_COLUMNS, as_parts, has_parts
 from pipeline.data.problems import DataError, Invalid, summarise
 from pipeline.data.readers import entries, existing_file, hub_error, is_hub, where_of
-from pipeline.data.records import as_record, canonical
+from pipeline.data.records import as_record, canonical, record_converter
 from pipeline.data.screens import screen_for
 from pipeline.data.spec import DatasetSpec
 
@@ -87,14 +88,15 @@ def _all_strings(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The plan's check
 
-def check_file(spec: DatasetSpec, purpose: str) -> Checked:
+def check_file(spec: DatasetSpec, purpose: str, files: Optional[dict] = None) -> Checked:
     """Every record of a local file checked for `purpose` through Arrow batches and the screens; raises
-    DataError naming each bad record's path:line, or NotArrow (the caller then reads record by record)."""
-    return check_batches(batches(existing_file(spec.path)), spec, purpose, lambda rows: locations(spec, rows))
+    DataError naming each bad record's path:line, or NotArrow (the caller then reads record by record).
+    `files` gets the local images looked at (pipeline.data.images.ImageRefs)."""
+    return check_batches(batches(existing_file(spec.path)), spec, purpose, lambda rows: locations(spec, rows), files)
 
 
 def check_batches(source: Iterator["pa.RecordBatch"], spec: DatasetSpec, purpose: str,
-                  locate: Callable[[list[int]], dict[int, str]]) -> Checked:
+                  locate: Callable[[list[int]], dict[int, str]], files: Optional[dict] = None) -> Checked:
     """The check itself, for any stream of batches (a file's, or a downloaded hub split's table)."""
     import numpy as np
     import pyarrow as pa
@@ -111,7 +113,7 @@ def check_batches(source: Iterator["pa.RecordBatch"], spec: DatasetSpec, purpose
         if convert is None and batch.num_rows:
             fmt = spec.format if spec.format != "auto" else detect(as_record(batch.slice(0, 1).to_pylist()[0], {}),
                                                                    locate([0])[0])
-            convert = converter(fmt, purpose, where, detected=spec.format == "auto")
+            convert = record_converter(spec, fmt, purpose, where, detected=spec.format == "auto", files=files)
             screen = screen_for(fmt, purpose)
         flagged = screen(batch).nonzero()[0] if screen else np.arange(batch.num_rows)
         for row, item in zip(flagged, batch.take(pa.array(flagged, pa.int64())).to_pylist()):  # one conversion
@@ -192,7 +194,7 @@ def raw_dataset(spec: DatasetSpec):
             rows = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir(), **options)
         except Exception as e:  # mixed types, malformed lines: the record readers take over
             raise NotArrow(str(e)) from None
-        if _untyped(rows.features):  # datasets' Json columns decode "6" as 6: read the records instead
+        if _has_feature(rows.features, "Json"):  # datasets' Json columns decode "6" as 6: read the records instead
             raise NotArrow("a column whose type changes between records")
     if spec.limit is not None and spec.limit < len(rows):
         rows = rows.select(range(spec.limit))
@@ -242,21 +244,41 @@ def _prepared(spec, purpose, transform, hardware, desc):
         fmt = check_batches(_table_batches(rows), spec, purpose, hub_location(spec)).format
     else:  # the plan checked it
         fmt = spec.format if spec.format != "auto" else _detected(rows, spec)
-    return rows.map(_convert_rows, batched=True, batch_size=MAP_BATCH, num_proc=workers(hardware, len(rows)),
-                    fn_kwargs={"fmt": fmt, "purpose": purpose, "transform": transform},
-                    remove_columns=rows.column_names, desc=desc or f"{purpose} records")
+    parts = _with_parts(rows.data.schema)
+    if _has_feature(rows.features, "Image"):  # rows as Arrow: images stay {"bytes", "path"}, never decoded
+        rows = rows.with_format("arrow")
+    converted = rows.map(_convert_rows, batched=True, batch_size=MAP_BATCH, num_proc=workers(hardware, len(rows)),
+                         fn_kwargs={"spec": spec, "fmt": fmt, "purpose": purpose, "transform": transform,
+                                    "parts": parts},
+                         remove_columns=rows.column_names, desc=desc or f"{purpose} records")
+    return converted.with_format(None)
 
 
-def _untyped(feature) -> bool:
-    """A datasets Json feature anywhere (what datasets makes of a key whose type changes between records)."""
-    if type(feature).__name__ == "Json":
+def _has_feature(feature, kind: str) -> bool:
+    """A datasets feature of type `kind` anywhere: Json (what datasets makes of a key whose type changes
+    between records), Image (decoded to PIL unless the rows are read as Arrow)."""
+    if type(feature).__name__ == kind:
         return True
     if isinstance(feature, dict):
-        return any(_untyped(f) for f in feature.values())
+        return any(_has_feature(f, kind) for f in feature.values())
     if isinstance(feature, (list, tuple)):
-        return any(_untyped(f) for f in feature)
+        return any(_has_feature(f, kind) for f in feature)
     inner = getattr(feature, "feature", None)
-    return inner is not None and _untyped(inner)
+    return inner is not None and _has_feature(inner, kind)
+
+
+def _with_parts(schema: "pa.Schema") -> bool:
+    """Whether a source's chats may carry content parts: an image column, or messages whose content (or
+    ShareGPT value) is a list. From the schema, so a text set does no work and every batch of a set with
+    parts gets them in every message (one Arrow type for the whole set)."""
+    import pyarrow as pa
+
+    if any(name in schema.names for name in IMAGE_COLUMNS):
+        return True
+    chats = [f.type.value_type for f in schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
+    return any(pa.types.is_list(item.field(name).type) or pa.types.is_large_list(item.field(name).type)
+               for item in chats if pa.types.is_struct(item)
+               for name in ("content", "value") if item.get_field_index(name) >= 0)
 
 
 def _table_batches(rows) -> Iterator["pa.RecordBatch"]:
@@ -275,30 +297,39 @@ def _records(spec, purpose, transform):
     if transform:
         yield from map(transform, canonical(spec, purpose))
         return
-    keys = list(dict.fromkeys(key for record in canonical(spec, purpose) for key in record))
+    keys, parts = {}, False
     for record in canonical(spec, purpose):
-        yield arrow_form(record, keys)
+        keys.update(dict.fromkeys(record))
+        parts = parts or has_parts(record)
+    for record in canonical(spec, purpose):
+        yield arrow_form(record, list(keys), parts)
 
 
-def _convert_rows(batch: dict, fmt: str, purpose: str, transform) -> dict:
-    convert = converter(fmt, purpose, "")
+def _convert_rows(batch, spec: DatasetSpec, fmt: str, purpose: str, transform, parts: bool) -> dict:
+    if hasattr(batch, "to_pydict"):  # a set with images, read as Arrow
+        batch = batch.to_pydict()
+    convert = record_converter(spec, fmt, purpose, "", verify=False)  # the plan checked every image
     names = list(batch)
     out = []
     for values in zip(*batch.values()):
         record = convert(as_record(dict(zip(names, values)), {}))
-        out.append(transform(record) if transform else arrow_form(record, names))
+        out.append(transform(record) if transform else arrow_form(record, names, parts))
     return {key: [row.get(key) for row in out] for key in dict.fromkeys(k for row in out for k in row)}
 
 
-CHAT_KEYS = ("messages", "prompt", "chosen", "rejected")
-
-
-def arrow_form(record: dict, columns: list[str] = ()) -> dict:
+def arrow_form(record: dict, columns: list[str] = (), parts: bool = False) -> dict:
     """A canonical record with a fixed set of columns: every source column (None where this record has none)
-    and the chat columns as role/content messages, so that every batch has one Arrow type."""
-    row = {name: record.get(name) for name in columns}
+    and the chat columns as role/content messages, so that every batch has one Arrow type. With `parts` (a
+    set whose chats have them), every content is a list of {type, text, image} parts, unused fields None
+    (pipeline.data.images.plain_messages drops them again)."""
+    row = {name: record.get(name) for name in columns if name not in IMAGE_COLUMNS}
     row.update(record)
     for key in CHAT_KEYS:
         if isinstance(row.get(key), list):
-            row[key] = [{"role": m["role"], "content": m["content"]} for m in row[key]]
+            row[key] = [{"role": m["role"], "content": _full_parts(m["content"]) if parts else m["content"]}
+                        for m in row[key]]
     return row
+
+
+def _full_parts(content) -> list[dict]:
+    return [{"type": p["type"], "text": p.get("text"), "image": p.get("image")} for p in as_parts(content)]

@@ -4,7 +4,9 @@ A file's content hash is kept under its path with the size, mtime and inode it h
 changed file (any of the three) is hashed again, an unchanged 10 GB file costs one stat. A check's
 result (record count, format, or the error it raised) is kept under that hash with everything else
 the check depends on (purpose, format, columns, limit, the validation code itself), so editing a
-record, renaming a column or changing a validator re-checks, and nothing else does.
+record, renaming a column or changing a validator re-checks, and nothing else does. The images a file's
+records point at are kept with the result, each with its size and mtime: one that changes, appears or
+goes re-checks the file (a stat per image).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from pipeline.artifact import write_json_atomic
 from pipeline.hashing import content_digest, hash_json
 
 # The code whose rules a cached check stands for: an edit to any of these re-checks every file.
-_VALIDATION_CODE = ("formats.py", "screens.py", "arrow.py", "readers.py", "datasets.py", "problems.py")
+_VALIDATION_CODE = ("formats.py", "parts.py", "images.py", "screens.py", "arrow.py", "readers.py", "records.py",
+                    "datasets.py", "problems.py")
 
 
 def validation_digest() -> str:

@@ -13,7 +13,9 @@ read their small sets with `load`. Records have one canonical shape per purpose:
     gsm8k       {"question": str, "answer": str, "target": str}
     text        {"text": str}
 
-where messages are [{"role": system|user|assistant|tool, "content": str}, ...].
+where messages are [{"role": system|user|assistant|tool, "content": str | parts}, ...]; a record with
+images has parts in every message, [{"type": "text", "text": str} | {"type": "image", "image": ref}, ...],
+ref an absolute path, http(s) URL or data URL, each checked at plan time (pipeline/data/parts.py, images.py).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from pipeline.data import arrow, records
+from pipeline.data.images import version
 from pipeline.data.problems import DataError
 from pipeline.data.readers import existing_file, hub_stream, is_hub, where_of
 from pipeline.data.records import check_spec
@@ -64,20 +67,21 @@ def check(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, cache: "Che
     key = None
     if cache is not None:
         key = cache.check_key(cache.digest(path), purpose=purpose, format=spec.format, limit=spec.limit,
-                              columns=spec.columns, where=where_of(spec))
+                              columns=spec.columns, where=where_of(spec), remote_images=spec.remote_images)
         known = cache.result(key)
-        if known:
+        if known and not _images_changed(known.get("images", {})):
             if known.get("error"):
                 raise DataError(known["error"])
             return DataCheck(known["records"], known["format"], cached=True)
+    files: dict = {}  # the images the records point at: one that changes, appears or goes re-checks the file
     try:
-        result = _check_file(spec, purpose, path)
+        result = _check_file(spec, purpose, path, files)
     except DataError as e:
         if key:
-            cache.keep(key, {"error": str(e)})
+            cache.keep(key, {"error": str(e), "images": files})
         raise
     if key:
-        cache.keep(key, {"records": result.records, "format": result.format})
+        cache.keep(key, {"records": result.records, "format": result.format, "images": files})
     return result
 
 
@@ -113,15 +117,19 @@ def fingerprint(spec: DatasetSpec | Mapping[str, Any] | str, cache: "CheckCache 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> digest, when no store is at hand
 
 
-def _check_file(spec: DatasetSpec, purpose: str, path: Path) -> DataCheck:
+def _images_changed(files: dict) -> bool:
+    return any(version(Path(path)) != known for path, known in files.items())
+
+
+def _check_file(spec: DatasetSpec, purpose: str, path: Path, files: dict) -> DataCheck:
     if path.stat().st_size >= ARROW_FROM_BYTES:
         try:
-            checked = arrow.check_file(spec, purpose)
+            checked = arrow.check_file(spec, purpose, files)
             return DataCheck(checked.records, checked.format)
         except arrow.NotArrow:
             pass  # a malformed line or a key whose type changes: the record readers name it or read it
     seen: dict = {}
-    count = sum(1 for _ in records.canonical(spec, purpose, seen))
+    count = sum(1 for _ in records.canonical(spec, purpose, seen, files=files))
     return DataCheck(count, seen["format"])
 
 

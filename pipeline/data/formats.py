@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 from pipeline.answers import normalize_number
 from pipeline.data.check_specs import validate_spec
+from pipeline.data.parts import content_parts, finished, text_of
 from pipeline.data.problems import DataError, Invalid, kind_name
 
 FORMATS = ("messages", "alpaca", "sharegpt", "preference", "prompt", "gsm8k", "text")
@@ -59,7 +60,7 @@ def converter(fmt: str, purpose: str, where: str, detected: bool = False) -> Cal
     if convert is None:
         how = " (auto-detected)" if detected else ""
         raise DataError(f"{where}: format '{fmt}'{how} cannot feed a {purpose} stage: needs {_NEEDS[purpose]}")
-    return convert
+    return lambda record: finished(convert(record), record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,7 +91,7 @@ def _optional_string(record: dict, key: str) -> str:
 
 
 def _message(item: Any, where: str) -> dict:
-    """One message, validated; extra keys (name, tool_calls...) are kept for chat templates."""
+    """One message, validated, its content a string or parts (pipeline/data/parts.py); extra keys (name, tool_calls...) are kept for chat templates."""
     if not isinstance(item, dict):
         raise Invalid(f"{where} must be an object with role and content, got {kind_name(item)}")
     role, content = item.get("role"), item.get("content")
@@ -99,9 +100,12 @@ def _message(item: Any, where: str) -> dict:
     calls_tools = role == "assistant" and bool(item.get("tool_calls"))
     if content is None and calls_tools:  # OpenAI tool-call turns may carry no text
         content = ""
-    if not isinstance(content, str):
-        raise Invalid(f"{where}: content must be a string, got {kind_name(content)}")
-    if role in ("user", "assistant") and not content.strip() and not calls_tools:
+    if isinstance(content, list):
+        content = content_parts(content, where)
+    elif not isinstance(content, str):
+        raise Invalid(f"{where}: content must be a string or a list of parts, got {kind_name(content)}")
+    empty = not content if isinstance(content, list) else not content.strip()
+    if role in ("user", "assistant") and empty and not calls_tools:
         raise Invalid(f"{where}: empty {role} content")
     return {**{k: v for k, v in item.items() if v is not None}, "role": role, "content": content}
 
@@ -235,7 +239,7 @@ def _prompt_from_messages(record: dict) -> dict:
     messages = _messages(record["messages"], "messages")
     reply = None
     if messages[-1]["role"] == "assistant":
-        reply, messages = messages[-1]["content"], messages[:-1]
+        reply, messages = text_of(messages[-1]["content"], f"messages[{len(messages) - 1}]"), messages[:-1]
     answer = _answer(record["answer"]) if "answer" in record else reply
     rest = {k: v for k, v in record.items() if k != "messages"}
     return {**rest, "prompt": _has_user(messages, "messages"), "answer": answer}

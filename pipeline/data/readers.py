@@ -37,6 +37,11 @@ def where_of(spec: DatasetSpec) -> str:
     return f"dataset '{spec.path}'" if is_hub(spec.path) else display(paths.resolve(spec.path))
 
 
+def folder_of(spec: DatasetSpec) -> Path | None:
+    """Where a dataset's relative image paths start: its file's folder (a hub dataset has none)."""
+    return None if is_hub(spec.path) else paths.resolve(spec.path).parent
+
+
 def existing_file(path: str) -> Path:
     resolved = paths.resolve(path)
     if resolved.is_file():
@@ -127,7 +132,7 @@ def hub_stream(spec: DatasetSpec, where: str) -> tuple[Iterator[tuple[str, Any]]
 
     try:
         rows = datasets.load_dataset(spec.path, name=spec.subset, split=spec.split, revision=spec.revision,
-                                     streaming=True)
+                                     streaming=True).decode(False)  # images as {"bytes", "path"}, not decoded
         splits = getattr(getattr(rows, "info", None), "splits", None) or {}
         total = splits[spec.split].num_examples if spec.split in splits else None
     except Exception as e:  # offline, gated, unknown id or split...: one actionable line for all

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from itertools import islice
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from pipeline.data.formats import FORMATS, converter, detect
+from pipeline.data.images import ImageRefs
+from pipeline.data.parts import has_parts
 from pipeline.data.problems import DataError, Invalid, kind_name, summarise
-from pipeline.data.readers import entries, is_hub, where_of
+from pipeline.data.readers import entries, folder_of, is_hub, where_of
 from pipeline.data.spec import PURPOSES, DatasetSpec, as_spec
 
 
@@ -22,13 +24,13 @@ def check_spec(spec: DatasetSpec, purpose: str) -> None:
 
 
 def canonical(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, seen: Optional[dict] = None,
-              source: Optional[Iterator] = None) -> Iterator[dict]:
+              source: Optional[Iterator] = None, files: Optional[dict] = None) -> Iterator[dict]:
     """Yield canonical records; after the last one, raise DataError if any record was bad. `seen` gets the
-    format; `source` replaces the spec's reader (a hub stream)."""
+    format; `source` replaces the spec's reader (a hub stream); `files` the local images (ImageRefs)."""
     spec = as_spec(spec)
     check_spec(spec, purpose)
     where = where_of(spec)
-    convert = None if spec.format == "auto" else converter(spec.format, purpose, where)
+    convert = None if spec.format == "auto" else record_converter(spec, spec.format, purpose, where, files=files)
     if seen is not None and convert is not None:
         seen["format"] = spec.format
     errors: list[str] = []
@@ -39,7 +41,7 @@ def canonical(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, seen: O
             record = as_record(item, spec.columns)
             if convert is None:
                 fmt = detect(record, location)
-                convert = converter(fmt, purpose, where, detected=True)
+                convert = record_converter(spec, fmt, purpose, where, detected=True, files=files)
                 if seen is not None:
                     seen["format"] = fmt
             yield convert(record)
@@ -50,6 +52,15 @@ def canonical(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, seen: O
                         else f"{where}: split '{spec.split}' has no records")
     if errors:
         raise DataError(summarise(errors))
+
+
+def record_converter(spec: DatasetSpec, fmt: str, purpose: str, where: str, detected: bool = False,
+                     verify: bool = True, files: Optional[dict] = None) -> Callable[[dict], dict]:
+    """The converter of `fmt` for `purpose` (pipeline/data/formats.py), its records' images resolved and, with
+    `verify`, checked (pipeline/data/images.py): the plan verifies, the stage that maps the checked file not."""
+    convert = converter(fmt, purpose, where, detected)
+    images = ImageRefs(folder_of(spec), spec.remote_images, verify, files)
+    return lambda record: images.resolved(record) if has_parts(record := convert(record)) else record
 
 
 def as_record(item: Any, columns: Mapping[str, str]) -> dict:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.data.formats import ROLES
+from pipeline.data.parts import IMAGE_COLUMNS
 
 # Rows flagged per batch as a boolean numpy array (True: check this row in Python).
 Screen = Callable[[pa.RecordBatch], np.ndarray]
@@ -175,5 +176,17 @@ _SCREENS: dict[tuple[str, str], Screen] = {
 
 
 def screen_for(fmt: str, purpose: str) -> Optional[Screen]:
-    """The screen of a (format, purpose), or None when every record goes through the converter."""
-    return _SCREENS.get((fmt, purpose))
+    """The screen of a (format, purpose), or None when every record goes through the converter. Rows with an
+    image column always go through it: their images are checked there (content parts are lists, which the
+    message screens flag already)."""
+    screen = _SCREENS.get((fmt, purpose))
+    return None if screen is None else lambda batch: screen(batch) | _with_images(batch)
+
+
+def _with_images(batch: pa.RecordBatch) -> np.ndarray:
+    flagged = np.zeros(batch.num_rows, dtype=bool)
+    for name in IMAGE_COLUMNS:
+        column = _column(batch, name)
+        if column is not None:
+            flagged |= ~_mask(pc.is_null(column))
+    return flagged

@@ -23,6 +23,8 @@ class DatasetSpec:
     revision: Optional[str] = setting(None, "hub branch, tag or commit (null: main); its commit enters the fingerprint")
     limit: Optional[int] = at_least(1, None, help="keep the first N records")
     columns: Dict[str, str] = setting(factory=dict, help="source column -> canonical key")
+    remote_images: bool = setting(False, "accept http(s) image URLs in chats: not fetched, so not checked, at plan "
+                                         "time; the stage fetches them")
 
 
 def as_spec(spec: DatasetSpec | Mapping[str, Any] | str) -> DatasetSpec:
