@@ -222,9 +222,11 @@ def _mistral3():
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessorPil
 
     tok = _tokenizer(extra=["[IMG]", "[IMG_BREAK]", "[IMG_END]"])
+    # 3 vision layers, not 1: llama.cpp's --mmproj maps multi_modal_projector.linear_{1,2} by block
+    # index, and the block count it uses is the vision tower's.
     cfg = Mistral3Config(text_config=_text_config(tok, "mistral", head_dim=16, sliding_window=None),
                          vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE,
+                                            num_hidden_layers=3, num_attention_heads=2, image_size=IMAGE,
                                             patch_size=PATCH, head_dim=16),
                          image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2,
                          vision_feature_layer=-1)
