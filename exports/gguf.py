@@ -69,7 +69,7 @@ class GGUFConfig(ParityFields):
             return earlier.get(self.inputs[0])
         return next((s for s in reversed(list(earlier.values())) if s.output_kind in MODEL_KINDS), None)
 
-    def check_model(self, where: str, folder: Path | None) -> None:
+    def check_family(self, where: str, folder: Path | None) -> None:
         """A vision-language model converts only where this llama.cpp has both halves: its language model and
         its image projector (mmproj); elsewhere the plan stops here, naming the architecture."""
         if folder is None or not folder_is_vision(folder):
@@ -93,6 +93,15 @@ class GGUFConfig(ParityFields):
 
 
 
+# Seen here (tests/test_vlm_chain.py converts a tiny copy of each architecture): what the converter's registry
+# lists but cannot convert, per bindings version.
+KNOWN_MMPROJ_FAILURES = {
+    ("Gemma3ForConditionalGeneration", "0.3.36"):
+        "transformers 5 saves the SigLIP encoder as vision_tower.embeddings.*, which it does not map "
+        "('Can not map tensor vision_tower.embeddings.patch_embedding.bias')",
+}
+
+
 def mmproj_problem(config: dict) -> str | None:
     """Why this llama.cpp cannot write a GGUF + mmproj pair for a vision-language model's config, or None."""
     architecture = (config.get("architectures") or ["?"])[0]
@@ -102,11 +111,33 @@ def mmproj_problem(config: dict) -> str | None:
         return f"llama.cpp {version}'s converter has no image projector (mmproj) for {architecture}"
     if text_architecture not in converter.architectures(mmproj=False):
         return f"llama.cpp {version}'s converter cannot convert {architecture}'s language model ({text_architecture})"
+    known = KNOWN_MMPROJ_FAILURES.get((architecture, version))
+    if known:
+        return f"llama.cpp {version}'s converter fails on {architecture}'s image side: {known}"
     vision_type = (config.get("vision_config") or {}).get("model_type")
     if architecture == "LlavaForConditionalGeneration" and vision_type != "pixtral":
         return (f"llama.cpp {version}'s converter writes an mmproj for LLaVA with a Pixtral encoder only, not "
                 f"{vision_type} (its legacy llava scripts are not part of the converter)")
     return None
+
+
+MTP_FAMILIES = ("qwen3_next", "qwen3_5", "qwen3_5_moe")  # the converter expects their mtp.* layers unless told
+
+
+def drops_mtp(folder: Path, config: dict) -> bool:
+    """A Qwen3.5 / Qwen3-Next whose safetensors have no multi-token-prediction layers (`mtp.*`): transformers
+    does not load them, so a merge saves none, and the converter must be told (--no-mtp) to skip them."""
+    return config.get("model_type") in MTP_FAMILIES and not has_mtp_weights(folder)
+
+
+def has_mtp_weights(folder: Path) -> bool:
+    from safetensors import safe_open
+
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), "pt") as weights:
+            if any(".mtp." in f".{name}" for name in weights.keys()):
+                return True
+    return False
 
 
 def is_k_quant(quant: str) -> bool:
@@ -227,7 +258,7 @@ def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageCo
     out_file = ctx.out_dir / f"model-{cfg.quant}.gguf"
     if cfg.quant in converter.CONVERTER_TYPES:
         meta["converter_outtype"] = cfg.quant
-        converter.convert(hf_dir, out_file, cfg.quant, ctx.model.name)
+        converter.convert(hf_dir, out_file, cfg.quant, ctx.model.name, no_mtp=drops_mtp(hf_dir, config))
         return out_file
     outtype = intermediate_type(meta["source_dtype"])
     meta["converter_outtype"] = outtype
@@ -239,7 +270,7 @@ def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageCo
             ctx.log(f"warning: {sizes}: not multiples of {converter.K_QUANT_BLOCK}: llama.cpp quantizes those "
                     f"tensors with a fallback type instead of {cfg.quant} (a larger file, other quality)")
     intermediate = ctx.out_dir / f"model-{outtype}.gguf"
-    converter.convert(hf_dir, intermediate, outtype, ctx.model.name)
+    converter.convert(hf_dir, intermediate, outtype, ctx.model.name, no_mtp=drops_mtp(hf_dir, config))
     converter.quantize(intermediate, out_file, cfg.quant)
     if cfg.keep_intermediate:
         meta["intermediate"] = intermediate.name

@@ -44,7 +44,7 @@ class ParityFields(StageConfig):
                                                     help="fail the stage when fewer prompts match token for token")
     parity_images: Optional[DatasetSpec] = setting(None, "a vision-language model's image questions both models "
                                                          "answer too (prompt records with an image part)",
-                                                   purpose="prompt")
+                                                   purpose="prompt", images=True)
 
     def memory_profile(self, sources):
 

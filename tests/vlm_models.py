@@ -16,6 +16,8 @@ import re
 import shutil
 from pathlib import Path
 
+from pipeline.models.vision import image_only, without_torchvision
+
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED = ROOT / "embedded" / "model"
 
@@ -59,38 +61,14 @@ def chat_template(image: str) -> str:
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-# Processors whose __init__ takes a video processor. Without torchvision transformers can neither build
-# one of these (VideoProcessorMixin is not exported, so the argument class check fails) nor load one
-# (AutoVideoProcessor raises ImportError), even for images only. See `image_only` and `load_processor`.
-VIDEO_PROCESSOR_ARCHS = {"qwen3_vl", "qwen3_5", "smolvlm", "gemma4"}
-
-
-def image_only(processor_cls, video: dict | None = None):
-    """`processor_cls` without its video processor: images never reach it. The subclass keeps the
-    parent's name, and saves `video` (the video processor's settings) as the real one would, so a folder
-    saved from it loads with AutoProcessor wherever torchvision is installed."""
-    def get_attributes(cls):
-        return [name for name in processor_cls.get_attributes() if name != "video_processor"]
-
-    def to_dict(self):
-        return {**processor_cls.to_dict(self), **({"video_processor": video} if video else {})}
-
-    return type(processor_cls.__name__, (processor_cls,), {"get_attributes": classmethod(get_attributes),
-                                                          "to_dict": to_dict, "__module__": __name__})
-
-
 def load_processor(folder):
-    """AutoProcessor, or, for a video-capable processor where torchvision is missing, its image-only copy."""
-    import transformers
+    """AutoProcessor, or for a video-capable processor where torchvision is missing, its image-only copy."""
     from transformers import AutoProcessor
 
     try:
         return AutoProcessor.from_pretrained(folder)
     except ImportError as error:
-        if "torchvision" not in str(error).lower():
-            raise
-    config = json.loads((Path(folder) / "processor_config.json").read_text())
-    return image_only(getattr(transformers, config["processor_class"]), config.get("video_processor")).from_pretrained(folder)
+        return without_torchvision(folder, error)
 
 
 def _tokenizer(named: dict[str, str] | None = None, extra: list[str] | None = None):
@@ -112,15 +90,23 @@ def _text_config(tok, model_type: str, **more) -> dict:
 def _idefics3():
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
 
+    from tokenizers import AddedToken
+
     grid = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
     tok = _tokenizer(extra=["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>", *grid])
+    # llama.cpp lays out Idefics3 images with a "\n\n" token before the overview (it looks the piece up in the
+    # vocabulary); the SentencePiece vocabulary has none, so it is added, as SmolVLM's BPE vocabulary has it.
+    tok.add_tokens([AddedToken("\n\n", normalized=False, special=False)])
     scale = 2  # the connector's pixel shuffle folds scale**2 patches into one token
-    cfg = Idefics3Config(text_config=_text_config(tok, "llama"),
+    # text_config.architectures: llama.cpp's converter maps the language model by it (as SmolVLM's config has it)
+    cfg = Idefics3Config(text_config=_text_config(tok, "llama", architectures=["VLlama3ForCausalLM"]),
                          vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                             num_attention_heads=2, image_size=IMAGE, patch_size=PATCH),
                          scale_factor=scale, image_token_id=tok.convert_tokens_to_ids("<image>"),
                          pad_token_id=tok.pad_token_id)
-    images = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": IMAGE},
+    # Images of 2 x IMAGE px split into 2 x 2 tiles and an overview, as llama.cpp always lays them out (it adds
+    # tiles even for an image of one tile's size, where transformers would not split): so both agree.
+    images = Idefics3ImageProcessorPil(do_image_splitting=True, size={"longest_edge": 2 * IMAGE},
                                        max_image_size={"longest_edge": IMAGE})
     proc = Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=(IMAGE // PATCH) ** 2 // scale**2,
                              chat_template=chat_template("<image>"))
@@ -246,18 +232,6 @@ BUILDERS = {"idefics3": _idefics3, "llava": _llava, "qwen3_vl": lambda: _qwen_vl
             "qwen3_5": lambda: _qwen_vl("qwen3_5"), "gemma3": _gemma3, "mistral3": _mistral3}
 
 
-def _keep_tokenizer_class(out: Path) -> None:
-    """AutoTokenizer replaces the saved class for model types it lists as shipping a wrong one (qwen3_5
-    among them) with the registered Qwen3_5Tokenizer, a byte-level BPE that mangles this SentencePiece
-    vocab ("Hello world" decodes as "Helloworld"). An auto_map entry skips that override; with
-    trust_remote_code off transformers then drops the entry and loads the saved LlamaTokenizer.
-    (With trust_remote_code=True it would look for remote code and fail.)"""
-    path = out / "tokenizer_config.json"
-    config = json.loads(path.read_text())
-    config["auto_map"] = {"AutoTokenizer": [None, None]}
-    path.write_text(json.dumps(config, indent=2))
-
-
 def build_tiny_vlm(arch: str, out: Path) -> Path:
     """Write a tiny random `arch` VLM with its processor to `out`; returns `out`."""
     import torch
@@ -274,7 +248,5 @@ def build_tiny_vlm(arch: str, out: Path) -> Path:
                                                bos_token_id=None, do_sample=False)
     model.save_pretrained(out)
     proc.save_pretrained(out)
-    if arch == "qwen3_5":
-        _keep_tokenizer_class(out)
     shutil.copy2(EMBEDDED / "tokenizer.model", out / "tokenizer.model")  # the SentencePiece source, for converters
     return out

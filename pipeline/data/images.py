@@ -52,6 +52,21 @@ def load_image(ref: str) -> "Image":
     return load(ref)
 
 
+def image_size(ref: str) -> Optional[tuple[int, int]]:
+    """(width, height) of a local image or data URL, read from its header (no pixels decoded); None for a
+    remote URL, which is not fetched for this."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    if ref.startswith(REMOTE):
+        return None
+    source = io.BytesIO(base64.b64decode(ref.split(",", 1)[1])) if ref.startswith("data:") else ref
+    with Image.open(source) as image:
+        return image.size
+
+
 def has_images(records: Iterable[dict]) -> bool:
     """Whether any record's chat has an image part: for a datasets.Dataset from its features (no row read),
     else record by record."""

@@ -30,17 +30,40 @@ def _texts(record: dict, purpose: str, tokenizer) -> list[str]:
     return [record["text"]]
 
 
-def sample_lengths(spec, purpose: str, tokenizer, n: int = SAMPLE) -> list[int]:
-    """Token counts of (up to) the first `n` records, rendered as the stage renders them."""
-    key = (repr(as_spec(spec)), purpose, getattr(tokenizer, "name_or_path", ""), str(tokenizer.chat_template), n)
+def sample_lengths(spec, purpose: str, tokenizer, n: int = SAMPLE, image_tokens=None) -> list[int]:
+    """Token counts of (up to) the first `n` records, rendered as the stage renders them. `image_tokens`:
+    a vision-language model's (width, height) -> tokens per image (pipeline.models.vision), added for each
+    image a record carries (its placeholder counts one token in the text)."""
+    key = (repr(as_spec(spec)), purpose, getattr(tokenizer, "name_or_path", ""), str(tokenizer.chat_template), n,
+           image_tokens is not None)
     if key in _CACHE:
         return _CACHE[key]
     lengths = []
     for record in islice(canonical(spec, purpose), n):
         texts = _texts(record, purpose, tokenizer)
-        lengths.append(max(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]))
+        length = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])
+        if image_tokens is not None:
+            length += sum(image_tokens(*size) for size in _image_sizes(record))
+        lengths.append(length)
     _CACHE[key] = lengths
     return lengths
+
+
+UNKNOWN_IMAGE_SIZE = (1024, 1024)  # a remote image is not fetched at plan time: counted as a large one
+
+
+def _image_sizes(record: dict) -> list[tuple[int, int]]:
+    """(width, height) of each image part in a record's chats, read from the file headers."""
+    from pipeline.data.images import image_size
+
+    sizes = []
+    for key in ("messages", "prompt"):
+        for message in record.get(key) or []:
+            content = message.get("content") if isinstance(message, dict) else None
+            for part in content if isinstance(content, list) else []:
+                if part.get("type") == "image":
+                    sizes.append(image_size(part["image"]) or UNKNOWN_IMAGE_SIZE)
+    return sizes
 
 
 def longest_of(lengths: list[int], draws: int, cap: int | None = None) -> int | None:

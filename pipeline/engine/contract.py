@@ -6,11 +6,17 @@ below on every stage, in this order, and names no stage kind; a kind overrides o
 
     validate(where, earlier)      after the config is typed and in range: cross-field and cross-stage rules
     check_model(where, folder)    when the stage reads the chain's base model: what only its files can tell
+    check_family(where, folder)   for every stage: what holds for every model made from the chain's model
+                                  (its architecture, whether it takes images)
     check_device(where, device)   when the stage will run: what only the device can tell (4-bit kernels...)
     unused_datasets()             dataset fields this configuration does not read (not checked, not hashed)
     memory_profile(sources)       what it does with the model, for the memory plan
     disk_bytes(n_params, dtype)   what it writes to the store, for the disk check
     also_reads()                  earlier stages it reads besides its inputs (an optional stage's skip follows)
+
+A DatasetSpec field whose metadata says `images=True` (image questions: the exports' parity_images) is read,
+checked and hashed for a vision-language model only, so the shipped data can name image sets that a text
+model's chain never opens.
 
 A hook raises ConfigError or PlanError with `where` (e.g. `stages.sft`) at the start of its message.
 """
@@ -39,6 +45,10 @@ class StageConfig:
 
     def check_model(self, where: str, folder: Path | None) -> None:
         """Rules that need the chain's base model (`folder`: its local files, None for a hub id)."""
+
+    def check_family(self, where: str, folder: Path | None) -> None:
+        """Rules on the architecture every model of the chain shares (`folder`: the chain's model, None for a hub
+        id); called whatever the stage's input is, since training and merging keep the architecture."""
 
     def check_device(self, where: str, device: str) -> None:
         """Rules that need the device ("cpu", "cuda", "mps"); only called when the stage will run."""

@@ -27,8 +27,9 @@ from pipeline.errors import ConfigError, PlanError
 from pipeline.hashing import hash_json
 from pipeline.models import memory
 from pipeline.models.config import ModelConfig
-from pipeline.models.loading import (base_artifact, check_available, check_thinking_switch, load_tokenizer, local_folder,
-                                     pick_device, resolve_dtype)
+from pipeline.models.loading import (base_artifact, check_available, check_thinking_switch, is_vision, load_tokenizer,
+                                     local_folder, pick_device, resolve_dtype)
+from pipeline.models.vision import image_token_counter
 from pipeline.models.sources import prepare
 
 BASE = "base"  # the reserved input name of the chain's starting model
@@ -123,12 +124,15 @@ def _resolve_inputs(name: str, spec: registry.StageSpec, requested: list[str] | 
                     f"but no earlier stage produces one (earlier: {available})")
 
 
-def _dataset_fields(cfg: Any) -> list[tuple[str, data.DatasetSpec, str]]:
-    """(field name, spec, purpose) for every DatasetSpec field of a stage config that its settings use."""
+def _dataset_fields(cfg: Any, vision: bool = True) -> list[tuple[str, data.DatasetSpec, str]]:
+    """(field name, spec, purpose) for every DatasetSpec field of a stage config that its settings use; a field
+    declared `images=True` (image questions) only for a vision-language model."""
     unused = cfg.unused_datasets()
     found = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if f.metadata.get("images") and not vision:
+            continue
         if isinstance(value, data.DatasetSpec) and f.name not in unused:
             found.append((f.name, value, f.metadata.get("purpose", "sft")))
     return found
@@ -188,8 +192,10 @@ def _type_stages(cfg: DictConfig, plan: Plan, problems: list[str]) -> list[tuple
                     raise
                 cannot_run = str(e)
         inputs = _resolve_inputs(name, spec, typed.inputs, produced)
-        if inputs == [BASE] and not problems:  # what only the chain's model can tell
-            typed.check_model(f"stages.{name}", local_folder(plan.model.path))
+        if not problems:  # what only the chain's model can tell
+            typed.check_family(f"stages.{name}", local_folder(plan.model.path))
+            if inputs == [BASE]:
+                typed.check_model(f"stages.{name}", local_folder(plan.model.path))
         plan.steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=typed.optional))
         produced[name] = plan.steps[-1].output_kind
         if cannot_run:
@@ -215,10 +221,11 @@ def _fingerprint(plan: Plan, cfg: DictConfig, hardware: dict) -> None:
     dtype = resolve_dtype(plan.model.dtype, plan.device, plan.model.path)
     model_extra = hash_json({k: v for k, v in dataclasses.asdict(plan.model).items() if k not in MODEL_KEYS_NOT_HASHED})
     fingerprints: dict[str, str] = {BASE: plan.base.fingerprint}
+    vision = is_vision(plan.model)
     checks = CheckCache(plan.store.root / ".data")  # what earlier plans learned of each data file version
     for step in plan.steps:
         data_fps = []
-        for field_name, dataset, purpose in _dataset_fields(step.cfg):
+        for field_name, dataset, purpose in _dataset_fields(step.cfg, vision):
             try:
                 checked = data.check(dataset, purpose, checks)
             except data.DataError as e:  # still a DataError, now naming the key that points at the data
@@ -287,11 +294,12 @@ def _plan_memory(plan: Plan, hardware: dict) -> None:
     plan.n_params = shape.n_params
     dtype = resolve_dtype(plan.model.dtype, plan.device, plan.model.path)
     tokenizer = _plan_tokenizer(plan, folder)
+    image_tokens = image_token_counter(folder) if is_vision(plan.model) else None
     by_name = {s.name: s for s in plan.steps}
     for step in plan.steps:
         work = step.cfg.memory_profile([by_name[n] for n in step.input_names if n in by_name])
         if tokenizer is not None:
-            _measure_lengths(step, work, tokenizer)
+            _measure_lengths(step, work, tokenizer, image_tokens)
         sharding = memory.Sharding.from_hardware(hardware) if launch.is_distributed(step.spec, hardware) else None
         if sharding is not None:
             step.memory_processes, step.sharding = launch.world(hardware)[0], sharding.describe()
@@ -310,21 +318,24 @@ def _plan_tokenizer(plan: Plan, folder):
 LONG_BATCH_BATCHES = 4
 
 
-def _measure_lengths(step: Step, work: memory.Workload, tokenizer) -> None:
-    """Replace the workload's worst-case lengths by what the stage's data has."""
-    fields = _dataset_fields(step.cfg)
+def _measure_lengths(step: Step, work: memory.Workload, tokenizer, image_tokens=None) -> None:
+    """Replace the workload's worst-case lengths by what the stage's data has (a vision-language model's
+    images counted as the tokens its processor makes of them)."""
+    fields = _dataset_fields(step.cfg, vision=image_tokens is not None)
     if work.kind == "train" and fields:
         _, spec, purpose = fields[0]
         # a long batch: the longest of a few batches' records (measured: step peaks vary by ~10% over a run)
-        found = longest_of(sample_lengths(spec, purpose, tokenizer), LONG_BATCH_BATCHES * work.batch, work.length)
+        found = longest_of(sample_lengths(spec, purpose, tokenizer, image_tokens=image_tokens),
+                           LONG_BATCH_BATCHES * work.batch, work.length)
         if found:
             completion = work.generate_tokens if purpose == "prompt" else 0  # prompts the stage completes
             work.length = min(work.length, found + completion)
             work.prompt_length = found
     elif work.kind == "generate":
-        prompts = [(spec, purpose) for _, spec, purpose in fields if purpose in ("gsm8k", "instruct")]
+        prompts = [(spec, purpose) for _, spec, purpose in fields if purpose in ("gsm8k", "instruct", "prompt")]
         if prompts:
-            found = longest_of(sample_lengths(prompts[0][0], prompts[0][1], tokenizer), work.batch)
+            found = longest_of(sample_lengths(prompts[0][0], prompts[0][1], tokenizer, image_tokens=image_tokens),
+                               work.batch)
             work.prompt_length = found or work.prompt_length
 
 

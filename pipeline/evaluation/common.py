@@ -31,7 +31,8 @@ def image_prompts(backend, records: list[dict], ctx) -> tuple[list[str], list[li
     (PIL, in placeholder order) for backend.generate(..., images=...)."""
     from pipeline.data.images import load_image
     from pipeline.errors import PlanError
-    from pipeline.training.images import image_refs, placeholders
+    from pipeline.data.images import images_in
+    from pipeline.training.images import placeholders
 
     processor = getattr(backend, "processor", None)
     if processor is None:
@@ -39,4 +40,4 @@ def image_prompts(backend, records: list[dict], ctx) -> tuple[list[str], list[li
                         "(a vision-language model's HF folder or adapter does)")
     prompts = [processor.apply_chat_template(placeholders(r["prompt"]), tokenize=False, add_generation_prompt=True)
                for r in records]
-    return prompts, [[load_image(ref) for ref in image_refs(r["prompt"])] for r in records]
+    return prompts, [[load_image(ref) for ref in images_in(r["prompt"])] for r in records]

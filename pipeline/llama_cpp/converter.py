@@ -73,15 +73,18 @@ def _fetch_converter(version: str, folder: Path) -> None:
 
 
 def convert(hf_dir: Path, out_file: Path, outtype: str = "f16", model_name: str | None = None,
-            mmproj: bool = False) -> None:
+            mmproj: bool = False, no_mtp: bool = False) -> None:
     """HF folder -> GGUF with llama.cpp's own converter (tokenizer, chat template, special tokens).
     `model_name` becomes general.name (else the converter names it after the folder); `mmproj`: write
-    a vision-language model's image encoder and projector instead of its language model."""
+    a vision-language model's image encoder and projector instead of its language model; `no_mtp`: the
+    weights carry no multi-token-prediction layers although the config may name some (a Qwen3.5 that
+    transformers saved: it does not load them)."""
     folder = converter_dir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder / "gguf-py"), str(folder)]),
                NO_LOCAL_GGUF="")
     cmd = [sys.executable, str(folder / "convert_hf_to_gguf.py"), str(hf_dir), "--outfile", str(out_file),
-           "--outtype", outtype] + (["--model-name", model_name] if model_name else []) + (["--mmproj"] if mmproj else [])
+           "--outtype", outtype] + (["--model-name", model_name] if model_name else []) + (["--mmproj"] if mmproj else []) \
+        + (["--no-mtp"] if no_mtp else [])
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out_file.is_file():
         tail = "\n".join(done.stderr.strip().splitlines()[-6:])

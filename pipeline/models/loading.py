@@ -18,7 +18,7 @@ from pipeline.errors import ConfigError, ModelUnavailable
 from pipeline.hashing import folder_digest
 from pipeline.hub import hub_commit, hub_reachable
 from pipeline.models.config import DTYPES, ModelConfig
-from pipeline.models.vision import copy_processor_files, folder_is_vision
+from pipeline.models.vision import copy_processor_files, folder_is_vision, without_torchvision
 
 
 def local_folder(path: str) -> Path | None:
@@ -132,12 +132,26 @@ def load_processor(source: str, model, padding_side: str = "right"):
     """The model's AutoProcessor, with the entry's chat template and thinking switch applied as for a tokenizer."""
     from transformers import AutoProcessor
 
-    processor = _from_pretrained(AutoProcessor, source, model)
+    try:
+        processor = _from_pretrained(AutoProcessor, source, model)
+    except ImportError as error:  # a video-capable processor (Qwen-VL) where torchvision is missing
+        processor = without_torchvision(_folder_of(source, model), error)
     tokenizer = load_tokenizer(source, model, padding_side)  # pad token, template override, thinking switch
     processor.tokenizer = tokenizer
     if model.chat_template or getattr(processor, "chat_template", None) is None:
         processor.chat_template = tokenizer.chat_template
     return processor
+
+
+def _folder_of(source: str, model: ModelConfig) -> Path:
+    """A local folder, or the hub snapshot transformers cached for it."""
+    folder = local_folder(source)
+    if folder is not None:
+        return folder
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, revision=model.revision if source == model.path else None,
+                                  allow_patterns=["*.json", "*.jinja"]))
 
 
 def save_tokenizer(tokenizer, source: Artifact, out_dir: Path | str) -> None:

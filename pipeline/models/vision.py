@@ -147,3 +147,29 @@ def _qwen(settings: dict):
         return max(1, (h // factor) * (w // factor))
 
     return count
+
+
+def image_only(processor_cls, video: dict | None = None):
+    """`processor_cls` without its video processor. Processors that take one (Qwen3-VL, Qwen3.5, SmolVLM,
+    Gemma 4) can be neither built nor loaded where torchvision is missing, even for images only; images
+    never reach the video part. The subclass keeps the parent's name and saves `video` (the video
+    processor's settings) as the real one would, so its folder loads with AutoProcessor where torchvision is."""
+    def get_attributes(cls):
+        return [name for name in processor_cls.get_attributes() if name != "video_processor"]
+
+    def to_dict(self):
+        return {**processor_cls.to_dict(self), **({"video_processor": video} if video else {})}
+
+    return type(processor_cls.__name__, (processor_cls,), {"get_attributes": classmethod(get_attributes),
+                                                          "to_dict": to_dict, "__module__": __name__})
+
+
+def without_torchvision(folder: str | Path, error: ImportError):
+    """A saved processor loaded image-only after AutoProcessor failed for lack of torchvision (its video part)."""
+    import transformers
+
+    if "torchvision" not in str(error).lower():
+        raise error
+    config = json.loads((Path(folder) / "processor_config.json").read_text())
+    cls = image_only(getattr(transformers, config["processor_class"]), config.get("video_processor"))
+    return cls.from_pretrained(folder)

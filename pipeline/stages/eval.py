@@ -27,9 +27,13 @@ from pipeline.errors import ConfigError
 from pipeline.evaluation import registry as eval_tasks
 from pipeline.evaluation.scoring.judge import JudgeConfig
 from pipeline.models.memory import Workload
+from pipeline.models.vision import folder_is_vision
 from pipeline.models.peak_memory import MemoryWatch
 from pipeline.ranges import at_least, setting
 from pipeline.engine.contract import StageConfig
+
+
+IMAGE_TASKS = ("vqa", "hallucination")  # they need a vision-language model
 
 
 @dataclass
@@ -43,9 +47,9 @@ class EvalConfig(StageConfig):
     instruct: DatasetSpec = setting(MISSING, "prompts with verifiable checks and reference answers (tasks instruct, "
                                              "judge)", purpose="instruct")
     vqa: Optional[DatasetSpec] = setting(None, "questions about images with short answers (task vqa)",
-                                         purpose="prompt")
+                                         purpose="prompt", images=True)
     pope: Optional[DatasetSpec] = setting(None, "yes/no questions about objects in and not in images (task "
-                                                "hallucination)", purpose="prompt")
+                                                "hallucination)", purpose="prompt", images=True)
     judge: JudgeConfig = setting(factory=JudgeConfig, help="an OpenAI-compatible judge that grades the instruct answers "
                                                            "1-10 (task judge)")
     judge_stage: Optional[str] = setting(None, "an earlier gguf stage as the judge, served on loopback; list it in "
@@ -89,6 +93,12 @@ class EvalConfig(StageConfig):
                 evals = [n for n, s in earlier.items() if s.kind == "eval"]
                 raise ConfigError(f"{where}.compare_with: '{self.compare_with}' is not an earlier eval stage; "
                                   f"choose from: {', '.join(evals) or '(none)'}")
+
+    def check_family(self, where: str, folder) -> None:
+        image_tasks = [t for t in self.tasks if t in IMAGE_TASKS]
+        if image_tasks and folder is not None and not folder_is_vision(folder):
+            raise ConfigError(f"{where}.tasks: {image_tasks} ask questions about images, but {folder} is a text model "
+                              f"(no vision_config); use a vision-language model (model=embedded-vlm) or drop them")
 
     def also_reads(self) -> set[str]:
         return {self.compare_with} if self.compare_with else set()

@@ -6,26 +6,17 @@ included, is masked); the images load lazily, row by row, as the collator asks f
 """
 from __future__ import annotations
 
-from typing import Any
+
+from pipeline.data.images import images_in, plain_messages
 
 IMAGE = "image"
-
-
-def has_images(records: list[dict[str, Any]], keys: tuple[str, ...] = ("messages",)) -> bool:
-    """Whether any message of any record carries an image part."""
-    return any(image_refs(record[key]) for record in records for key in keys if key in record)
-
-
-def image_refs(messages: list[dict]) -> list[str]:
-    return [part[IMAGE] for message in messages if isinstance(message.get("content"), list)
-            for part in message["content"] if part.get("type") == IMAGE]
 
 
 def placeholders(messages: list[dict]) -> list[dict]:
     """Messages with each image part emptied to `{"type": "image"}` (trl fills it from the row's images)
     and string contents as text parts, as trl's prepare_multimodal_messages expects."""
     out = []
-    for message in messages:
+    for message in plain_messages(messages):
         content = message.get("content")
         if isinstance(content, list):
             parts = [{"type": IMAGE} if p.get("type") == IMAGE else p for p in content]
@@ -41,14 +32,14 @@ def sft_rows(records: list[dict]) -> list[dict]:
     for record in records:
         messages = record["messages"]
         rows.append({"prompt": placeholders(messages[:-1]), "completion": placeholders(messages[-1:]),
-                     "images": image_refs(messages)})
+                     "images": images_in(messages)})
     return rows
 
 
 def preference_rows(records: list[dict]) -> list[dict]:
     """Canonical preference records -> trl's DPO vision rows {prompt, chosen, rejected, images}."""
     return [{"prompt": placeholders(r["prompt"]), "chosen": placeholders(r["chosen"]),
-             "rejected": placeholders(r["rejected"]), "images": image_refs(r["prompt"])} for r in records]
+             "rejected": placeholders(r["rejected"]), "images": images_in(r["prompt"])} for r in records]
 
 
 def image_dataset(rows: list[dict]):

@@ -43,9 +43,9 @@ def run(ev: EvalRun) -> dict:
 
 
 def _image_of(record: dict) -> str | None:
-    from pipeline.training.images import image_refs
+    from pipeline.data.images import images_in
 
-    refs = image_refs(record["prompt"])
+    refs = images_in(record["prompt"])
     return refs[0] if refs and not refs[0].startswith("data:") else None
 
 
