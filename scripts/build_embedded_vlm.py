@@ -34,7 +34,7 @@ sys.path.insert(0, HERE)
 import embedded_vlm as ev  # noqa: E402
 
 # Defaults chosen after measuring (see embedded/vlm/README.md).
-FULL = dict(steps=900, batch_size=32, lr=1e-3, lm_lr_scale=0.25)
+FULL = dict(steps=500, batch_size=32, lr=1e-3, lm_lr_scale=0.25)
 QUICK = dict(steps=4, batch_size=4, lr=1e-3, lm_lr_scale=0.25)
 QUICK_SIZES = dict(train_images=24, align_images=32, vqa_images=8, pope_images=4, preference=12)
 

@@ -20,7 +20,8 @@ def make(lm_dir: str, img_size=64, patch=8, scale=2, vision=None):
                               Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor)
 
     tok = AutoTokenizer.from_pretrained(lm_dir)
-    tok.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS})
+    # keep <|im_start|> and <|im_end|> special (skipped on decode) alongside the image tokens
+    tok.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS}, replace_extra_special_tokens=False)
     lm = AutoModelForCausalLM.from_pretrained(lm_dir)
     vision = vision or dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
     cfg = Idefics3Config(text_config=lm.config.to_dict(),
