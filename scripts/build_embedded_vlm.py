@@ -13,7 +13,8 @@ Tiny smoke version for tests (seconds; writes nothing outside --out):
 
 Steps: (1) draw the held-out pictures, then the training pictures (none equal to a held-out one, by
 pixel hash), and write the sets; (2) wrap the embedded Llama (embedded/model) in an Idefics3 model with
-a small SigLIP vision encoder (64x64 input, 8x8 patches, 16 image tokens after pixel shuffle);
+a small SigLIP vision encoder (64x64 pictures cut into 2x2 tiles of 32 px plus an overview, the layout
+llama.cpp uses; 8x8 patches, 4 image tokens per tile after pixel shuffle);
 (3) alignment pretraining on captions of the training pictures (plain text after the image, never the
 chat format), so the model sees but has not been taught to answer questions; (4) save, reload, check
 the logits. scripts/check_embedded_vlm.py then measures what a LoRA SFT adds.
@@ -34,7 +35,7 @@ sys.path.insert(0, HERE)
 import embedded_vlm as ev  # noqa: E402
 
 # Defaults chosen after measuring (see embedded/vlm/README.md).
-FULL = dict(steps=500, batch_size=32, lr=1e-3, lm_lr_scale=0.25)
+FULL = dict(steps=1000, batch_size=32, lr=1e-3, lm_lr_scale=0.25)
 QUICK = dict(steps=4, batch_size=4, lr=1e-3, lm_lr_scale=0.25)
 QUICK_SIZES = dict(train_images=24, align_images=32, vqa_images=8, pope_images=4, preference=12)
 
@@ -90,7 +91,8 @@ def main():
     model, proc = vm.make(lm_dir)
     probe = [im for im, _ in built.align[:4]]
     enc = proc(text=["<image>"] * len(probe), images=[[im] for im in probe], return_tensors="pt")
-    assert torch.equal(enc["pixel_values"][:, 0], align.to_float(align.pixels(probe))), "pixel path differs"
+    assert torch.allclose(enc["pixel_values"], align.to_float(align.pixels(probe, proc.image_processor)),
+                          atol=1e-6), "pixel path differs"
     n_params = sum(p.numel() for p in model.parameters())
     n_vision = sum(p.numel() for n, p in model.named_parameters() if "text_model" not in n)
     print(f"model: Idefics3, {n_params / 1e6:.2f}M parameters ({n_vision / 1e6:.2f}M vision + connector)")

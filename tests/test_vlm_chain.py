@@ -110,6 +110,7 @@ def test_idefics3_to_gguf_and_mmproj_agrees_with_hf_and_serves_an_image(tiny_vlm
     assert manifest["meta"]["mmproj"] == "mmproj-f32.gguf" and (folder / "mmproj-f32.gguf").is_file()
     # greedy answers on image prompts, llama.cpp (GGUF + mmproj, libmtmd's tiling) against transformers
     assert gguf["metrics"]["parity_image_n"] == 8 and gguf["metrics"]["parity_image_identical"] >= 0.75
+    assert "gguf: " in result.stdout and "on image prompts identical on" in result.stdout  # the export line says so
     assert stages["eval_gguf"]["metrics"]["backend"] == "llama.cpp" and stages["eval_gguf"]["metrics"]["vqa_n"] == 8
     serve = stages["serve"]["metrics"]
     assert serve["image_prompt_tokens"] > 20 and serve["remote_image_refused"] is True  # the image's tokens counted

@@ -92,6 +92,9 @@ def exports(entries: list[dict[str, Any]]) -> list[str]:
                          f"(token agreement {100 * m['parity_token_agreement']:.1f}%), accuracy "
                          f"{100 * m['parity_source_accuracy']:.1f}% -> {100 * m['parity_accuracy']:.1f}%, "
                          f"stops at EOS {100 * m['parity_source_stopped']:.0f}% -> {100 * m['parity_stopped']:.0f}%")
+        if "parity_image_identical" in m:
+            parts.append(f"on image prompts identical on {100 * m['parity_image_identical']:.1f}% of "
+                         f"{m['parity_image_n']} (token agreement {100 * m['parity_image_token_agreement']:.1f}%)")
         lines.append(f"{e['name']}: " + "; ".join(parts))
     return lines
 

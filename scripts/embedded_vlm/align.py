@@ -6,14 +6,17 @@ import math
 import random
 import time
 
-import numpy as np
 import torch
 
 
-def pixels(images) -> torch.Tensor:
-    """The processor's normalisation for 64x64 inputs (no resize, (x/255 - 0.5) / 0.5); checked against it
-    in the builder. Kept as uint8 until a batch is drawn, to keep memory small."""
-    return torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2).contiguous()
+def pixels(images, image_processor) -> torch.Tensor:
+    """The processor's tiles (tiles + overview, each (x/255 - 0.5) / 0.5), turned back into uint8 so 8,000
+    pictures stay small until a batch is drawn; the builder checks the round trip is exact."""
+    out = []
+    for i in range(0, len(images), 256):
+        pv = image_processor([[im.convert("RGB")] for im in images[i:i + 256]], return_tensors="pt")["pixel_values"]
+        out.append(((pv * 0.5 + 0.5) * 255).round().to(torch.uint8))
+    return torch.cat(out)
 
 
 def to_float(u8: torch.Tensor) -> torch.Tensor:
@@ -54,7 +57,7 @@ def train(model, proc, images, captions, steps, batch_size, lr, lm_lr_scale, see
     lr * lm_lr_scale (it already reads text; it only has to learn to read the image tokens)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    px = pixels(images)
+    px = pixels(images, proc.image_processor)
     rows = encode_captions(proc, captions)
     pad = proc.tokenizer.pad_token_id
     vis = [p for n, p in model.named_parameters() if "text_model" not in n and "lm_head" not in n]
@@ -77,7 +80,7 @@ def train(model, proc, images, captions, steps, batch_size, lr, lm_lr_scale, see
         idx, order = order[:batch_size], order[batch_size:]
         input_ids, labels, mask = collate([rows[i] for i in idx], pad)
         out = model(input_ids=input_ids, attention_mask=mask, labels=labels,
-                    pixel_values=to_float(px[idx]).unsqueeze(1))
+                    pixel_values=to_float(px[idx]))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -15,25 +15,32 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def make(lm_dir: str, img_size=64, patch=8, scale=2, vision=None):
+def make(lm_dir: str, img_size=64, tile=32, patch=8, scale=2, vision=None):
+    """Pictures of img_size px are cut into (img_size // tile)**2 tiles plus an overview scaled to one tile,
+    the layout llama.cpp's mtmd always uses for Idefics3 (it tiles even a one-tile image, where transformers
+    would not): so the HF model and its GGUF + mmproj see the same prompt."""
+    from tokenizers import AddedToken
     from transformers import (AutoModelForCausalLM, AutoTokenizer, Idefics3Config,
-                              Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor)
+                              Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor)
 
     tok = AutoTokenizer.from_pretrained(lm_dir)
     # keep <|im_start|> and <|im_end|> special (skipped on decode) alongside the image tokens
     tok.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS}, replace_extra_special_tokens=False)
+    # llama.cpp puts a "\n\n" token before the overview and looks the piece up in the vocabulary (SmolVLM's
+    # byte-level vocabulary has one; the embedded SentencePiece one does not)
+    tok.add_tokens([AddedToken("\n\n", normalized=False, special=False)])
     lm = AutoModelForCausalLM.from_pretrained(lm_dir)
     vision = vision or dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
     cfg = Idefics3Config(text_config=lm.config.to_dict(),
-                         vision_config=dict(vision, image_size=img_size, patch_size=patch),
+                         vision_config=dict(vision, image_size=tile, patch_size=patch),
                          scale_factor=scale, image_token_id=tok.convert_tokens_to_ids("<image>"),
                          tie_word_embeddings=lm.config.tie_word_embeddings)
     model = Idefics3ForConditionalGeneration(cfg)
     model.model.text_model.load_state_dict(lm.model.state_dict())
     model.resize_token_embeddings(len(tok))
-    ip = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": img_size},
-                                max_image_size={"longest_edge": img_size})
-    seq = (img_size // patch) ** 2 // scale ** 2
+    ip = Idefics3ImageProcessorPil(do_image_splitting=True, size={"longest_edge": img_size},
+                                   max_image_size={"longest_edge": tile})
+    seq = (tile // patch) ** 2 // scale ** 2  # image tokens per tile
     proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=seq, chat_template=CHAT_TEMPLATE)
     return model, proc
 
