@@ -83,7 +83,8 @@ RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "reci
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_plans_on_the_real_model(recipe, tmp_path, chain):
     """Every shipped recipe composes and plans on SmolLM2 with its tuning (the converted folder is the
-    one the chain above made); the GPTQ recipe names its install line without GPTQModel."""
+    one the chain above made); the GPTQ recipe names its install line without GPTQModel, and the vision
+    recipe refuses a text model."""
     import importlib.util
 
     from conftest import compose
@@ -93,6 +94,11 @@ def test_every_recipe_plans_on_the_real_model(recipe, tmp_path, chain):
     from pipeline.errors import PlanError
 
     cfg = compose([f"recipe={recipe}", "model=smollm2-135m", "logger=none"])
+    if recipe == "vlm_lab":  # image questions on a text model are refused at plan time, naming the way out
+        from pipeline.errors import ConfigError
+        with pytest.raises(ConfigError, match=r"ask questions about images.*text model.*model=embedded-vlm"):
+            build_plan(cfg, Store(tmp_path), recipe=recipe, device="cpu")
+        return
     if recipe == "lora_then_gptq" and importlib.util.find_spec("gptqmodel") is None:
         with pytest.raises(PlanError, match=r"pip install"):
             build_plan(cfg, Store(tmp_path), recipe=recipe, device="cpu")
