@@ -13,6 +13,7 @@ the stage, because a GGUF that never emits a stop token runs on forever in llama
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from pipeline.ranges import setting
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
-from pipeline.models.loading import local_folder
+from pipeline.models.loading import local_folder, read_config
 from pipeline.models.vision import folder_is_vision
 from pipeline.models.memory import GGUF_BYTES_PER_PARAM
 
@@ -70,12 +71,17 @@ class GGUFConfig(ParityFields):
         return next((s for s in reversed(list(earlier.values())) if s.output_kind in MODEL_KINDS), None)
 
     def check_family(self, where: str, folder: Path | None) -> None:
-        """A vision-language model converts only where this llama.cpp has both halves: its language model and
-        its image projector (mmproj); elsewhere the plan stops here, naming the architecture."""
-        if folder is None or not folder_is_vision(folder):
+        """What this llama.cpp cannot convert or load is refused here, before any training: a language model's
+        architecture it does not know (or knows only in another layout), and a vision-language model without
+        both halves (its language model and its image projector, mmproj)."""
+        config = read_config(folder)
+        if config is None:
             return
-        config = json.loads((folder / "config.json").read_text())
-        problem = mmproj_problem(config)
+        try:
+            problem = mmproj_problem(config) if folder_is_vision(folder) else text_problem(config)
+            problem = problem or tokenizer_problem(folder)
+        except (ImportError, PlanError):  # no llama.cpp (or converter) here: check_device names the install line
+            return
         if problem:
             raise PlanError(f"{where}: {problem}; keep this model in HF form (merge) or quantize it with "
                             f"bitsandbytes (bnb_nf4) instead")
@@ -102,6 +108,43 @@ KNOWN_MMPROJ_FAILURES = {
 }
 
 
+# Seen here (tests/test_families.py): architectures whose llama.cpp loader wants a separate output.weight, so a
+# copy built with tied embeddings converts and then does not load (their released models are untied).
+UNTIED_ONLY = ("GptOssForCausalLM", "Olmo2ForCausalLM")
+
+
+# Seen here (tests/test_families.py): how llama.cpp weighs the routed experts, per architecture. A config that
+# routes otherwise converts and loads, but the GGUF computes another model (Qwen3-MoE with norm_topk_prob: false:
+# logits off by 0.1, against 0.001 with true, as its released models have).
+LLAMA_CPP_NORMALIZES_TOP_K = {"Qwen3MoeForCausalLM": True}
+
+
+def text_problem(config: dict) -> str | None:
+    """Why this llama.cpp cannot convert or load a language model of this config, or None."""
+    architecture = (config.get("architectures") or ["?"])[0]
+    version = converter.bindings_version()
+    if architecture not in converter.architectures(mmproj=False):
+        return f"llama.cpp {version}'s converter has no {architecture} (a newer llama-cpp-python may)"
+    normalizes = LLAMA_CPP_NORMALIZES_TOP_K.get(architecture)
+    if normalizes is not None and bool(config.get("norm_topk_prob")) != normalizes:
+        return (f"llama.cpp {version} {'always' if normalizes else 'never'} renormalizes {architecture}'s routed "
+                f"expert weights and this config has norm_topk_prob: {str(bool(config.get('norm_topk_prob'))).lower()}, "
+                f"so the GGUF would compute another model")
+    if architecture in UNTIED_ONLY and config.get("tie_word_embeddings"):
+        return (f"llama.cpp {version} loads {architecture} only with its own output.weight, and this model ties its "
+                f"embeddings (tie_word_embeddings: true)")
+    return None
+
+
+def tokenizer_problem(folder: Path) -> str | None:
+    """A byte-level BPE tokenizer whose pre-tokenizer this converter does not know (it would fail after the work)."""
+    digest = converter.unknown_pre_tokenizer(folder)
+    if digest is None:
+        return None
+    return (f"llama.cpp {converter.bindings_version()}'s converter does not know this model's BPE pre-tokenizer "
+            f"(hash {digest[:12]}...; a newer llama-cpp-python may)")
+
+
 def mmproj_problem(config: dict) -> str | None:
     """Why this llama.cpp cannot write a GGUF + mmproj pair for a vision-language model's config, or None."""
     architecture = (config.get("architectures") or ["?"])[0]
@@ -121,7 +164,7 @@ def mmproj_problem(config: dict) -> str | None:
     return None
 
 
-MTP_FAMILIES = ("qwen3_next", "qwen3_5", "qwen3_5_moe")  # the converter expects their mtp.* layers unless told
+MTP_FAMILIES = ("qwen3_next", "qwen3_5", "qwen3_5_moe", "qwen3_5_text", "qwen3_5_moe_text")  # the converter expects their mtp.* layers unless told
 
 
 def drops_mtp(folder: Path, config: dict) -> bool:
@@ -253,12 +296,36 @@ def _build_mmproj(hf_dir: Path, meta: dict, ctx: StageContext) -> Path:
     return out_file
 
 
+# llama.cpp's loader sets token attributes for a model whose general.name holds "phi-3" or "phi3", looking up
+# these tokens by text: where the vocabulary lacks one it fails to load ("unordered_map::at"; seen here).
+PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
+PHI3_NAME_TOKENS = ("<unk>", "<s>", "</s>", "<|endoftext|>")
+
+
+def gguf_name(name: str, hf_dir: Path, log) -> str:
+    """The general.name to write: the model's, unless it would switch on llama.cpp's Phi-3 workaround for a
+    vocabulary without its tokens (a Phi-3 named model with another tokenizer), then without "phi-3"."""
+    if not PHI3_NAME.search(name):
+        return name
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(hf_dir).get_vocab()
+    missing = [t for t in PHI3_NAME_TOKENS if t not in vocab]
+    if not missing:
+        return name
+    safe = PHI3_NAME.sub("phi_3", name)
+    log(f"general.name '{name}' would make llama.cpp look up Phi-3's tokens {missing}, which this vocabulary "
+        f"lacks, and fail to load: written as '{safe}'")
+    return safe
+
+
 def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageContext) -> Path:
     """Convert (and quantize); returns ctx.out_dir/model-<quant>.gguf."""
     out_file = ctx.out_dir / f"model-{cfg.quant}.gguf"
+    name = gguf_name(ctx.model.name, hf_dir, ctx.log)
     if cfg.quant in converter.CONVERTER_TYPES:
         meta["converter_outtype"] = cfg.quant
-        converter.convert(hf_dir, out_file, cfg.quant, ctx.model.name, no_mtp=drops_mtp(hf_dir, config))
+        converter.convert(hf_dir, out_file, cfg.quant, name, no_mtp=drops_mtp(hf_dir, config))
         return out_file
     outtype = intermediate_type(meta["source_dtype"])
     meta["converter_outtype"] = outtype
@@ -270,7 +337,7 @@ def _build(cfg: GGUFConfig, hf_dir: Path, config: dict, meta: dict, ctx: StageCo
             ctx.log(f"warning: {sizes}: not multiples of {converter.K_QUANT_BLOCK}: llama.cpp quantizes those "
                     f"tensors with a fallback type instead of {cfg.quant} (a larger file, other quality)")
     intermediate = ctx.out_dir / f"model-{outtype}.gguf"
-    converter.convert(hf_dir, intermediate, outtype, ctx.model.name, no_mtp=drops_mtp(hf_dir, config))
+    converter.convert(hf_dir, intermediate, outtype, name, no_mtp=drops_mtp(hf_dir, config))
     converter.quantize(intermediate, out_file, cfg.quant)
     if cfg.keep_intermediate:
         meta["intermediate"] = intermediate.name

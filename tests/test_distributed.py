@@ -92,15 +92,18 @@ def test_two_process_sft_on_cpu_through_the_runner(tiny_llama, tmp_path):
     assert sum(1 for row in logged if row["stage"] == "sft" and "loss" in row) == 4  # rank 0's rows, replayed
 
 
-def _worker_ranks() -> dict[int, int]:
-    """rank -> pid of this machine's tunechain workers (read from their environment)."""
+def _worker_ranks(store: Path) -> dict[int, int]:
+    """rank -> pid of the tunechain workers of the chain using `store` (read from their environment; other
+    chains on this machine are not this test's)."""
     import psutil
 
     found = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if "pipeline.engine.worker" in " ".join(proc.info["cmdline"] or []):
-                found[int(proc.environ().get("RANK", "-1"))] = proc.pid
+                environ = proc.environ()
+                if environ.get("TUNECHAIN_STORE") == str(store):
+                    found[int(environ.get("RANK", "-1"))] = proc.pid
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
@@ -114,10 +117,10 @@ def test_a_killed_rank_fails_the_stage_and_leaves_no_artifact(tiny_llama, tmp_pa
                f"hydra.run.dir={tmp_path / 'run'}"]
     chain = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 240
-    while 1 not in _worker_ranks() and time.time() < deadline and chain.poll() is None:
+    while 1 not in _worker_ranks(tmp_path / "store") and time.time() < deadline and chain.poll() is None:
         time.sleep(1)
     time.sleep(8)  # into training
-    ranks = _worker_ranks()
+    ranks = _worker_ranks(tmp_path / "store")
     assert 1 in ranks, "rank 1 never started"
     os.kill(ranks[1], signal.SIGKILL)
     killed = time.time()
@@ -128,7 +131,7 @@ def test_a_killed_rank_fails_the_stage_and_leaves_no_artifact(tiny_llama, tmp_pa
     record = json.loads((tmp_path / "run" / "chain.json").read_text())
     sft = next(s for s in record["stages"] if s["name"] == "sft")
     assert record["status"] == "failed" and sft["status"] == "failed"
-    assert not _worker_ranks()  # no orphaned rank
+    assert not _worker_ranks(tmp_path / "store")  # no orphaned rank
 
 
 def _two_process_chain(tiny_llama, tmp_path, profile: str, *extra):

@@ -1,6 +1,8 @@
 """The memory planner: the terms a stage's memory follows from (weights, optimizer, activations, logits,
 KV cache), lengths measured on the stage's data, the measured peak beside the estimate, and a warning
 with remedies before a run that will not fit."""
+import pytest
+
 from conftest import EMBEDDED, artifacts, compose, tiny_overrides
 
 from pipeline.engine.plan import build_plan, memory_warnings
@@ -135,3 +137,39 @@ def test_an_export_that_will_not_fit_on_disk_stops_at_plan_time(tmp_path, monkey
     build_plan(compose(["recipe=sft_to_gguf", "logger=none"]), Store(tmp_path / "store"), recipe="sft_to_gguf",
                device="cpu")  # real free space: fits
     assert not artifacts(tmp_path / "store")  # planning creates no artifact
+
+
+@pytest.mark.parametrize("entry, params", [("gpt-oss-20b", 20.9e9), ("qwen3-30b-a3b", 30.5e9)])
+def test_a_mixture_of_experts_is_planned_whole_with_its_routed_activations(entry, params, tmp_path, monkeypatch):
+    """A hub MoE entry planned on this CPU for a GPU (the hub and the GPU are the fakes): every expert's bf16
+    weights, and activations of the parameters one token uses (fewer than a dense model of the same size)."""
+    import pipeline.engine.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "check_available", lambda model: None)  # no hub here
+    monkeypatch.setattr(plan_module, "_check_device", lambda plan: None)     # no GPU here
+
+    def sft_bytes(*extra):
+        cfg = compose([f"model={entry}", "recipe=lora_merge", "logger=none", *extra])
+        plan = build_plan(cfg, Store(tmp_path / "store"), recipe="lora_merge", device="cuda")
+        assert plan.n_params == int(params) and "memory" in plan.render()
+        return plan.steps[0].memory_bytes
+
+    routed, dense = sft_bytes(), sft_bytes("model.active_params_b=null")
+    assert 2 * params < routed < dense, (routed, dense)
+
+
+def test_linear_attention_layers_keep_a_fixed_state_instead_of_a_kv_cache():
+    """Qwen3.5-style layers (3 Gated DeltaNet, then 1 attention): only the attention layer's cache grows with
+    the tokens; each linear layer holds heads x key dim x value dim plus its convolution's last 3 inputs."""
+    from pipeline.models.memory import kv_cache_bytes
+
+    config = {"model_type": "qwen3_5_text", "hidden_size": 2048, "num_hidden_layers": 4, "num_attention_heads": 8,
+              "num_key_value_heads": 2, "head_dim": 256, "intermediate_size": 6144, "vocab_size": 248320,
+              "layer_types": ["linear_attention"] * 3 + ["full_attention"], "linear_num_key_heads": 16,
+              "linear_num_value_heads": 32, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+              "linear_conv_kernel_dim": 4}
+    hybrid = ModelShape.from_config(config)
+    dense = ModelShape.from_config({**config, "layer_types": ["full_attention"] * 4})
+    assert (hybrid.kv_layers, dense.kv_layers, dense.state_values) == (1, 4, 0)
+    assert hybrid.state_values == 3 * (32 * 128 * 128 + 3 * (2 * 16 * 128 + 32 * 128))
+    assert kv_cache_bytes(hybrid, 2, 4096, 2) == kv_cache_bytes(dense, 2, 4096, 2) // 4 + 2 * hybrid.state_values * 4

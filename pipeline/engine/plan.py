@@ -26,16 +26,17 @@ from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
 from pipeline.hashing import hash_json
 from pipeline.models import memory
+from pipeline.models.architecture import architecture_notes
 from pipeline.models.config import ModelConfig
 from pipeline.models.loading import (base_artifact, check_available, check_thinking_switch, is_vision, load_tokenizer,
-                                     local_folder, pick_device, resolve_dtype)
+                                     local_folder, pick_device, read_config, resolve_dtype)
 from pipeline.models.vision import image_token_counter
 from pipeline.models.sources import prepare
 
 BASE = "base"  # the reserved input name of the chain's starting model
 # Model keys that change no stage's result by themselves: names, planning hints, the recipes' tuning
 # (whose values reach the stages that use them, and are fingerprinted there) and the GGUF a folder came from.
-MODEL_KEYS_NOT_HASHED = ("name", "params_b", "tuning", "source")
+MODEL_KEYS_NOT_HASHED = ("name", "params_b", "active_params_b", "tuning", "source")
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Plan:
     n_params: int | None = None
     skipped: list[str] = field(default_factory=list)
     launches: dict[str, str] = field(default_factory=dict)  # stage -> the torchrun command it runs under
+    notes: list[str] = field(default_factory=list)          # what the architecture means here (experts, ...)
 
     def render(self) -> str:
         params = f", {self.n_params / 1e6:.1f}M params" if self.n_params else ""
@@ -86,6 +88,7 @@ class Plan:
         lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
         for step in self.steps:
             lines += [f"  data  {step.name}: {note}" for note in step.data_notes]
+        lines += [f"  model  {note}" for note in self.notes]
         lines += [f"  skip  {note}" for note in self.skipped]
         lines += [f"  launch  {name}: {command}" for name, command in self.launches.items()]
         lines += [f"  memory  {s.name}: per process; {s.sharding}" for s in self.steps if s.sharding and not s.cached]
@@ -153,6 +156,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
         if step in plan.steps:
             _skip(plan, step, reason)
     plan.device = device or pick_device()  # part of every fingerprint: a CPU fp32 artifact is not a GPU bf16 one
+    plan.notes = architecture_notes(read_config(local_folder(model.path)), plan.device)
     _fingerprint(plan, cfg, hardware)
     if any(not s.cached for s in plan.steps):
         _check_device(plan)
@@ -193,7 +197,12 @@ def _type_stages(cfg: DictConfig, plan: Plan, problems: list[str]) -> list[tuple
                 cannot_run = str(e)
         inputs = _resolve_inputs(name, spec, typed.inputs, produced)
         if not problems:  # what only the chain's model can tell
-            typed.check_family(f"stages.{name}", local_folder(plan.model.path))
+            try:
+                typed.check_family(f"stages.{name}", local_folder(plan.model.path))
+            except (ConfigError, PlanError) as e:
+                if not typed.optional:
+                    raise
+                cannot_run = cannot_run or str(e)
             if inputs == [BASE]:
                 typed.check_model(f"stages.{name}", local_folder(plan.model.path))
         plan.steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=typed.optional))
@@ -288,7 +297,8 @@ def _plan_memory(plan: Plan, hardware: dict) -> None:
     folder = local_folder(plan.model.path)
     shape = memory.ModelShape.from_folder(folder) if folder else None
     if shape is None and plan.model.params_b:
-        shape = memory.ModelShape.guess(int(plan.model.params_b * 1e9))
+        active = int(plan.model.active_params_b * 1e9) if plan.model.active_params_b else None
+        shape = memory.ModelShape.guess(int(plan.model.params_b * 1e9), active)
     if shape is None:
         return
     plan.n_params = shape.n_params

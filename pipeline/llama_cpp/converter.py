@@ -105,6 +105,33 @@ def architectures(mmproj: bool) -> set[str]:
     raise PlanError(f"llama.cpp {bindings_version()}'s converter has no {wanted}: cannot tell what it converts")
 
 
+def unknown_pre_tokenizer(folder: Path) -> str | None:
+    """The hash of a byte-level BPE tokenizer's pre-tokenizer where this converter does not know it (it then fails
+    with "BPE pre-tokenizer was not recognized"), else None. The converter's own check, read from its source:
+    tokenize its test text, hash the ids, look the hash up. SentencePiece folders (tokenizer.model) are not BPE."""
+    import ast
+    import hashlib
+    import json
+    import re
+
+    tokenizer_file = folder / "tokenizer.json"
+    if (folder / "tokenizer.model").is_file() or not tokenizer_file.is_file():
+        return None
+    if (json.loads(tokenizer_file.read_text()).get("model") or {}).get("type") != "BPE":
+        return None
+    source = (converter_dir() / "conversion" / "base.py").read_text()
+    check_text = next((node.value.value for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Assign)
+                       and any(isinstance(t, ast.Name) and t.id == "chktxt" for t in node.targets)
+                       and isinstance(node.value, ast.Constant)), None)
+    if check_text is None:
+        return None  # a converter laid out otherwise: it will judge the tokenizer itself
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(folder).encode(check_text)
+    digest = hashlib.sha256(str(ids).encode()).hexdigest()
+    return None if digest in set(re.findall(r'chkhsh == "([0-9a-f]{64})"', source)) else digest
+
+
 def quantize(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
     """Re-quantize a GGUF with llama.cpp's quantizer (the bindings' llama_model_quantize)."""
     import llama_cpp

@@ -31,6 +31,8 @@ def hf_expectations(hf_dir: Path, model: ModelConfig) -> dict:
         stop_ids.insert(0, tok.eos_token_id)
     probe = tok("a")["input_ids"]
     add_bos = tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]
+    first = tok.convert_ids_to_tokens(tok("a", add_special_tokens=False)["input_ids"][:1])
+    space_prefix = bool(first) and str(first[0]).startswith("\u2581")  # SentencePiece's dummy prefix "▁"
     template = tok.chat_template if isinstance(tok.chat_template, str) else None
     probe = f"Hello, 12 + 30 = 42.{tok.eos_token or ''}"
     if template:
@@ -43,7 +45,7 @@ def hf_expectations(hf_dir: Path, model: ModelConfig) -> dict:
              for i, t in sorted(tok.added_tokens_decoder.items())}
     return {"chat_template": template, "eos_id": tok.eos_token_id, "eos_text": tok.eos_token,
             **turn_texts(tok),
-            "add_bos": bool(add_bos), "stop_ids": [int(i) for i in stop_ids],
+            "add_bos": bool(add_bos), "space_prefix": space_prefix, "stop_ids": [int(i) for i in stop_ids],
             "tokens": {int(i): tok.convert_ids_to_tokens(int(i)) for i in stop_ids},
             "added_tokens": added, "probe": probe, "probe_ids": tok(probe, add_special_tokens=False)["input_ids"]}
 
@@ -123,6 +125,11 @@ def problems(expected: dict, found: dict) -> tuple[dict[str, tuple[str, Any]], l
         changes["tokenizer.ggml.eos_token_id"] = ("uint32", expected["eos_id"])
     if found["add_bos"] != expected["add_bos"]:
         changes["tokenizer.ggml.add_bos_token"] = ("bool", expected["add_bos"])
+    # a SentencePiece vocabulary: llama.cpp puts "▁" before text unless told not to (Phi-3's converter never
+    # says), then every turn's first word after a special token becomes another token than in HF
+    if md.get("tokenizer.ggml.model") == "llama" and expected.get("space_prefix") is not None:
+        if str(md.get("tokenizer.ggml.add_space_prefix", "true")).lower() != str(expected["space_prefix"]).lower():
+            changes["tokenizer.ggml.add_space_prefix"] = ("bool", expected["space_prefix"])
     # llama.cpp ends generation at eos, eot, eom and tokens it knows by text; a free eot/eom slot takes the rest
     free = [k for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id") if k not in md]
     unfixable = []
@@ -140,7 +147,6 @@ def verify_and_fix(path: Path, expected: dict, log=print) -> list[str]:
     """Check the GGUF against `expected`; rewrite what differs; fail on what still does. Returns the
     rewritten keys."""
     found = read_gguf(path, expected["stop_ids"], expected["probe"])
-    _check_tokenization(path, expected, found, log)
     changes, unfixable = problems(expected, found)
     if unfixable:
         raise RuntimeError(
@@ -151,10 +157,12 @@ def verify_and_fix(path: Path, expected: dict, log=print) -> list[str]:
     if changes:
         log(f"fixing GGUF metadata: {', '.join(changes)}")
         rewrite_metadata(path, changes)
-        changes_left, _ = problems(expected, read_gguf(path, expected["stop_ids"]))
+        found = read_gguf(path, expected["stop_ids"], expected["probe"])
+        changes_left, _ = problems(expected, found)
         if changes_left:
             raise RuntimeError(f"{path.name}: metadata still differs from the HF folder after rewriting it: "
                                f"{', '.join(changes_left)}")
+    _check_tokenization(path, expected, found, log)
     return sorted(changes)
 
 

@@ -26,6 +26,8 @@ class ModelConfig:
     lora_target_modules: List[str] = setting(factory=lambda: ["all-linear"], help="modules a new LoRA adapter wraps")
     trust_remote_code: bool = setting(False, "run the model repository's own Python code (off: never)")
     params_b: Optional[float] = positive(None, help="parameter count (billions) for planning hub models")
+    active_params_b: Optional[float] = positive(None, help="a mixture of experts: parameters one token uses "
+                                                           "(billions), for planning hub models' activations")
     attn_implementation: Optional[str] = setting(None, "null: flash_attention_2 on a GPU in 16-bit where installed, "
                                                        "else transformers' choice")
     vision: Optional[bool] = setting(None, "a vision-language model (AutoModelForImageTextToText + AutoProcessor); "

@@ -247,13 +247,18 @@ def attention(model: ModelConfig, device: str, dtype) -> str | None:
     return None
 
 
-def model_type(path: str | None) -> str | None:
-    """config.json's model_type of a local model folder (None for hub ids not yet fetched, GGUF files...)."""
-    folder = local_folder(path) if path else None
+def read_config(folder: Path | str | None) -> dict | None:
+    """A local model folder's config.json (None where there is none, or it is not JSON)."""
     try:
-        return json.loads((folder / "config.json").read_text()).get("model_type") if folder else None
+        return json.loads((Path(folder) / "config.json").read_text()) if folder else None
     except (OSError, ValueError):
         return None
+
+
+def model_type(path: str | None) -> str | None:
+    """config.json's model_type of a local model folder (None for hub ids not yet fetched, GGUF files...)."""
+    config = read_config(local_folder(path) if path else None)
+    return config.get("model_type") if config else None
 
 
 def placed_by_sharding() -> bool:

@@ -3,7 +3,8 @@ measured by pipeline/models/peak_memory.py).
 
 The estimate is built from the model's shape (config.json) and the stage's workload, the terms
 memory actually follows from (the usual per-parameter rules of thumb are the weights and
-optimizer lines; the rest is what they leave out):
+optimizer lines; the rest is what they leave out). A mixture of experts counts every expert's
+weights, and as its intermediate width the routed experts one token passes through:
 
     runtime      the Python process with torch and transformers imported (CPU RSS only)
     weights      parameters x bytes of the compute dtype (NF4 + scales for QLoRA's frozen base)
@@ -13,7 +14,8 @@ optimizer lines; the rest is what they leave out):
                  a = 8.6 on CPU, where SDPA's math path keeps the attention scores (measured on
                  SmolLM2-135M, batch 8 x 96 and 192 tokens), 1 on GPUs (memory-efficient kernels)
     logits       tokens x vocabulary x 4 bytes x 3 (fp32 logits, log-softmax, their gradient)
-    kv cache     prompts x (prompt + new tokens) x layers x 2 x kv heads x head dim (generation)
+    kv cache     prompts x (prompt + new tokens) x layers x 2 x kv heads x head dim (generation); a
+                 linear-attention layer keeps a fixed state per prompt instead (architecture.py)
 
 Several processes (pipeline.engine.launch) divide by the world size what their sharding shards:
 ZeRO-1 the optimizer states, ZeRO-2 also the gradients, ZeRO-3 and FSDP also the weights (plus
@@ -31,6 +33,9 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.models.architecture import linear_attention_layers, linear_state_values
+from pipeline.models.experts import active_mlp_width
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "nf4": 0.5}
 NF4_OVERHEAD = 1.15              # scales and zero points beside the 4-bit values
@@ -68,6 +73,8 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     vocab: int
+    kv_layers: int = 0          # layers with a KV cache (0: every layer); linear-attention layers have none
+    state_values: int = 0       # a sequence's fixed recurrent state (linear-attention layers), fp32
 
     @classmethod
     def from_folder(cls, folder: Path) -> "ModelShape | None":
@@ -83,14 +90,18 @@ class ModelShape:
         hidden = int(config.get("hidden_size", 0)) or 1
         heads = int(config.get("num_attention_heads", 1))
         return cls(n_params=n_params, layers=int(config.get("num_hidden_layers", 1)), hidden=hidden,
-                   intermediate=int(config.get("intermediate_size", 4 * hidden)), heads=heads,
+                   intermediate=active_mlp_width(config) or int(config.get("intermediate_size", 4 * hidden)),
+                   heads=heads,
                    kv_heads=int(config.get("num_key_value_heads", heads)),
-                   head_dim=int(config.get("head_dim") or hidden // heads), vocab=int(config.get("vocab_size", 32000)))
+                   head_dim=int(config.get("head_dim") or hidden // heads), vocab=int(config.get("vocab_size", 32000)),
+                   kv_layers=int(config.get("num_hidden_layers", 1)) - linear_attention_layers(config),
+                   state_values=linear_state_values(config))
 
     @classmethod
-    def guess(cls, n_params: int) -> "ModelShape":
-        """A Llama-like shape of that size (hub models not downloaded yet)."""
-        hidden = max(256, int((n_params / 12 / 32) ** 0.5 / 128) * 128)
+    def guess(cls, n_params: int, active_params: int | None = None) -> "ModelShape":
+        """A Llama-like shape of that size (hub models not downloaded yet); a mixture of experts is shaped by the
+        parameters one token uses (`active_params`) and weighs all of them."""
+        hidden = max(256, int(((active_params or n_params) / 12 / 32) ** 0.5 / 128) * 128)
         return cls(n_params=n_params, layers=32, hidden=hidden, intermediate=int(hidden * 3.5), heads=hidden // 128,
                    kv_heads=max(1, hidden // 512), head_dim=128, vocab=128_000)
 
@@ -170,7 +181,9 @@ def activation_bytes_per_token(shape: ModelShape, length: int, value_bytes: int,
 
 
 def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int, value_bytes: int) -> int:
-    return sequences * tokens * shape.layers * 2 * shape.kv_heads * shape.head_dim * value_bytes
+    """Keys and values of the attention layers, plus the fixed state of linear-attention layers."""
+    kv = sequences * tokens * (shape.kv_layers or shape.layers) * 2 * shape.kv_heads * shape.head_dim * value_bytes
+    return kv + sequences * shape.state_values * 4
 
 
 CHECKPOINTING_FROM_PARAMS = 1_000_000_000

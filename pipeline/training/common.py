@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 from pipeline.artifact import Artifact, ArtifactKind
-from pipeline.models.loading import local_folder, model_type
+from pipeline.errors import ConfigError, PlanError
+from pipeline.models.experts import expert_count, fused_expert_parameters
+from pipeline.models.loading import local_folder, model_type, read_config
 from pipeline.models.memory import checkpointing_by_default, count_parameters
 from pipeline.models.vision import lora_target_pattern, projector_modules
 from pipeline.ranges import at_least, between, positive, setting
@@ -29,12 +31,31 @@ class LoraSpec:
     target_modules: Optional[List[str]] = setting(None, "null: the model config's lora_target_modules")
     use_dora: bool = setting(False, "DoRA: weight-decomposed LoRA")
     use_rslora: bool = setting(False, "rank-stabilized scale alpha / sqrt(r)")
+    experts: bool = setting(False, "mixture-of-experts models: LoRA on the fused expert weights too (peft "
+                                   "target_parameters); false: the experts stay frozen, attention and router train")
+
+    def check_family(self, where: str, folder: Path | None) -> None:
+        """`experts: true` needs a model with fused expert weights and a peft that reaches them (plan time)."""
+        if not self.experts:
+            return
+        from peft import LoraConfig
+
+        if "target_parameters" not in LoraConfig.__dataclass_fields__:
+            raise PlanError(f"{where}.experts: true needs peft's target_parameters (peft >= 0.17): "
+                            f"pip install -U peft, or set {where}.experts: false")
+        config = read_config(folder) if folder is not None else None
+        if config is not None and not expert_count(config):
+            architecture = (config.get("architectures") or [config.get("model_type", "?")])[0]
+            raise ConfigError(f"{where}.experts: true, but {architecture} has no experts (a dense model); "
+                              f"drop it or use a mixture-of-experts model")
 
 
-def lora_config(spec: LoraSpec, default_targets: list[str], vision_model=None, vision=None):
+def lora_config(spec: LoraSpec, default_targets: list[str], vision_model=None, vision=None, model=None,
+                log=print):
     """peft's LoraConfig; for a vision-language model (`vision_model`), the targets are matched in its language
     model only (and its vision encoder where `vision.tune_vision_tower`), and the projector trains whole where
-    `vision.tune_projector`."""
+    `vision.tune_projector`. A mixture-of-experts `model`'s fused expert weights are added where `spec.experts`
+    (else the log says they stay frozen)."""
     from peft import LoraConfig
 
     targets = list(spec.target_modules or default_targets)
@@ -45,6 +66,14 @@ def lora_config(spec: LoraSpec, default_targets: list[str], vision_model=None, v
             extra["modules_to_save"] = projector_modules(vision_model)
     else:
         extra["target_modules"] = "all-linear" if targets == ["all-linear"] else targets
+    experts = fused_expert_parameters(model) if model is not None else []
+    if spec.experts and not experts:
+        raise ConfigError(f"lora.experts: true, but {type(model).__name__} has no fused expert weights to adapt")
+    if spec.experts:
+        extra["target_parameters"] = experts
+        log(f"LoRA on the experts too: {', '.join(experts)} (lora.experts: true)")
+    elif experts:
+        log(f"LoRA leaves the experts frozen ({', '.join(experts)}); lora.experts: true adapts them too")
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, task_type="CAUSAL_LM",
                       use_dora=spec.use_dora, use_rslora=spec.use_rslora, **extra)
 
@@ -86,9 +115,10 @@ def resolved_checkpointing(setting: bool | None, device: str, source=None, param
 
 
 # Families whose attention builds its mask with transformers' masking_utils, which keeps the sequences of one
-# padding-free (or packed) row apart by their position ids (tests/test_packing.py shows it for llama and qwen3).
-PADDING_FREE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "phi3",
-                         "olmo2", "granite", "smollm3")
+# padding-free (or packed) row apart by their position ids: measured per family by tests/test_families.py
+# (not qwen3_5, whose linear-attention state runs across the row, nor gpt_oss).
+PADDING_FREE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "gemma4_text",
+                         "phi3", "phimoe", "olmo2", "granite", "smollm3")
 
 
 def speed_args(cfg, device: str, source) -> dict[str, Any]:
@@ -125,9 +155,10 @@ def rank_share(model) -> dict[str, float]:
 
 
 def loss_curve(log_history: list[dict[str, Any]], keys: tuple[str, ...] = ("loss",)) -> dict[str, float]:
-    """First and last logged value of each key (`loss_first`, `loss_last`, ...), so a stage shows it learned."""
+    """First and last logged value of each key (`loss_first`, `loss_last`, ...), so a stage shows it learned;
+    a mixture-of-experts model's load-balancing loss (trl's `aux_loss`, on in training) too, where logged."""
     found = {}
-    for key in keys:
+    for key in (*keys, "aux_loss"):
         values = [row[key] for row in log_history if key in row]
         if values:
             found[f"{key}_first"], found[f"{key}_last"] = float(values[0]), float(values[-1])

@@ -97,6 +97,10 @@ class DPOConfig(StageConfig):
     vision: VisionSpec = setting(factory=VisionSpec, help="a vision-language model: which image-side parts a new "
                                                           "adapter trains")
 
+    def check_family(self, where: str, folder) -> None:
+        if self.method == Method.lora:
+            self.lora.check_family(f"{where}.lora", folder)
+
     def memory_profile(self, sources):
         # chosen and rejected go through the policy together; the reference's forward holds no activations
         return Workload(kind="train", method=self.method.value, batch=2 * self.per_device_train_batch_size,
@@ -143,7 +147,7 @@ def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
     if cfg.method == Method.lora:
         vision = is_vision(ctx.model, under)  # a VLM: LoRA on its language model only
         peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules, vision_model=model if vision else None,
-                                  vision=cfg.vision)
+                                  vision=cfg.vision, model=model, log=ctx.log)
         return model, peft_config, reference, f"new LoRA; {ref_text}"
     if reference is None:  # full training: a second, frozen copy of the input
         reference = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).eval()

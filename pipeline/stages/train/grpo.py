@@ -84,6 +84,10 @@ class GRPOConfig(StageConfig):
                                               "resumes")
     lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
 
+    def check_family(self, where: str, folder) -> None:
+        if self.method == Method.lora:
+            self.lora.check_family(f"{where}.lora", folder)
+
     def validate(self, where: str, earlier: dict) -> None:
         parse(self.rewards, f"{where}.rewards")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
@@ -153,7 +157,7 @@ def _policy(cfg: GRPOConfig, source: Artifact, ctx: StageContext):
         source = Artifact(kind="model", path=str(merged_dir), fingerprint="")
     model = load_causal_lm(source, ctx.model, ctx.device)
     if cfg.method == Method.lora:
-        return model, lora_config(cfg.lora, ctx.model.lora_target_modules), "new LoRA adapter"
+        return model, lora_config(cfg.lora, ctx.model.lora_target_modules, model=model, log=ctx.log), "new LoRA adapter"
     return model, None, "full model"
 
 

@@ -86,6 +86,10 @@ class SFTConfig(StageConfig):
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing)
 
+    def check_family(self, where: str, folder) -> None:
+        if self.method == Method.lora:
+            self.lora.check_family(f"{where}.lora", folder)
+
     def check_device(self, where: str, device: str) -> None:
         check_liger(self.liger, where, device)
 
@@ -160,7 +164,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     peft_config = None
     if cfg.method == Method.lora:
         peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules,
-                                  vision_model=model if vision else None, vision=cfg.vision)
+                                  vision_model=model if vision else None, vision=cfg.vision, model=model, log=ctx.log)
     elif vision:
         freeze_image_side(model, cfg.vision)
     share = rank_share(model)
