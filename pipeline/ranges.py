@@ -16,6 +16,7 @@ A range on a list or dict field applies to each of its values; None (an unset op
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -36,8 +37,8 @@ class Range:
             return True
         if self.choices:
             return value in self.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False  # nan compares false with every bound, so it would pass them all
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
         return not (self.high is not None and (value > self.high or (self.high_open and value == self.high)))
@@ -103,6 +104,8 @@ def problems(config: Any, where: str) -> list[str]:
             found += problems(value, key)
             continue
         rule = f.metadata.get("range")
+        if rule is None and isinstance(value, float) and not math.isfinite(value):
+            found.append(f"{key}: {value!r}; valid: a finite number")
         if rule is None or value is None:
             continue
         values = value.items() if isinstance(value, dict) else (

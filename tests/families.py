@@ -54,6 +54,12 @@ FAMILIES: dict[str, tuple[str, dict, str, str]] = {
 }
 
 
+# LoRA targets where the family names its projections otherwise than q/k/v/o/gate/up/down (a model entry's
+# lora_target_modules): Phi-3 fuses qkv_proj and gate_up_proj; gpt-oss and Phi-3.5-MoE keep their MLPs in experts.
+LORA_TARGETS = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+                "gpt_oss": ["q_proj", "k_proj", "v_proj", "o_proj"], "phimoe": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
 def build_family(family: str, out: Path, bpe_folder: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, artifacts, compose, run_main
-from families import FAMILIES, build_family, family_table
+from families import FAMILIES, LORA_TARGETS, build_family, family_table
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +38,8 @@ def _run(family: str, folder: Path, tmp: Path) -> dict:
             "stages.sft.learning_rate=1e-2"]  # random weights: a rate that shows in 6 steps
     if family in MOE:
         args += ["stages.sft.lora.experts=true"]
+    if family in LORA_TARGETS:
+        args += [f"model.lora_target_modules=[{','.join(LORA_TARGETS[family])}]"]
     done = run_main(args, tmp, timeout=900)
     result = {"family": family, "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
               "tmp": str(tmp), "folder": str(folder)}
@@ -144,7 +146,8 @@ def test_an_optional_gguf_stage_that_cannot_convert_is_skipped_instead(folders, 
     from pipeline.engine.store import Store
 
     pytest.importorskip("llama_cpp")
-    cfg = compose(["recipe=smoke", f"model.path={folders['phimoe']}", "logger=none", "stages.gguf.optional=true"])
+    cfg = compose(["recipe=smoke", f"model.path={folders['phimoe']}", "logger=none", "stages.gguf.optional=true",
+                   f"model.lora_target_modules=[{','.join(LORA_TARGETS['phimoe'])}]"])
     plan = build_plan(cfg, Store(tmp_path / "store"), recipe="smoke", device="cpu")
     assert [s.name for s in plan.steps] == ["sft", "dpo", "merge", "eval"]
     assert len(plan.skipped) == 1 and "converter has no PhimoeForCausalLM" in plan.skipped[0], plan.skipped

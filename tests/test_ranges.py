@@ -103,3 +103,37 @@ def test_problems_walks_nested_configs_and_skips_unset_values(tmp_path):
     typed = build_plan(cfg, Store(tmp_path), recipe="quickstart", device="cpu").steps[1].cfg
     assert isinstance(typed, SFTConfig) and problems(typed, "stages.sft") == []
     assert problems(dataclasses.replace(typed, lora=dataclasses.replace(typed.lora, r=0)), "s") == ["s.lora.r: 0; valid: >= 1"]
+
+
+@pytest.mark.parametrize("override, line", [
+    ("stages.sft.learning_rate=nan", "stages.sft.learning_rate: nan; valid: > 0"),  # nan passes every bound
+    ("stages.sft.learning_rate=inf", "stages.sft.learning_rate: inf; valid: > 0"),
+    ("stages.sft.lora.dropout=nan", "stages.sft.lora.dropout: nan; valid: [0, 1)"),
+    ("seed=-1", "seed: -1; valid: an integer in [0, 4294967295]"),
+    ("model.lora_target_modules=[q_proj,qkv]", "model.lora_target_modules: ['qkv'] match no module of"),
+])
+def test_values_that_used_to_start_work_are_refused_at_plan_time(override, line, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        build_plan(compose(["logger=none", override]), Store(tmp_path), recipe="quickstart", device="cpu")
+    assert line in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_lora_targets_that_match_nothing_name_the_modules_there_are(tmp_path):
+    with pytest.raises(ConfigError, match=r"^stages\.sft\.lora\.target_modules: \['qkv_proj'\] match no module of "
+                                          r".*its layers' modules: down_proj, gate_proj, .*q_proj"):
+        build_plan(compose(["logger=none", "stages.sft.lora.target_modules=[q_proj,qkv_proj]"]), Store(tmp_path),
+                   recipe="quickstart", device="cpu")
+
+
+def test_a_store_that_is_a_file_and_cuda_on_a_cpu_torch_are_refused(tmp_path):
+    import torch
+
+    from pipeline.errors import PlanError
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"^paths\.store: .*file is a file, not a folder"):
+        build_plan(compose(["logger=none"]), Store(tmp_path / "file"), recipe="quickstart", device="cpu")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: cuda is valid")
+    with pytest.raises(PlanError, match=r"^hardware\.device: cuda, but this torch .*set hardware\.device=cpu"):
+        build_plan(compose(["logger=none"]), Store(tmp_path / "store"), recipe="quickstart", device="cuda")

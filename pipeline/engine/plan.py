@@ -29,7 +29,8 @@ from pipeline.models import memory
 from pipeline.models.architecture import architecture_notes
 from pipeline.models.config import ModelConfig
 from pipeline.models.loading import (base_artifact, check_available, check_thinking_switch, is_vision, load_tokenizer,
-                                     local_folder, pick_device, read_config, resolve_dtype)
+                                     local_folder, pick_device, read_config, resolve_dtype,
+                                     unmatched_targets)
 from pipeline.models.vision import image_token_counter
 from pipeline.models.sources import prepare
 
@@ -150,6 +151,9 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
     after every config is known good (importing torch is slow)."""
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True) if cfg.get("hardware") is not None else {}
     model, problems = _model(cfg, hardware)
+    if store.root.exists() and not store.root.is_dir():
+        raise ConfigError(f"paths.store: {store.root} is a file, not a folder; set paths.store (or TUNECHAIN_STORE) "
+                          f"to a folder")
     plan = Plan(recipe=recipe, model=model, base=base_artifact(model), steps=[], store=store, device=device or "-")
     unrunnable = _type_stages(cfg, plan, problems)
     for step, reason in unrunnable:
@@ -167,12 +171,24 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
     return plan
 
 
+SEED_MAX = 2**32 - 1  # numpy's seed range (torch and random take it too)
+
+
+def seed_problems(seed: Any) -> list[str]:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        return [f"seed: {seed!r}; valid: an integer in [0, {SEED_MAX}]"]
+    return []
+
+
 def _model(cfg: DictConfig, hardware: dict) -> tuple[ModelConfig, list[str]]:
     """The chain's model, prepared (a GGUF or PyPI model converted once) unless a value is out of range; and
     the out-of-range values of the model and the hardware, reported with the stages' (pipeline.ranges)."""
     typed = typed_config(cfg.model, ModelConfig, "model")
-    problems = ranges.problems(typed, "model") + launch.hardware_problems(hardware)
+    problems = ranges.problems(typed, "model") + launch.hardware_problems(hardware) + seed_problems(cfg.get("seed"))
     model = prepare(typed) if not problems else typed
+    unmatched = unmatched_targets(local_folder(model.path), list(model.lora_target_modules)) if not problems else []
+    if unmatched:
+        problems.append(f"model.lora_target_modules: {unmatched} match no module of {model.path}")
     check_thinking_switch(model)
     return model, problems
 
@@ -252,6 +268,14 @@ def _fingerprint(plan: Plan, cfg: DictConfig, hardware: dict) -> None:
 
 def _check_device(plan: Plan) -> None:
     """What only the device can tell (e.g. 4-bit kernels on CPU), for the stages that will run."""
+    if plan.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            build = f"this torch ({torch.__version__}) is a CPU build" if torch.version.cuda is None else \
+                f"this torch (CUDA {torch.version.cuda}) sees no GPU"
+            raise PlanError(f"hardware.device: cuda, but {build}; set hardware.device=cpu, or null to pick the "
+                            f"device found")
     for step in list(plan.steps):
         if step in plan.steps and not step.cached:
             try:

@@ -255,6 +255,28 @@ def read_config(folder: Path | str | None) -> dict | None:
         return None
 
 
+def module_names(folder: Path) -> set[str]:
+    """Names of the modules that hold a local model's weights, read from the safetensors headers (no loading)."""
+    from safetensors import safe_open
+
+    names = set()
+    for file in Path(folder).glob("*.safetensors"):
+        with safe_open(str(file), "pt") as weights:
+            names.update(name.rsplit(".", 1)[0] for name in weights.keys())
+    return names
+
+
+def unmatched_targets(folder: Path | None, targets: list[str]) -> list[str]:
+    """LoRA target names that match no module of a local model (peft matches a name or a dotted suffix);
+    [] where it cannot tell (a hub id, no safetensors, `all-linear`)."""
+    if folder is None or not targets or targets == ["all-linear"]:
+        return []
+    names = module_names(folder)
+    if not names:
+        return []
+    return [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+
+
 def model_type(path: str | None) -> str | None:
     """config.json's model_type of a local model folder (None for hub ids not yet fetched, GGUF files...)."""
     config = read_config(local_folder(path) if path else None)

@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.errors import ConfigError, PlanError
 from pipeline.models.experts import expert_count, fused_expert_parameters
-from pipeline.models.loading import local_folder, model_type, read_config
+from pipeline.models.loading import local_folder, model_type, module_names, read_config, unmatched_targets
 from pipeline.models.memory import checkpointing_by_default, count_parameters
 from pipeline.models.vision import lora_target_pattern, projector_modules
 from pipeline.ranges import at_least, between, positive, setting
@@ -35,7 +35,13 @@ class LoraSpec:
                                    "target_parameters); false: the experts stay frozen, attention and router train")
 
     def check_family(self, where: str, folder: Path | None) -> None:
-        """`experts: true` needs a model with fused expert weights and a peft that reaches them (plan time)."""
+        """Targets that match no module of the model, and `experts: true` without fused expert weights or a
+        peft that reaches them, are refused at plan time."""
+        unmatched = unmatched_targets(folder, list(self.target_modules or []))
+        if unmatched:
+            raise ConfigError(f"{where}.target_modules: {unmatched} match no module of {folder} (peft matches a "
+                              f"module name or its last parts, e.g. q_proj); its layers' modules: "
+                              f"{', '.join(projection_names(folder)) or 'none found'}")
         if not self.experts:
             return
         from peft import LoraConfig
@@ -48,6 +54,14 @@ class LoraSpec:
             architecture = (config.get("architectures") or [config.get("model_type", "?")])[0]
             raise ConfigError(f"{where}.experts: true, but {architecture} has no experts (a dense model); "
                               f"drop it or use a mixture-of-experts model")
+
+
+def projection_names(folder: Path | None) -> list[str]:
+    """The distinct last parts of a model's module names under its layers (what target_modules can name)."""
+    if folder is None:
+        return []
+    return sorted({name.rsplit(".", 1)[-1] for name in module_names(folder) if ".layers." in name
+                   and not name.rsplit(".", 1)[-1].isdigit()})
 
 
 def lora_config(spec: LoraSpec, default_targets: list[str], vision_model=None, vision=None, model=None,
