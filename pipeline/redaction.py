@@ -3,11 +3,15 @@ writes: chain.json (config and command-line overrides), Hydra's .hydra/ record, 
 logs and the W&B run (its config and the command line it records).
 
 A value is a secret when
-  - its key names one: `api_key`, `*_api_key`, `password`, `secret`, `credential(s)`, `auth`;
+  - its key names one: `api_key`, `*_api_key`, `secret_key`, `aws_secret_access_key`, `private_key`,
+    `password`, `secret`, `credential(s)`, `auth`, `authorization`;
   - its key ends in `token` (`hf_token`, `access_token`) and the value looks like a token (16+ characters
     without spaces): `max_new_tokens: 256` and `pad_token: <|endoftext|>` are not secrets;
   - it is the value of an environment variable whose name holds a secret (`WANDB_API_KEY`, `HF_TOKEN`,
     `OPENAI_API_KEY`, `TUNECHAIN_JUDGE_API_KEY`...), wherever it appears in a string.
+  - it is the value of a variable that a config names in an `*_env` setting (`api_key_env: MY_SERVER_KEY`);
+  - it sits in a string as a URL's credentials (`https://user:pass@host`, `?api-key=...`, `&token=...`) or
+    after `Bearer ` (an Authorization header).
 Keys ending in `_env` (e.g. `api_key_env`) hold a variable's name, not its value, and stay visible.
 """
 from __future__ import annotations
@@ -20,12 +24,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 REDACTED = "<redacted>"
-ALWAYS_SECRET = re.compile(r"(^|[._-])(api_?key|password|passwd|secret|credentials?|auth)$", re.IGNORECASE)
+ALWAYS_SECRET = re.compile(r"(^|[._-])(api_?key|secret_?(access_)?key|private_?key|password|passwd|secret|"
+                           r"credentials?|auth|authorization)$", re.IGNORECASE)
 TOKEN_KEY = re.compile(r"(^|[._-])token$", re.IGNORECASE)
 LOOKS_LIKE_TOKEN = re.compile(r"^[A-Za-z0-9_\-.:/+=]{16,}$")
 NAMES_A_VARIABLE = re.compile(r"_env$", re.IGNORECASE)
 SECRET_ENV = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
 MIN_SECRET_LENGTH = 8  # shorter environment values ("1", "true") are not scrubbed out of every text
+URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]+:[^/\s@]+@")
+URL_SECRET_PARAM = re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access[-_]?token|secret|password|sig|signature|"
+                              r"auth)=)[^&#\s'\"]+")
+BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9_\-.~+/=:]{16,}")  # as headers write it: not "the bearer of..."
+_NAMED_VARIABLES: set[str] = set()  # variables a config names in an *_env setting, for this process
 
 
 def is_secret(key: str, value: Any) -> bool:
@@ -38,22 +48,42 @@ def is_secret(key: str, value: Any) -> bool:
     return bool(TOKEN_KEY.search(key)) and isinstance(value, str) and bool(LOOKS_LIKE_TOKEN.match(value))
 
 
+def remember_named_variables(obj: Any) -> None:
+    """Note the variables that `*_env` settings in a config name (their values are secrets from now on)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if NAMES_A_VARIABLE.search(str(key)) and isinstance(value, str) and value:
+                _NAMED_VARIABLES.add(value)
+            else:
+                remember_named_variables(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            remember_named_variables(value)
+
+
 def environment_secrets() -> list[str]:
-    """Values of this process's secret-named environment variables, longest first."""
-    found = {v for k, v in os.environ.items() if SECRET_ENV.search(k) and len(v) >= MIN_SECRET_LENGTH}
+    """Values of this process's secret-named environment variables (and of those a config named), longest
+    first."""
+    found = {v for k, v in os.environ.items()
+             if (SECRET_ENV.search(k) or k in _NAMED_VARIABLES) and len(v) >= MIN_SECRET_LENGTH}
     return sorted(found, key=len, reverse=True)
 
 
 def scrub(text: str, secrets: list[str] | None = None) -> str:
-    """`text` with every secret environment value (`secrets`, default: read now) replaced."""
+    """`text` with every secret environment value (`secrets`, default: read now), URL credential and bearer
+    token replaced."""
     for secret in environment_secrets() if secrets is None else secrets:
         text = text.replace(secret, REDACTED)
-    return text
+    text = URL_USERINFO.sub(rf"\1{REDACTED}@", text)
+    text = URL_SECRET_PARAM.sub(rf"\1{REDACTED}", text)
+    return BEARER.sub(rf"\1{REDACTED}", text)
 
 
 def redact(obj: Any, secrets: list[str] | None = None) -> Any:
     """A config (dicts, lists, scalars) with secret values replaced, keys kept. The environment is read
     once per call, not once per string (manifests and eval results hold thousands)."""
+    if secrets is None:
+        remember_named_variables(obj)
     secrets = environment_secrets() if secrets is None else secrets
     if isinstance(obj, dict):
         return {k: REDACTED if is_secret(k, v) else redact(v, secrets) for k, v in obj.items()}

@@ -102,6 +102,12 @@ def test_modelfile_for_ollama(exported):
     assert 'PARAMETER stop "<|im_end|>"\n' in text and 'PARAMETER stop "</s>"\n' in text
 
 
+def test_modelfile_keeps_a_hostile_system_prompt_and_title_in_their_place():
+    text = modelfile.render("m.gguf", None, ["</s>"], title='x\nFROM /etc/passwd', system='say """hi""" "bye"')
+    assert 'SYSTEM "say \\"\\"\\"hi\\"\\"\\" \\"bye\\""' in text
+    assert [line for line in text.splitlines() if line.startswith("FROM")] == ["FROM ./m.gguf"]
+
+
 def test_modelfile_template_styles():
     llama3 = modelfile.render("m.gguf", "{{ '<|start_header_id|>' + role }}", ["<|eot_id|>"])
     assert "<|start_header_id|>{{ .Role }}<|end_header_id|>" in llama3 and 'PARAMETER stop "<|eot_id|>"' in llama3

