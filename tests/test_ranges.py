@@ -137,3 +137,18 @@ def test_a_store_that_is_a_file_and_cuda_on_a_cpu_torch_are_refused(tmp_path):
         pytest.skip("a GPU is here: cuda is valid")
     with pytest.raises(PlanError, match=r"^hardware\.device: cuda, but this torch .*set hardware\.device=cpu"):
         build_plan(compose(["logger=none"]), Store(tmp_path / "store"), recipe="quickstart", device="cuda")
+
+
+def test_a_task_whose_packages_are_missing_is_refused_before_any_answer(tmp_path, monkeypatch):
+    """`tasks=[math,instruct]` without the eval extra used to generate every answer, then die on
+    `import sacrebleu`; each task declares its packages and the plan checks them."""
+    import importlib.util
+
+    from pipeline.errors import PlanError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sacrebleu" else real(name, *a))
+    with pytest.raises(PlanError, match=r"^stages\.eval_base\.tasks: 'instruct' needs sacrebleu, not installed: "
+                                        r"pip install -e '\.\[eval\]'$"):
+        build_plan(compose(["logger=none", "stages.eval_base.tasks=[math,instruct]"]), Store(tmp_path),
+                   recipe="quickstart", device="cpu")

@@ -49,6 +49,14 @@ class TaskSpec:
     doc: str = ""
     settings: Optional[type] = None          # its own settings dataclass: cfg.settings.<name>
     percent: tuple[str, ...] = ()            # metrics that are shares: shown as %, deltas in points
+    packages: tuple[str, ...] = ()           # modules it imports beyond the core install (checked at plan time)
+    extra: str = ""                          # the project extra that installs them: pip install -e '.[extra]'
+
+
+def missing_packages(spec: TaskSpec) -> list[str]:
+    import importlib.util
+
+    return [name for name in spec.packages if importlib.util.find_spec(name) is None]
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -56,15 +64,16 @@ _TASKS: dict[str, TaskSpec] = {}
 
 def task(name: str, *, order: int, headlines: tuple[str, ...] = (), budget: int | None = None,
          reads: tuple[str, ...] = (), needs: tuple[str, ...] = (), check=None, settings: type | None = None,
-         percent: tuple[str, ...] = ()):
+         percent: tuple[str, ...] = (), packages: tuple[str, ...] = (), extra: str = ""):
     """Register `run(EvalRun) -> metrics` as the eval task `name`; `settings`: a dataclass of its own
-    settings (`ev.cfg.settings.<name>`), `percent`: its metrics that read as percentages."""
+    settings (`ev.cfg.settings.<name>`), `percent`: its metrics that read as percentages, `packages`: the
+    modules it needs beyond the core install, which `pip install -e '.[<extra>]'` brings."""
     if settings is not None and not dataclasses.is_dataclass(settings):
         raise TypeError(f"eval task '{name}': settings must be a dataclass, not {settings!r}")
 
     def wrap(fn):
         _TASKS[name] = TaskSpec(name, fn, order, tuple(headlines), budget, tuple(reads), tuple(needs), check,
-                                (fn.__doc__ or "").strip(), settings, tuple(percent))
+                                (fn.__doc__ or "").strip(), settings, tuple(percent), tuple(packages), extra)
         _sync_settings()
         return fn
 

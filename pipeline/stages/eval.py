@@ -23,7 +23,7 @@ from pipeline.backends.open import open_backend
 from pipeline.data.datasets import DatasetSpec
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PlanError
 from pipeline.evaluation import registry as eval_tasks
 from pipeline.evaluation.scoring.judge import JudgeConfig
 from pipeline.models.memory import Workload
@@ -93,6 +93,14 @@ class EvalConfig(StageConfig):
                 evals = [n for n, s in earlier.items() if s.kind == "eval"]
                 raise ConfigError(f"{where}.compare_with: '{self.compare_with}' is not an earlier eval stage; "
                                   f"choose from: {', '.join(evals) or '(none)'}")
+
+    def check_device(self, where: str, device: str) -> None:
+        """Each task's packages, before any answer is generated (a missing one used to fail after them)."""
+        for spec in eval_tasks.with_needs(self.tasks):
+            missing = eval_tasks.missing_packages(spec)
+            if missing:
+                raise PlanError(f"{where}.tasks: '{spec.name}' needs {', '.join(missing)}, not installed: "
+                                f"pip install -e '.[{spec.extra}]'")
 
     def check_family(self, where: str, folder) -> None:
         image_tasks = [t for t in self.tasks if t in IMAGE_TASKS]

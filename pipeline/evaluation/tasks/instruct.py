@@ -12,7 +12,7 @@ from pipeline.evaluation.scoring.instruction_checks import passes
 from pipeline.evaluation.scoring.textmetrics import score_generation
 
 
-@task("instruct", order=30, headlines=("instruct_pass_rate",), budget=256, reads=("instruct",),
+@task("instruct", order=30, packages=("sacrebleu", "rouge_score", "nltk"), extra="eval", headlines=("instruct_pass_rate",), budget=256, reads=("instruct",),
       percent=("instruct_pass_rate",))
 def run(ev: EvalRun) -> dict:
     """Pass rate of the checks; instruct_predictions.jsonl keeps every answer."""

@@ -12,7 +12,7 @@ def check(cfg, where: str) -> None:
         check_config(cfg.judge, f"{where}.judge")
 
 
-@task("judge", order=31, headlines=("judge_score",), needs=("instruct",), check=check)
+@task("judge", order=31, packages=("openai",), extra="gguf", headlines=("judge_score",), needs=("instruct",), check=check)
 def run(ev: EvalRun) -> dict:
     """Grades of the instruct task's answers; judge.jsonl keeps each verdict."""
     cfg, ctx = ev.cfg, ev.ctx

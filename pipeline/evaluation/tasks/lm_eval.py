@@ -21,7 +21,7 @@ def check(cfg, where: str) -> None:
     check_available(where, cfg.settings.lm_eval.tasks)
 
 
-@task("lm_eval", order=80, check=check, settings=LMEvalSettings)
+@task("lm_eval", order=80, packages=("lm_eval",), extra="eval", check=check, settings=LMEvalSettings)
 def run(ev: EvalRun) -> dict:
     """Harness tasks `settings.lm_eval.tasks`; their metrics are named lmeval_* and all shown."""
     cfg, ctx = ev.cfg, ev.ctx
