@@ -187,7 +187,8 @@ def test_tools_mcq_code_and_reasoning_tasks_in_a_chain(tiny_llama, tmp_path):
     cfg = compose([*tiny_overrides(tiny_llama), "~stages.sft", "~stages.eval_tuned", f"paths.store={tmp_path / 's'}",
                    "stages.eval_base.tasks=[reasoning,tools,mcq,code]", "stages.eval_base.limit=3",
                    f"stages.eval_base.settings.mcq.path={data / 'mcq_sample.jsonl'}",
-                   f"stages.eval_base.settings.code.path={data / 'code_sample.jsonl'}", "logger=none"])
+                   f"stages.eval_base.settings.code.path={data / 'code_sample.jsonl'}",
+                   "stages.eval_base.settings.code.allow_code_execution=true", "logger=none"])
     record = run_chain(cfg, tmp_path / "run", "quickstart", [], None)
     metrics = record["stages"][0]["metrics"]
     assert metrics["tools_n"] == 3 and 0 <= metrics["tools_choice_accuracy"] <= 1

