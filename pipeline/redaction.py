@@ -36,6 +36,7 @@ URL_SECRET_PARAM = re.compile(r"(?i)([?&](?:api[-_]?key|key|token|access[-_]?tok
                               r"auth)=)[^&#\s'\"]+")
 BEARER = re.compile(r"\b(Bearer\s+)[A-Za-z0-9_\-.~+/=:]{16,}")  # as headers write it: not "the bearer of..."
 _NAMED_VARIABLES: set[str] = set()  # variables a config names in an *_env setting, for this process
+_KNOWN_SECRETS: set[str] = set()  # values this process made itself (serve's generated key)
 
 
 def is_secret(key: str, value: Any) -> bool:
@@ -61,11 +62,17 @@ def remember_named_variables(obj: Any) -> None:
             remember_named_variables(value)
 
 
+def remember_secret(value: str) -> None:
+    """A secret this process holds outside the environment (a generated key): scrubbed from now on."""
+    if len(value) >= MIN_SECRET_LENGTH:
+        _KNOWN_SECRETS.add(value)
+
+
 def environment_secrets() -> list[str]:
-    """Values of this process's secret-named environment variables (and of those a config named), longest
-    first."""
+    """Values of this process's secret-named environment variables (and of those a config named), and the
+    secrets it remembered, longest first."""
     found = {v for k, v in os.environ.items()
-             if (SECRET_ENV.search(k) or k in _NAMED_VARIABLES) and len(v) >= MIN_SECRET_LENGTH}
+             if (SECRET_ENV.search(k) or k in _NAMED_VARIABLES) and len(v) >= MIN_SECRET_LENGTH} | _KNOWN_SECRETS
     return sorted(found, key=len, reverse=True)
 
 

@@ -1,6 +1,7 @@
 """Secrets never land in what a run writes (pipeline/redaction.py): redaction by what is a secret, not by
 a substring (`max_new_tokens` stays visible), the same filter for chain.json's overrides, Hydra's
-record, manifests, metrics and the W&B run files; and W&B's own environment variables are respected."""
+record, manifests, metrics and the W&B run files; Hydra's .hydra/*.yaml and multirun.yaml scrubbed before the
+plan runs (a dry run, a failed plan, a sweep); and W&B's own environment variables are respected."""
 
 import pytest
 
@@ -84,3 +85,27 @@ def test_an_online_setup_that_cannot_work_stops_before_any_stage(tmp_path):
     line = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
     assert "cannot be reached" in line and "WANDB_MODE=offline" in line
     assert not list((tmp_path / "store").glob("*/*/artifact.json"))  # no stage ran
+
+
+HYDRA_SECRETS = {"cli": "SECRETVALUE123-cli-0123", "env": "envsecret-4567890abcdef"}
+
+
+@pytest.mark.parametrize("args, returncode", [
+    (["+dry_run=true"], 0),                                    # a dry run
+    (["seed=-1"], 2),                                          # a plan that fails
+    (["-m", "+dry_run=true", "seed=1,2"], 0),                  # a sweep of dry runs
+    (["-m", "+dry_run=true", "stages.sft.learning_rate=abc,1e-4"], 1),  # a sweep Hydra refuses before any job
+], ids=["dry_run", "failed_plan", "multirun", "refused_sweep"])
+def test_hydra_record_holds_no_secret_whatever_becomes_of_the_run(tmp_path, args, returncode):
+    """A secret on the command line (by key) and one from the environment (by value), in every file Hydra
+    writes: .hydra/{config,hydra,overrides}.yaml of each job and the sweep's multirun.yaml."""
+    overrides = [*args, "logger=none", f"+wandb_api_key={HYDRA_SECRETS['cli']}", f"+note={HYDRA_SECRETS['env']}"]
+    result = run_main(overrides, tmp_path, timeout=120, env={"MY_SERVICE_TOKEN": HYDRA_SECRETS["env"]})
+    assert result.returncode == returncode, result.stderr[-2000:]
+    written = [p for folder in ("run", "sweep", "store") for p in (tmp_path / folder).rglob("*") if p.is_file()]
+    hydra_files = {p.name for p in written if p.suffix == ".yaml"}
+    assert hydra_files == ({"multirun.yaml"} if returncode == 1 else
+                           {"config.yaml", "hydra.yaml", "overrides.yaml"} | ({"multirun.yaml"} if "-m" in args else set()))
+    leaked = [f"{p}: {name}" for p in written for name, value in HYDRA_SECRETS.items() if value.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    assert any(f"+wandb_api_key={REDACTED}" in p.read_text() for p in written if p.suffix == ".yaml")

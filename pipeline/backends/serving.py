@@ -8,6 +8,7 @@ built here are therefore safe to print and to write into the server log.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -110,11 +111,16 @@ def llama_cpp_command(model_file: Path, host: str, port: int, n_ctx: int, alias:
     return command + list(extra_args)
 
 
-def vllm_command(model_path: str, host: str, port: int, n_ctx: int, alias: str, extra_args: list[str]) -> list[str]:
+def vllm_command(model_path: str, host: str, port: int, n_ctx: int, alias: str, extra_args: list[str],
+                 cors_origins: list[str] = ()) -> list[str]:
+    """`vllm serve`; browsers get only `cors_origins` (vLLM alone allows every origin)."""
     beside = Path(sys.executable).with_name("vllm")  # the vllm of this environment first
     program = str(beside) if beside.is_file() else (shutil.which("vllm") or "vllm")
-    return [program, "serve", model_path, "--host", host, "--port", str(port), "--served-model-name", alias,
-            "--max-model-len", str(n_ctx), *extra_args]
+    command = [program, "serve", model_path, "--host", host, "--port", str(port), "--served-model-name", alias,
+               "--max-model-len", str(n_ctx)]
+    if not any(arg.split("=")[0] == "--allowed-origins" for arg in extra_args):
+        command += ["--allowed-origins", json.dumps(list(cors_origins))]
+    return command + list(extra_args)
 
 
 def server_env(backend: str, key: str | None, host: str, port: int) -> dict[str, str]:

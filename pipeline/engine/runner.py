@@ -24,7 +24,7 @@ from pipeline.engine.store import Store
 from pipeline.engine.tracking import LoggerConfig, Tracker
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
-from pipeline.redaction import redact, redact_overrides, remember_named_variables, scrub_file
+from pipeline.redaction import redact, redact_overrides, remember_named_variables
 from pipeline.models.peak_memory import PeakMemory, peak_metrics
 
 VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
@@ -170,9 +170,7 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
         print("dry run: stopping after the plan", flush=True)
         return {}
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for written in (run_dir / ".hydra").glob("*.yaml"):  # Hydra's own record of the config and command line
-        scrub_file(written)
+    run_dir.mkdir(parents=True, exist_ok=True)  # Hydra's record in it is scrubbed already (engine/hydra_scrub.py)
     logger_cfg = typed_config(cfg.logger, LoggerConfig, "logger")
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     tracker = Tracker(logger_cfg, run_dir, config, name=f"{recipe}-{run_dir.name}", group=group)  # fails before work

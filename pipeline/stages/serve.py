@@ -3,16 +3,19 @@
 A GGUF is served by llama.cpp's server (llama-cpp-python[server], CPU or GPU), an HF model folder
 by vLLM (a CUDA GPU). The stage waits until GET /v1/models answers, then with the `openai` client
 sends one chat completion (latency, tokens/s, whether it stopped at the end token), `concurrency`
-chat requests at once, and a request with a wrong key (401 expected when a key is set); it also
+chat requests at once, and a request with a wrong key (401 expected); it also
 checks that the socket listens on the configured host only. It then stops the server, or with
 `block: true` keeps serving until Ctrl-C.
 
     python main.py recipe=sft_to_gguf stages.serve.block=true
 
-The key comes from the environment variable named by `api_key_env` at run time and reaches the
-server through its own environment variable; it is never in the config, the command line, the
-logs or the artifact. The stage runs every time (it is not cached); its record is
-<run folder>/<stage name>/ (artifact.json, server.log).
+The server always wants a key. It comes from the environment variable named by `api_key_env`; when
+that is unset, the stage makes a random one and writes it to <run folder>/<stage name>/api_key (mode
+0600), and prints that path. A host other than loopback needs the user's own key (refused at plan
+time without one). The key reaches the server through its own environment variable; it is never in
+the config, the command line, the logs or the artifact (which records where the key came from).
+Browsers on other origins get no CORS access unless `cors_origins` names them. The stage runs every
+time (it is not cached); its record is <run folder>/<stage name>/ (artifact.json, server.log).
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import List, Optional
 
+from pipeline import api_key
 from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.backends import serving
-from pipeline.llama_cpp.server import REMOTE_IMAGES_ENV
+from pipeline.llama_cpp.server import CORS_ORIGINS_ENV, REMOTE_IMAGES_ENV
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
@@ -53,7 +57,10 @@ class ServeConfig(StageConfig):
     backend: str = setting("auto", "auto (llama.cpp for a gguf, vllm for a model) | llama.cpp | vllm")
     host: str = setting("127.0.0.1", "0.0.0.0: reachable from other machines")
     port: int = between(0, 0, 65535, help="0: a free port")
-    api_key_env: Optional[str] = setting("TUNECHAIN_API_KEY", "the variable holding the key (unset: no key)")
+    api_key_env: Optional[str] = setting(api_key.DEFAULT_ENV, "the variable holding your key (unset: a random key, "
+                                         "written to <run folder>/<stage>/api_key; a non-loopback host needs yours)")
+    cors_origins: List[str] = setting(factory=list, help="browser origins allowed to call the server, e.g. "
+                                                         "[http://localhost:3000] (empty: none)")
     block: bool = setting(False, "true: keep serving after the checks, until Ctrl-C")
     ready_timeout_s: float = positive(120.0, help="seconds to wait for the server to answer before failing")
     smoke_prompt: str = setting("What is 12 plus 7?", "the chat request sent once to check the answer")
@@ -84,6 +91,8 @@ class ServeConfig(StageConfig):
         if any(arg.split("=")[0] in KEY_FLAGS for arg in self.extra_args):
             raise ConfigError(f"{where}.extra_args: do not put an API key on the command line; export it in an "
                               f"environment variable and name it in {where}.api_key_env")
+        if not serving.is_loopback(self.host) and not api_key.from_env(self.api_key_env):
+            raise ConfigError(_open_host(where, self.host, self.api_key_env))
         if self.inputs is not None and len(self.inputs) != 1:
             raise ConfigError(f"{where}.inputs: serve takes one input (a gguf or a model stage), got {self.inputs}")
         self._backend = self._resolve(where, _input_kind(self.inputs, earlier))
@@ -127,6 +136,13 @@ class ServeConfig(StageConfig):
         return Workload(kind="inference")  # the server is another process; this one only sends requests
 
 
+def _open_host(where: str, host: str, key_env: str | None) -> str:
+    variable = key_env or api_key.DEFAULT_ENV
+    named = "" if key_env else f" and set {where}.api_key_env={variable}"
+    return (f"{where}.host: {host} is reachable from other machines and needs your own API key: export {variable}=..."
+            f"{named}, or serve on loopback (127.0.0.1, ::1, localhost), where a random key is made")
+
+
 def _input_kind(inputs: list[str] | None, earlier: dict) -> str | None:
     """The kind of what serve will take: the named stage, else the latest gguf/model stage, else the base."""
     if inputs:
@@ -145,7 +161,6 @@ def _input_kind(inputs: list[str] | None, earlier: dict) -> str | None:
 def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Serve the input over an OpenAI-compatible API, check it, then stop (or keep serving: block)."""
     import logging
-    import os
 
     for name in ("httpx", "httpx2"):  # the client logs every request at INFO: 18 lines per check
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -153,24 +168,30 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     source = inputs.primary
     backend = cfg._resolve(f"stages.{ctx.name}", source.kind)
     alias = cfg.model_alias or ctx.model.name or "tunechain"
-    key = (os.environ.get(cfg.api_key_env) or None) if cfg.api_key_env else None
+    key = api_key.from_env(cfg.api_key_env)
+    key_file = None
     if key:
         ctx.log(f"API key: read from ${cfg.api_key_env}; clients must send it as a Bearer token")
+    elif not serving.is_loopback(cfg.host):  # the plan refuses this; the run's environment may differ
+        raise ConfigError(_open_host(f"stages.{ctx.name}", cfg.host, cfg.api_key_env))
     else:
+        key, key_file = api_key.generate(ctx.out_dir)
         where = f"${cfg.api_key_env} is unset" if cfg.api_key_env else "api_key_env is null"
-        ctx.log(f"no API key ({where}): the server accepts every request")
+        ctx.log(f"API key: {where}, so a random one is in {key_file} (readable by you only): "
+                f"export {cfg.api_key_env or api_key.DEFAULT_ENV}=$(cat {key_file})")
     if not serving.is_loopback(cfg.host):
-        print(f"warning: listening on {cfg.host}: reachable from other machines"
-              f"{'' if key else ', and without an API key'}", flush=True)
+        print(f"warning: listening on {cfg.host}: reachable from other machines", flush=True)
     port = cfg.port or serving.free_port(cfg.host)
     if backend == "llama.cpp":
         threads = (ctx.hardware or {}).get("num_threads")
         command = serving.llama_cpp_command(source.gguf_file(), cfg.host, port, cfg.n_ctx, alias, threads,
                                             cfg.extra_args, ctx.device, mmproj=source.mmproj_file())
     else:
-        command = serving.vllm_command(source.path, cfg.host, port, cfg.n_ctx, alias, cfg.extra_args)
+        command = serving.vllm_command(source.path, cfg.host, port, cfg.n_ctx, alias, cfg.extra_args,
+                                       cfg.cors_origins)
     env = serving.server_env(backend, key, cfg.host, port)
     env[REMOTE_IMAGES_ENV] = "1" if cfg.remote_images else "0"
+    env[CORS_ORIGINS_ENV] = ",".join(cfg.cors_origins)
     log_path = ctx.out_dir / "server.log"
     ctx.log(f"starting {backend}: {' '.join(command)}")  # safe to print: the key is in the environment
     server = serving.start(command, env, log_path, cfg.host, port)
@@ -186,7 +207,7 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
             extra.update(said)
         ctx.tracker.log(ctx.name, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         if cfg.block:
-            _announce(server, alias, cfg.api_key_env if key else None)
+            _announce(server, alias, cfg.api_key_env or api_key.DEFAULT_ENV, key_file)
             hold(server)
     finally:
         serving.stop(server)
@@ -194,7 +215,7 @@ def run(cfg: ServeConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     return Artifact(kind="serve", path=str(ctx.out_dir), fingerprint="", format="openai-server",
                     base_model=source.base_model, metrics=metrics,
                     meta={"backend": backend, "base_url": f"{server.base_url}/v1", "model": alias,
-                          "served": source.path, "auth": "api-key" if key else "none", "server_pid": server.pid, **extra})
+                          "served": source.path, "auth_mode": _auth_mode(cfg, key_file), "server_pid": server.pid, **extra})
 
 
 def drawn_image_url() -> str:
@@ -254,13 +275,13 @@ def _bound(cfg: ServeConfig, server: serving.ServerProcess) -> dict:
     return {"bound_address": ", ".join(f"{serving.url_host(ip)}:{server.port}" for ip in found)}
 
 
-def _client(server: serving.ServerProcess, key: str | None):
+def _client(server: serving.ServerProcess, key: str):
     try:
         import openai
     except ImportError:
         raise PlanError("the serve checks need the openai client: pip install -e '.[gguf]'") from None
-    # openai insists on some key; a server without one ignores it. No retries: count what happens.
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key or "no-key", max_retries=0,
+    # No retries: count what happens.
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0,
                          timeout=REQUEST_TIMEOUT_S)
 
 
@@ -269,7 +290,7 @@ def _chat(client, alias: str, prompt: str, max_tokens: int):
                                           max_tokens=max_tokens, temperature=0.0)
 
 
-def _checks(cfg: ServeConfig, server: serving.ServerProcess, alias: str, key: str | None,
+def _checks(cfg: ServeConfig, server: serving.ServerProcess, alias: str, key: str,
             ctx: StageContext) -> tuple[dict, dict]:
     """Smoke chat, concurrent chats, wrong key: (metrics, meta)."""
     import openai
@@ -324,16 +345,23 @@ def _checks(cfg: ServeConfig, server: serving.ServerProcess, alias: str, key: st
     except openai.APIStatusError as e:
         status = e.status_code
     metrics["wrong_key_status"] = status
-    if key and status != 401:
+    if status != 401:
         raise RuntimeError(f"a request with a wrong API key got HTTP {status}, not 401: the server is not protected")
-    ctx.log(f"wrong key: HTTP {status}" + ("" if key else " (no key set: the server is open)"))
+    ctx.log(f"wrong key: HTTP {status}")
     return metrics, meta
 
 
-def _announce(server: serving.ServerProcess, alias: str, key_env: str | None) -> None:
-    auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
-    key_py = f'os.environ["{key_env}"]' if key_env else '"no-key"'
-    print(f"\nserving '{alias}' at {server.base_url}/v1 (Ctrl-C stops it)\n\n"
+def _auth_mode(cfg: ServeConfig, key_file) -> str:
+    """How clients authenticate, for the record: where the key is, never the key (a field named `auth` would
+    be redacted as a secret)."""
+    return f"api-key from file {key_file}" if key_file else f"api-key from ${cfg.api_key_env}"
+
+
+def _announce(server: serving.ServerProcess, alias: str, key_env: str, key_file) -> None:
+    auth = f' -H "Authorization: Bearer ${key_env}"'
+    key_py = f'os.environ["{key_env}"]'
+    export = f"  export {key_env}=$(cat {key_file})   # the key made for this server\n\n" if key_file else ""
+    print(f"\nserving '{alias}' at {server.base_url}/v1 (Ctrl-C stops it)\n\n{export}"
           f"  curl {server.base_url}/v1/chat/completions{auth} -H 'Content-Type: application/json' \\\n"
           f"    -d '{{\"model\": \"{alias}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n\n"
           f"  import os, openai\n"
