@@ -7,7 +7,8 @@ A temporary folder whose fingerprint lock is free has no writer (a crash or kill
 container made it; one whose lock is held is left alone. Host names and pids cannot decide this: two
 containers may share a host name and pid numbers. A free folder that holds trainer checkpoints is taken
 over by the next run of the same fingerprint, which resumes from them (pipeline/training/checkpoints.py);
-the others are removed.
+the others are removed. A commit fsyncs the folder and records each file's size and digest in the
+manifest; a lookup checks the sizes (pipeline/engine/integrity.py), `tunechain verify` the digests.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
+from pipeline.engine import integrity
 from pipeline.errors import TunechainError
 from pipeline.training.checkpoints import latest
 
@@ -44,13 +46,28 @@ class Store:
     def final_dir(self, kind: str, fingerprint: str) -> Path:
         return self.root / kind / fingerprint
 
-    def find(self, kind: str, fingerprint: str) -> Artifact | None:
+    def find(self, kind: str, fingerprint: str, full: bool = False) -> Artifact | None:
+        """The stored artifact, None if there is none; one whose files do not match its manifest (sizes, and
+        digests where `full`) is refused with what differs and how to rebuild it."""
         folder = self.final_dir(kind, fingerprint)
-        if (folder / MANIFEST).is_file():
+        if not (folder / MANIFEST).is_file():
+            return None
+        try:
             artifact = Artifact.read(folder)
-            artifact.path = str(folder)  # the store may have moved since it was written
-            return artifact
-        return None
+        except (ValueError, TypeError) as e:  # a torn or edited manifest
+            raise integrity.DamagedArtifact(integrity.damaged_message(
+                kind, fingerprint, folder, [f"{MANIFEST} does not parse ({e})"])) from None
+        found = integrity.problems(folder, artifact.files, full)
+        if found:
+            raise integrity.DamagedArtifact(integrity.damaged_message(kind, fingerprint, folder, found))
+        artifact.path = str(folder)  # the store may have moved since it was written
+        return artifact
+
+    def artifacts(self) -> Iterator[tuple[str, str]]:
+        """(kind, fingerprint) of every finished artifact in the store."""
+        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            if not manifest.parent.parent.name.startswith("."):
+                yield manifest.parent.parent.name, manifest.parent.name
 
     @contextlib.contextmanager
     def lock(self, fingerprint: str, announce=print) -> Iterator[None]:
@@ -137,11 +154,15 @@ class Store:
         if artifact.base_model == str(tmp_dir):  # a new base (a pruned model): it derives from itself
             artifact.base_model = str(final)
         artifact.path = str(final)
+        artifact.files = integrity.record(tmp_dir)
         write_json_atomic(tmp_dir / MANIFEST, artifact.to_json())
+        integrity.fsync_tree(tmp_dir)  # on disk before the rename makes it look finished
         final.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(2):
             try:
                 os.rename(tmp_dir, final)
+                integrity.fsync_dir(final.parent)
+                integrity.fsync_dir(tmp_dir.parent)
                 return artifact
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
