@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import stopping
 from pipeline.engine import plugins, registry
 from pipeline.engine.configstore import register
 from pipeline.engine.runner import run_chain
@@ -208,3 +209,6 @@ def run(cfg: DictConfig) -> None:
         run_chain(cfg, run_dir, recipe, list(hydra_cfg.overrides.task), group)
     except TunechainError as e:
         fail(str(e))
+    except stopping.Interrupted as stop:  # chain.json says interrupted; exit as the signal would have ended us
+        print(f"interrupted ({stop}); chain.json: {run_dir / 'chain.json'}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)

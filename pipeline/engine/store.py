@@ -138,7 +138,7 @@ class Store:
         self.clean_stale_tmp()
         folder = self.tmp_root / f"{fingerprint}-{_host()}-{os.getpid()}-{int(time.time())}"
         with self._unwritten(fingerprint) as free:
-            leftovers = self._folders(fingerprint) if free else []
+            leftovers = self.tmp_folders(fingerprint) if free else []
             unfinished = sorted((f for f in leftovers if _has_checkpoints(f)), key=lambda f: f.stat().st_mtime)
             if unfinished:
                 os.rename(unfinished[-1], folder)
@@ -181,11 +181,12 @@ class Store:
             return
         for fingerprint in sorted({_fingerprint_of(f) for f in self.tmp_root.iterdir()}):
             with self._unwritten(fingerprint) as free:
-                for folder in self._folders(fingerprint) if free else []:
+                for folder in self.tmp_folders(fingerprint) if free else []:
                     if not _has_checkpoints(folder) or time.time() - folder.stat().st_mtime > RESUMABLE_DAYS * 86400:
                         shutil.rmtree(folder, ignore_errors=True)
 
-    def _folders(self, fingerprint: str) -> list[Path]:
+    def tmp_folders(self, fingerprint: str) -> list[Path]:
+        """The temporary folders of `fingerprint`, finished writing or not."""
         if not self.tmp_root.is_dir():
             return []
         return [f for f in self.tmp_root.iterdir() if _fingerprint_of(f) == fingerprint]
