@@ -49,6 +49,7 @@ class Artifact:
     meta: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    files: dict[str, dict] = field(default_factory=dict)  # a stored artifact's files: size, sha256 (engine/integrity.py)
 
     def __post_init__(self) -> None:
         self.kind = ArtifactKind(self.kind)

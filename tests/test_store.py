@@ -1,6 +1,7 @@
 """The artifact store: atomic commits, lookups by fingerprint, crash leftovers, fingerprints."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -54,21 +55,67 @@ def test_second_commit_of_same_fingerprint_keeps_the_first(tmp_path):
     assert (tmp_path / "store" / "model" / "abc" / "model.bin").read_text() == "first"
 
 
-def test_stale_tmp_of_dead_process_is_cleaned(tmp_path):
+def _hold_lock(store_root: Path, fingerprint: str, seconds: float = 60) -> subprocess.Popen:
+    """Another writer: a real process that holds `fingerprint`'s lock (as a run building it does) and sleeps."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from pipeline.engine.store import Store\n"
+        "with Store(sys.argv[2]).lock(sys.argv[3]):\n    print('held', flush=True); time.sleep(float(sys.argv[4]))"),
+        str(Path(__file__).resolve().parent.parent), str(store_root), fingerprint, str(seconds)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_tmp_folder_without_a_lock_holder_is_cleaned_whoever_made_it(tmp_path):
+    store = Store(tmp_path / "store")
+    tmp = tmp_path / "store" / ".tmp"
+    old_style = tmp / f"abc-{os.getppid()}-1"  # its pid is alive, but nobody holds abc's lock
+    elsewhere = tmp / "def-other-node-7-1"
+    for folder in (old_style, elsewhere):
+        folder.mkdir(parents=True)
+    store.clean_stale_tmp()
+    assert not old_style.exists() and not elsewhere.exists()
+
+
+def test_a_live_writer_with_our_host_name_keeps_its_folder_until_it_dies(tmp_path):
+    """Two containers with one host name: a folder named like ours whose pid is not alive here, but whose
+    writer holds the fingerprint's lock, is left alone; once the writer is gone it is taken over."""
     store = Store(tmp_path / "store")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "store" / ".tmp" / f"abc-{int(dead.stdout)}-1"
-    stale.mkdir(parents=True)
-    live = tmp_path / "store" / ".tmp" / f"def-{os.getppid()}-1"
-    live.mkdir()
-    host = socket.gethostname()
-    dead_here = tmp_path / "store" / ".tmp" / f"ghi-{host}-{int(dead.stdout)}-1"
-    dead_here.mkdir()
-    elsewhere = tmp_path / "store" / ".tmp" / f"jkl-other-node-7-{int(dead.stdout)}-1"  # a pid on another host
-    elsewhere.mkdir()
-    store.clean_stale_tmp()
-    assert not stale.exists() and not dead_here.exists()
-    assert live.exists() and elsewhere.exists()  # alive here, or not ours to judge
+    live = tmp_path / "store" / ".tmp" / f"abc-{socket.gethostname()}-{int(dead.stdout)}-1"
+    (live / "trainer" / "checkpoint-10").mkdir(parents=True)
+    (live / "trainer" / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    (live / "notes").mkdir()
+    holder = _hold_lock(tmp_path / "store", "abc")
+    try:
+        store.clean_stale_tmp()
+        taken = store.new_tmp_dir("abc")
+        assert live.exists() and taken != live and not (taken / "trainer").exists()
+        shutil.rmtree(taken)
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.lock("abc"):
+        taken = store.new_tmp_dir("abc")
+    assert not live.exists() and (taken / "trainer" / "checkpoint-10" / "trainer_state.json").is_file()
+
+
+def test_a_commit_that_loses_the_rename_race_returns_the_twin(tmp_path):
+    """Two writers of one fingerprint on a shared store: the one whose rename finds the other's finished
+    folder in place returns that artifact and discards its own folder."""
+    ours = Store(tmp_path / "store")
+    with ours.lock("abc"):
+        tmp = ours.new_tmp_dir("abc")
+        (tmp / "model.bin").write_text("ours")
+        their_tmp = tmp_path / "other-machine"  # flock that does not reach across machines: both built it
+        their_tmp.mkdir()
+        (their_tmp / "model.bin").write_text("theirs")
+        Store(tmp_path / "store").commit(their_tmp, Artifact(kind="model", path="", fingerprint="abc",
+                                                             metrics={"loss": 1.0}))
+        got = ours.commit(tmp, Artifact(kind="model", path=str(tmp), fingerprint="abc", metrics={"loss": 2.0}))
+    assert got.metrics == {"loss": 1.0} and got.path == str(tmp_path / "store" / "model" / "abc")
+    assert (tmp_path / "store" / "model" / "abc" / "model.bin").read_text() == "theirs"
+    assert not tmp.exists()
 
 
 def test_a_waiting_run_names_who_holds_the_lock(tmp_path):

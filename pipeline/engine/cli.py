@@ -1,12 +1,15 @@
-"""The command line around Hydra: friendly errors for mistyped stage keys, then the runner."""
+"""The command line around Hydra: friendly errors for mistyped stage keys, then the runner; and the commands
+that are not a chain (`verify`)."""
 from __future__ import annotations
 
 import os
+import runpy
 import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import stopping
 from pipeline.engine import plugins, registry
 from pipeline.engine.configstore import register
 from pipeline.engine.runner import run_chain
@@ -17,6 +20,27 @@ from pipeline.paths import PROJECT_ROOT
 register()  # before Hydra composes anything (main.py imports this module first)
 
 CONF_DIR = PROJECT_ROOT / "conf"
+
+
+COMMANDS = {"verify": "pipeline.engine.verify"}  # name -> module with main(argv) -> exit status
+
+
+def command(argv: list[str]) -> None:
+    """`tunechain verify ...` (or `python main.py verify ...`): run that command and exit; a chain's
+    overrides are left to Hydra."""
+    if len(argv) > 1 and argv[1] in COMMANDS:
+        import importlib
+
+        sys.exit(importlib.import_module(COMMANDS[argv[1]]).main(argv[2:]))
+
+
+def main() -> None:
+    """The `tunechain` console script: a command above, else a chain exactly as `python main.py ...` runs it."""
+    command(sys.argv)
+    entry = PROJECT_ROOT / "main.py"
+    if not entry.is_file():
+        fail(f"chains run from a checkout ({entry} is missing): python main.py ...")
+    runpy.run_path(str(entry), run_name="__main__")
 
 
 def fail(message: str) -> None:
@@ -185,3 +209,6 @@ def run(cfg: DictConfig) -> None:
         run_chain(cfg, run_dir, recipe, list(hydra_cfg.overrides.task), group)
     except TunechainError as e:
         fail(str(e))
+    except stopping.Interrupted as stop:  # chain.json says interrupted; exit as the signal would have ended us
+        print(f"interrupted ({stop}); chain.json: {run_dir / 'chain.json'}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)

