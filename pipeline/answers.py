@@ -11,6 +11,8 @@ from decimal import Decimal, InvalidOperation
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
 _MARKER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+_FRACTION = re.compile(r"\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
+_STATED = re.compile(r"(?:answer is|answer:)\s*\**\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
 
 
 def normalize_number(text: str) -> str | None:
@@ -29,13 +31,44 @@ def normalize_number(text: str) -> str | None:
 
 
 def extract_answer(output: str) -> str | None:
-    """The number after the last '####', else the last number in the output (GSM8K style)."""
-    marked = _MARKER.findall(output)
-    candidates = marked or _NUMBER.findall(output)
-    for candidate in reversed(candidates):
+    """The final number of an answer, read as a person would: thinking (`<think>...</think>`) is not the
+    answer; then the last `\\boxed{...}`, else the number after the last '####' (GSM8K), else after the last
+    "answer is" / "Answer:", else the last number in the text."""
+    if "</think>" in output:
+        output = output.rsplit("</think>", 1)[1]
+    elif "<think>" in output:
+        return None  # cut while thinking: no answer yet
+    output = output.replace("{,}", ",").replace("\\!", "").replace("\\,", "")  # LaTeX digit grouping
+    for found in (_boxed(output), _last(_MARKER, output), _last(_STATED, output)):
+        if found is not None:
+            fraction = _FRACTION.search(found)
+            if fraction and int(fraction.group(2)) != 0:
+                return normalize_number(str(Decimal(fraction.group(1)) / Decimal(fraction.group(2))))
+            numbers = _NUMBER.findall(found)
+            if numbers:
+                return normalize_number(numbers[-1])
+    for candidate in reversed(_NUMBER.findall(output)):
         number = normalize_number(candidate)
         if number is not None:
             return number
+    return None
+
+
+def _last(pattern: re.Pattern, text: str) -> str | None:
+    found = pattern.findall(text)
+    return found[-1] if found else None
+
+
+def _boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...}, nested braces included."""
+    start = text.rfind("\\boxed{")
+    if start == -1:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for i in range(begin - 1, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[begin:i]
     return None
 
 

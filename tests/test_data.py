@@ -310,3 +310,21 @@ def test_fingerprint_of_hub_id_names_it():
 def test_unknown_purpose_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError, match="unknown data purpose 'rl'"):
         data.check(spec_for(write_jsonl(tmp_path / "d.jsonl", [{"text": "a"}])), "rl")
+
+
+def test_answers_are_read_as_a_person_would():
+    from pipeline.answers import extract_answer
+
+    cases = {
+        "So 3 + 4 = 7.\n#### 7": "7",
+        "The total is \\boxed{1{,}234} dollars. Check: 5 + 5": "1234",
+        "<think>maybe 5, or 6</think>The answer is 12. Then 3 more are left over.": "12",
+        "<think>5 and 6 and": None,  # cut while thinking: no answer yet
+        "**Answer:** 42\n\nNote: 7 apples were eaten.": "42",
+        "Answer: 42\n\nNote: 7 apples were eaten.": "42",
+        "\\boxed{\\frac{1}{2}} of the cake, so 3 slices": "0.5",
+        "```python\nprint(6 * 7)\n```\nIt prints 42": "42",
+        "x = 3, y = 4": "4",
+    }
+    for text, expected in cases.items():
+        assert extract_answer(text) == expected, text
