@@ -271,3 +271,16 @@ def test_the_seed_labs_math_problems_ship_with_corrected_answers():
     records = load(DatasetSpec(path="embedded/seed_lab/math.jsonl", format="gsm8k"), "gsm8k")
     assert len(records) == 13
     assert records[-1]["target"] == "30"  # the seed says 32: (8+2)*(5+2) - 8*5 = 30
+
+
+def test_report_shows_a_few_items_of_each_task_wrong_ones_first(tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    rows = [{"question": f"q{i}", "target": "4", "output": f"it is {i}", "predicted": str(i), "correct": i == 4}
+            for i in range(6)]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    entry = {**_eval("eval", "base", 1.0, 1 / 6), "artifact": str(folder)}
+    text = "\n".join(report.item_examples([entry]))
+    assert "eval, math (predictions.jsonl):" in text
+    assert text.index("q0") < text.index("q1") < text.index("q4") and "q2" not in text
+    assert "`it is 4` read as `4`: **right**" in text and "`it is 0` read as `0`: **wrong**" in text

@@ -287,8 +287,36 @@ def health(entries: list[dict[str, Any]]) -> list[str]:
     return [f"{e['name']}: {w}" for e in entries for w in e.get("metrics", {}).get("health_warnings") or []]
 
 
+ITEM_EXAMPLES = 3           # per-item records shown per text task and eval stage: two wrong, one right
 IMAGE_EXAMPLES = 4          # answers shown per image task and eval stage
 EXAMPLE_IMAGES = "report_images"
+
+
+def item_examples(entries: list[dict[str, Any]]) -> list[str]:
+    """A few per-item records of each eval's tasks (TaskSpec.items), wrong ones first, so a surprising figure
+    can be read: the prompt, the answer, how it was read and the verdict."""
+    import json
+
+    from pipeline.evaluation.registry import all_tasks
+
+    lines = []
+    for e in entries:
+        folder = Path(e.get("artifact") or "")
+        for spec in all_tasks().values():
+            if e.get("output") != ArtifactKind.eval or not spec.items or not (folder / spec.items[0]).is_file():
+                continue
+            name, prompt, answer, read, verdict = spec.items
+            rows = [json.loads(line) for line in (folder / name).read_text().splitlines()]
+            picked = [r for r in rows if not r.get(verdict)][:ITEM_EXAMPLES - 1] + [r for r in rows if r.get(verdict)][:1]
+            lines += [f"{e['name']}, {spec.name} ({name}):", ""]
+            lines += [f"- {_short(r.get(prompt))} -> `{_short(r.get(answer))}` read as `{_short(r.get(read))}`: "
+                      f"**{'right' if r.get(verdict) else 'wrong'}**" for r in picked] + [""]
+    return lines
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = " ".join(str(value).split())
+    return (text[:limit] + "...") if len(text) > limit else text
 
 
 def image_examples(entries: list[dict[str, Any]], run_dir: Path) -> list[str]:
@@ -344,6 +372,8 @@ def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
         lines += ["## Variants", ""] + _markdown_table(variants(record["stages"])) + [""]
         if plot_compression(record["stages"], run_dir / PLOT):
             lines += [f"![compression vs quality retained]({PLOT})", ""]
+    if item_examples(record["stages"]):
+        lines += ["## Answers, a few per task", ""] + item_examples(record["stages"])
     shown = image_examples(record["stages"], run_dir)
     if shown:
         lines += ["## Image answers", ""] + shown + [""]

@@ -51,6 +51,7 @@ class TaskSpec:
     percent: tuple[str, ...] = ()            # metrics that are shares: shown as %, deltas in points
     packages: tuple[str, ...] = ()           # modules it imports beyond the core install (checked at plan time)
     extra: str = ""                          # the project extra that installs them: pip install -e '.[extra]'
+    items: tuple[str, ...] = ()              # its per-item records: (file, prompt, answer, read as, verdict) keys
 
 
 def missing_packages(spec: TaskSpec) -> list[str]:
@@ -64,16 +65,19 @@ _TASKS: dict[str, TaskSpec] = {}
 
 def task(name: str, *, order: int, headlines: tuple[str, ...] = (), budget: int | None = None,
          reads: tuple[str, ...] = (), needs: tuple[str, ...] = (), check=None, settings: type | None = None,
-         percent: tuple[str, ...] = (), packages: tuple[str, ...] = (), extra: str = ""):
+         percent: tuple[str, ...] = (), packages: tuple[str, ...] = (), extra: str = "",
+         items: tuple[str, ...] = ()):
     """Register `run(EvalRun) -> metrics` as the eval task `name`; `settings`: a dataclass of its own
     settings (`ev.cfg.settings.<name>`), `percent`: its metrics that read as percentages, `packages`: the
-    modules it needs beyond the core install, which `pip install -e '.[<extra>]'` brings."""
+    modules it needs beyond the core install, which `pip install -e '.[<extra>]'` brings; `items`: the file of
+    its per-item records and the keys of each record's prompt, answer, reading and verdict (the report shows a few)."""
     if settings is not None and not dataclasses.is_dataclass(settings):
         raise TypeError(f"eval task '{name}': settings must be a dataclass, not {settings!r}")
 
     def wrap(fn):
         _TASKS[name] = TaskSpec(name, fn, order, tuple(headlines), budget, tuple(reads), tuple(needs), check,
-                                (fn.__doc__ or "").strip(), settings, tuple(percent), tuple(packages), extra)
+                                (fn.__doc__ or "").strip(), settings, tuple(percent), tuple(packages), extra,
+                                tuple(items))
         _sync_settings()
         return fn
 

@@ -50,7 +50,7 @@ def check(cfg, where: str) -> None:
 
 
 @task("code", order=60, headlines=("code_pass@1", "code_ran"), budget=512, check=check, settings=CodeSettings,
-      percent=("code_pass@1", "code_ran"))
+      percent=("code_pass@1", "code_ran"), items=("code_results.jsonl", "task_id", "completion", "status", "passed"))
 def run(ev: EvalRun) -> dict:
     """code_results.jsonl keeps each problem's prompt, reply, completion, status and stderr tail."""
     cfg, ctx = ev.cfg, ev.ctx

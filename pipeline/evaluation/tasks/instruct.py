@@ -13,7 +13,7 @@ from pipeline.evaluation.scoring.textmetrics import score_generation
 
 
 @task("instruct", order=30, packages=("sacrebleu", "rouge_score", "nltk"), extra="eval", headlines=("instruct_pass_rate",), budget=256, reads=("instruct",),
-      percent=("instruct_pass_rate",))
+      percent=("instruct_pass_rate",), items=("instruct_predictions.jsonl", "prompt", "output", "check", "passed"))
 def run(ev: EvalRun) -> dict:
     """Pass rate of the checks; instruct_predictions.jsonl keeps every answer."""
     cfg, ctx = ev.cfg, ev.ctx

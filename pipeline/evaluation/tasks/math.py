@@ -12,7 +12,7 @@ from pipeline.evaluation.registry import EvalRun, task
 
 
 @task("math", order=20, headlines=("math_accuracy", "stopped_at_eos"), budget=256, reads=("math",),
-      percent=("math_accuracy", "stopped_at_eos"))
+      percent=("math_accuracy", "stopped_at_eos"), items=("predictions.jsonl", "question", "output", "predicted", "correct"))
 def run(ev: EvalRun) -> dict:
     """Exact match of the final number; predictions.jsonl keeps every answer."""
     cfg, ctx = ev.cfg, ev.ctx
