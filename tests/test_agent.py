@@ -143,7 +143,12 @@ CALC = {"name": "calculator", "arguments": {"expression": "1 + 2"}}
     ('<tool_call>{"arguments": {"expression": "1 + 2"}}</tool_call>', None),  # no name
     ('<tool_call>{"name": "calculator", "arguments": ["1 + 2"]}</tool_call>', None),
     ('<tool_call>["calculator"]</tool_call>', None),
-    ('{"name": "calculator", "arguments": {"expression": "1 + 2"}}', None),  # untagged
+    ('{"name": "calculator", "arguments": {"expression": "1 + 2"}}', CALC),  # Llama 3: the bare object
+    ('[TOOL_CALLS][{"name": "calculator", "arguments": {"expression": "1 + 2"}}]', CALC),  # Mistral
+    ('<|python_tag|>{"name": "calculator", "parameters": {"expression": "1 + 2"}}', CALC),  # Llama 3.1
+    ('<|tool_call|>[{"name": "calculator", "arguments": {"expression": "1 + 2"}}]<|/tool_call|>', CALC),  # Phi-4
+    ('Sure.\n```json\n{"name": "calculator", "arguments": "{\\"expression\\": \\"1 + 2\\"}"}\n```', CALC),
+    ('The result as JSON: {"value": 3, "unit": null}', None),  # JSON that is not a call
     ("The answer is 3.", None),
 ])
 def test_parse_tool_call(text, expected):
