@@ -11,7 +11,7 @@ def test_every_shipped_task_is_registered_in_run_order():
     assert registry.names() == ("speed", "math", "reasoning", "instruct", "judge", "tools", "mcq", "vqa",
                                 "hallucination", "code", "perplexity", "lm_eval")
     assert registry.default_budgets() == {"math": 256, "instruct": 256, "tools": 128, "vqa": 16, "hallucination": 4,
-                                          "code": 256}
+                                          "code": 512}
     assert [s.name for s in registry.with_needs(["judge", "reasoning"])] == ["math", "reasoning", "instruct", "judge"]
 
 
@@ -111,7 +111,8 @@ def test_every_task_setting_is_typed_checked_and_fingerprinted_chosen_or_not(tmp
     assert set(settings) == {n for n, s in registry.all_tasks().items() if s.settings}
     assert settings == {"speed": {"new_tokens": 64, "prompt_tokens": 512, "repeats": 3},
                         "tools": {"path": "embedded/data/test_tools.jsonl", "max_turns": 3},
-                        "mcq": {"path": None, "style": "letter"}, "code": {"path": None, "timeout_s": 5.0},
+                        "mcq": {"path": None, "style": "letter"}, "code": {"path": None, "prompt_style": "auto", "allow_code_execution": False,
+                                 "sandbox": "namespaces", "timeout_s": 5.0},
                         "perplexity": {"max_length": 1024, "stride": 512},
                         "lm_eval": {"tasks": [], "num_fewshot": None}}
     changed = step(["stages.eval_base.settings.code.timeout_s=9"])
@@ -128,7 +129,8 @@ def test_tasks_and_stages_declare_their_percent_metrics():
                                                "pope_f1", "pope_yes_ratio")
             for suffix in ("", "_random", "_popular", "_adversarial")}
     assert registry.percent_metrics() == {"math_accuracy", "stopped_at_eos", "instruct_pass_rate", "tools_call_match",
-                                          "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "reasoning_has_think",
+                                          "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "code_ran",
+                                          "reasoning_has_think",
                                           "vqa_accuracy", "vqa_stopped_at_eos"} | pope
     parity = ("parity_identical", "parity_token_agreement", "parity_image_identical", "parity_image_token_agreement")
     assert stages.get("gguf").percent == parity and stages.get("sft").percent == ()
