@@ -1,6 +1,8 @@
 """The parity check every export runs: greedy generation on a fixed prompt set, exported model
 against the model it came from. Token agreement and answer accuracy go into the export's
-manifest (and so into the report); `parity.jsonl` keeps each prompt's pair of outputs.
+manifest (and so into the report); `parity.jsonl` keeps each prompt's pair of outputs. Beside
+greedy identity, the teacher-forced KL divergence on the source's answers (exports/divergence.py),
+as llama.cpp measures quantization loss.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
+from exports.divergence import SourceLogProbs, sequences
 from pipeline.answers import extract_answer
 from pipeline.artifact import Artifact, write_json_atomic
 from pipeline.backends.base import Generation, chat_prompt
@@ -29,7 +32,8 @@ class ParityError(TunechainError):
     """The exported model disagrees with its source more than the stage allows."""
 
 
-PARITY_PERCENT = ("parity_identical", "parity_token_agreement", "parity_image_identical", "parity_image_token_agreement")  # shares of the prompts, shown as %
+PARITY_PERCENT = ("parity_identical", "parity_token_agreement", "parity_image_identical", "parity_image_token_agreement",
+                  "parity_same_top")  # shares of the prompts (or, same_top, of the scored positions), shown as %
 
 
 @dataclass
@@ -42,6 +46,10 @@ class ParityFields(StageConfig):
     parity_max_new_tokens: int = at_least(1, MISSING, help="tokens generated per prompt")
     parity_min_identical: Optional[float] = between(None, 0, 1,
                                                     help="fail the stage when fewer prompts match token for token")
+    parity_kld: bool = setting(True, "also the teacher-forced KL divergence from the source on its own answers "
+                                     "(llama-perplexity --kl-divergence's measure)")
+    parity_max_kld: Optional[float] = at_least(0, None, help="fail the stage when the mean KL divergence "
+                                                             "(nats per token) is higher")
     parity_images: Optional[DatasetSpec] = setting(None, "a vision-language model's image questions both models "
                                                          "answer too (prompt records with an image part)",
                                                    purpose="prompt", images=True)
@@ -61,7 +69,7 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
     prompts = [chat_prompt(_source_tokenizer(source, ctx), r["question"]) for r in records]
     cached = _reference_file(source, prompts, cfg.parity_max_new_tokens, dtype, ctx)
     image_records = _image_records(source, cfg, ctx)
-    want_images = None
+    want_images, reference, forced = None, None, None
     if cached is not None and cached.is_file() and not image_records:
         # another export of the same model already generated these
         want = [Generation(**g) for g in json.loads(cached.read_text())]
@@ -70,15 +78,22 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
         reference = open_backend(source, ctx, dtype)
         want = reference.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: source")
         want_images = _answer_images(reference, image_records, cfg, ctx, "source")
-        reference.close()
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cached, [dataclasses.asdict(g) for g in want])
+    if cfg.parity_kld:
+        reference = reference or open_backend(source, ctx, dtype)
+        tokenizer = _source_tokenizer(source, ctx)
+        seqs = sequences(tokenizer(prompts, add_special_tokens=False)["input_ids"], [g.token_ids for g in want])
+        forced = SourceLogProbs(reference, seqs, ctx.out_dir, progress=f"[{ctx.name}] divergence: source")
+    if reference is not None:
+        reference.close()
     candidate = open_backend(exported, ctx, dtype)
     got = candidate.generate(prompts, cfg.parity_max_new_tokens, progress=f"[{ctx.name}] parity: export")
     got_images = _answer_images(candidate, image_records, cfg, ctx, "export") if want_images is not None else None
+    divergence = forced.divergence(candidate, progress=f"[{ctx.name}] divergence: export") if forced else {}
     candidate.close()
-    metrics = compare(records, want, got)
+    metrics = compare(records, want, got) | divergence
     if want_images is not None and got_images is not None:
         metrics.update(image_parity(image_records, want_images, got_images, ctx.out_dir / "parity_images.jsonl"))
         ctx.log(f"image parity: {metrics['parity_image_identical']:.1%} of {len(image_records)} image prompts "
@@ -92,6 +107,15 @@ def compare_with_source(cfg: ParityFields, source: Artifact, exported: Artifact,
     ctx.log(f"parity vs {source.stage or source.path}: {metrics['parity_identical']:.1%} of {len(records)} prompts "
             f"token-identical, token agreement {metrics['parity_token_agreement']:.1%}, accuracy "
             f"{metrics['parity_source_accuracy']:.1%} -> {metrics['parity_accuracy']:.1%}")
+    if divergence:
+        ctx.log(f"divergence on {divergence['parity_kld_positions']} answer tokens: mean KLD "
+                f"{divergence['parity_kld_mean']:.6f} (median {divergence['parity_kld_median']:.6f}, 99% "
+                f"{divergence['parity_kld_p99']:.6f}, max {divergence['parity_kld_max']:.6f}), same top token "
+                f"{divergence['parity_same_top']:.1%}")
+    if (cfg.parity_max_kld is not None and divergence
+            and divergence["parity_kld_mean"] > cfg.parity_max_kld):
+        raise ParityError(f"{ctx.name}: mean KL divergence from the source {divergence['parity_kld_mean']:.6f} "
+                          f"nats per token, above parity_max_kld {cfg.parity_max_kld}")
     if cfg.parity_min_identical is not None and metrics["parity_identical"] < cfg.parity_min_identical:
         raise ParityError(f"{ctx.name}: only {metrics['parity_identical']:.1%} of prompts give the source's greedy "
                           f"tokens (parity_min_identical {cfg.parity_min_identical}); see {ctx.out_dir}/parity.jsonl")

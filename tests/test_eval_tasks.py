@@ -132,7 +132,8 @@ def test_tasks_and_stages_declare_their_percent_metrics():
                                           "tools_answer_accuracy", "mcq_accuracy", "code_pass@1", "code_ran",
                                           "reasoning_has_think",
                                           "vqa_accuracy", "vqa_stopped_at_eos"} | pope
-    parity = ("parity_identical", "parity_token_agreement", "parity_image_identical", "parity_image_token_agreement")
+    parity = ("parity_identical", "parity_token_agreement", "parity_image_identical", "parity_image_token_agreement",
+              "parity_same_top")
     assert stages.get("gguf").percent == parity and stages.get("sft").percent == ()
     assert report.percent_metrics() == registry.percent_metrics() | set(parity)
     assert report._fmt("mcq_accuracy", 0.25) == "25.0%" and report._fmt("parity_identical", 1) == "100.0%"

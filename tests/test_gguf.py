@@ -70,8 +70,20 @@ def test_adapter_exports_to_f32_with_hf_greedy_parity(exported):
     m = artifact.metrics
     assert m["parity_n"] == 20 and m["parity_backend"] == "llama.cpp"
     assert m["parity_identical"] >= 0.9, m
+    # teacher-forced on the source's answers, f32 computes the same distributions: no divergence to speak of
+    assert m["parity_kld_positions"] > 100 and m["parity_kld_mean"] < 1e-4 and m["parity_same_top"] >= 0.99, m
     assert m["size_mb"] > 0 and m["source_size_mb"] > 0 and 0.9 < m["compression_ratio"] < 1.1  # f32 -> f32
     assert m["convert_seconds"] > 0
+
+
+def test_parity_max_kld_fails_the_stage_and_names_the_setting(tmp_path):
+    from exports.parity import ParityError
+
+    cfg = GGUFConfig(quant="q8_0", parity_prompts=PROMPTS, parity_limit=3, parity_max_new_tokens=8,
+                     parity_max_kld=1e-9)
+    with pytest.raises(ParityError, match=r"mean KL divergence .* above parity_max_kld 1e-09"):
+        run(cfg, Inputs([Artifact(kind="model", path=str(EMBEDDED), fingerprint="", format="hf")]),
+            _ctx(tmp_path / "out"))
 
 
 def test_gguf_metadata_has_template_eos_and_stop_tokens(exported):
@@ -203,5 +215,7 @@ def test_base_to_gguf_chain_through_the_runner(exported, tmp_path):
     assert manifest["format"] == "gguf-q8_0" and manifest["meta"]["merged"] is False
     assert (folder / "model-q8_0.gguf").is_file() and (folder / "Modelfile").is_file()
     assert gguf["metrics"]["parity_n"] == 5 and gguf["metrics"]["compression_ratio"] > 3
+    # q8_0 loses a little: more than f32's nothing, far less than a nat per token
+    assert 1e-6 < gguf["metrics"]["parity_kld_mean"] < 0.05 and gguf["metrics"]["parity_same_top"] >= 0.9, gguf
     f32 = exported[1].out_dir / "model-f32.gguf"
     assert (folder / "model-q8_0.gguf").stat().st_size < 0.3 * f32.stat().st_size

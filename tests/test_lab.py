@@ -28,8 +28,8 @@ def _predictions(folder: Path, correct: list[bool]) -> str:
 
 
 def test_variants_table_plot_and_html(tmp_path):
-    exports = [{"name": n, "kind": "gguf", "output": "gguf", "status": "done", "inputs": ["merge"], "metrics": {}}
-               for n in ("gguf_q8", "gguf_q4")]
+    exports = [{"name": n, "kind": "gguf", "output": "gguf", "status": "done", "inputs": ["merge"],
+                "metrics": {"parity_kld_mean": kld}} for n, kld in (("gguf_q8", 0.00042), ("gguf_q4", 0.0213))]
     entries = [*exports, _eval("eval_reference", "merge", 16.0, 0.80, first_token_s=0.04, decode_tokens_per_s=50.0,
                                math_n=10, stopped_at_eos=0.9),
                _eval("eval_q8", "gguf_q8", 4.0, 0.80, "eval_reference", math_n=10),
@@ -45,6 +45,7 @@ def test_variants_table_plot_and_html(tmp_path):
     low, high = map(float, interval.strip("[]").split("-"))
     assert rows[3][3] == "8.00x" and ratio == "75.0%" and low < 75 < high and high - low > 20  # n=10 is wide
     assert rows[1][9] == "40.0"  # first token in ms
+    assert [r[15] for r in rows] == ["KLD vs source", "-", "4.20e-04", "0.0213"]  # from each export's parity
     record = {"recipe": "lab", "model": "m", "model_path": "p", "status": "done", "store": "s", "stages": entries}
     report.write(tmp_path, record, SimpleNamespace())
     png = tmp_path / report.PLOT

@@ -65,6 +65,9 @@ class Backend(Protocol):
 
     def timed(self, prompt: str, new_tokens: int) -> Timing: ...
 
+    def log_probs(self, ids: list[int], first: int):
+        """Next-token log-probabilities (numpy, positions x vocabulary) predicting ids[first:]."""
+
     def close(self) -> None: ...
 
 

@@ -27,7 +27,7 @@ class LlamaCppBackend:
         self.path, self.device = Path(path), device
         self.llm = open_llama(path, device, n_ctx=n_ctx, seed=seed, logits_all=False, n_threads=n_threads)
         self.context_length = min(n_ctx, self.llm._model.n_ctx_train() or n_ctx)
-        self.processor, self.projector = processor, None
+        self.processor, self.projector, self._scorer = processor, None, None
         if mmproj is not None:
             from pipeline.llama_cpp.multimodal import Projector
 
@@ -118,7 +118,24 @@ class LlamaCppBackend:
                 bar.update(1)
         return total, count
 
+    def log_probs(self, ids: list[int], first: int):
+        """Log-softmax of the predictions of tokens `first`.. of `ids` (the transformers backend's measure),
+        from a second context that keeps every position's logits."""
+        import numpy as np
+
+        if self._scorer is None:
+            self._scorer = open_llama(self.path, self.device, n_ctx=self.context_length, logits_all=True)
+        if len(ids) > self.context_length:
+            raise PlanError(f"{self.path.name}: {len(ids)} tokens to score, more than its context "
+                            f"{self.context_length}")
+        self._scorer.reset()
+        self._scorer.eval(ids)
+        logits = np.asarray(self._scorer.scores[first - 1:len(ids) - 1], dtype=np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        return (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).astype(np.float32)
+
     def close(self) -> None:
+        self._scorer = None
         if self.projector is not None:
             self.projector.close()
         self.llm = None

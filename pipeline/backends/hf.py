@@ -81,6 +81,16 @@ class HFBackend:
         with Progress(progress, len(texts), unit="window") as bar:
             return hf_nll(self.model, self.tokenizer, texts, self.device, length, min(stride, length), bar.update)
 
+    def log_probs(self, ids: list[int], first: int):
+        """Log-softmax of the predictions of tokens `first`.. of `ids` (float32 numpy, one row per position);
+        only those positions' logits are made."""
+        import torch
+
+        keep = len(ids) - first + 1  # positions first-1 .. len-1; the last predicts nothing in `ids`
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.device), logits_to_keep=keep).logits
+            return torch.log_softmax(logits[0, -keep:-1].float(), dim=-1).cpu().numpy()
+
     def close(self) -> None:
         self.model = None
 

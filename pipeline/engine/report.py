@@ -92,6 +92,10 @@ def exports(entries: list[dict[str, Any]]) -> list[str]:
                          f"(token agreement {100 * m['parity_token_agreement']:.1f}%), accuracy "
                          f"{100 * m['parity_source_accuracy']:.1f}% -> {100 * m['parity_accuracy']:.1f}%, "
                          f"stops at EOS {100 * m['parity_source_stopped']:.0f}% -> {100 * m['parity_stopped']:.0f}%")
+        if "parity_kld_mean" in m:
+            parts.append(f"mean KL divergence {_kld(m['parity_kld_mean'])} nats per token (99%: "
+                         f"{_kld(m['parity_kld_p99'])}), same top token {100 * m['parity_same_top']:.1f}% of "
+                         f"{m['parity_kld_positions']} answer tokens")
         if "parity_image_identical" in m:
             parts.append(f"on image prompts identical on {100 * m['parity_image_identical']:.1f}% of "
                          f"{m['parity_image_n']} (token agreement {100 * m['parity_image_token_agreement']:.1f}%)")
@@ -114,7 +118,7 @@ def serving(entries: list[dict[str, Any]]) -> list[str]:
 
 VARIANT_COLUMNS = ("variant", "backend", "size MB", "compression", "math acc (n)", "retained [95% CI]",
                    "stops at EOS", "perplexity", "load s", "first token ms", "decode tok/s", "memory MB",
-                   "instruct pass", "chrF", "judge")
+                   "instruct pass", "chrF", "judge", "KLD vs source")
 
 
 def variant_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -165,6 +169,7 @@ def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
     if len(evals) < 2:
         return []
     by_name = {e["name"]: e for e in evals}
+    made_by = {e["name"]: e.get("metrics", {}) for e in entries}  # an export's own parity figures
     metric, items, count, label = next((q for q in QUALITY if any(q[0] in e["metrics"] for e in evals)), QUALITY[0])
     hallucination = any("hallucination_rate" in e["metrics"] for e in evals)
     stops = "stopped_at_eos" if metric == "math_accuracy" else f"{label}_stopped_at_eos"
@@ -190,9 +195,15 @@ def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
                      _fmt("load_seconds", m.get("load_seconds")), f"{1000 * ttft:.1f}" if ttft else "-",
                      _fmt("decode_tokens_per_s", m.get("decode_tokens_per_s")), _fmt("memory_mb", m.get("memory_mb")),
                      _fmt("math_accuracy", m.get("instruct_pass_rate")), _fmt("gen_chrf", m.get("gen_chrf")),
-                     _fmt("judge_score", m.get("judge_score"))]
+                     _fmt("judge_score", m.get("judge_score")),
+                     _kld(made_by.get((e.get("inputs") or [""])[0], {}).get("parity_kld_mean"))]
                     + ([_fmt("hallucination_rate", m.get("hallucination_rate"))] if hallucination else []))
     return rows
+
+
+def _kld(value) -> str:
+    """Mean KL divergence in nats per token: small numbers, kept readable (llama.cpp prints 6 decimals)."""
+    return "-" if value is None else f"{value:.4f}" if value >= 0.001 else f"{value:.2e}"
 
 
 def _percent_and_interval(cell: str) -> tuple[float, float | None, float | None]:
