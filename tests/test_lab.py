@@ -197,7 +197,13 @@ def test_tools_mcq_code_and_reasoning_tasks_in_a_chain(tiny_llama, tmp_path):
     assert metrics["code_n_problems"] == 3 and metrics["code_pass@1"] == 0.0  # a random model writes no code
     assert metrics["reasoning_n"] == 3 and "math_accuracy" in metrics
     folder = Path(record["stages"][0]["artifact"])
-    assert (folder / "tools_episodes.jsonl").is_file() and (folder / "mcq_predictions.jsonl").is_file()
+    episodes = [json.loads(line) for line in (folder / "tools_episodes.jsonl").read_text().splitlines()]
+    assert [e["call_match"] for e in episodes].count(True) == round(3 * metrics["tools_call_match"])
+    assert all(e["prompt"] and e["tool"] for e in episodes)  # the case beside the episode
+    chosen = [json.loads(line) for line in (folder / "mcq_predictions.jsonl").read_text().splitlines()]
+    assert sum(c["correct"] for c in chosen) == round(3 * metrics["mcq_accuracy"]) and all(c["question"] for c in chosen)
+    text = (tmp_path / "run" / "report.md").read_text()  # a few of each task's items, for reading
+    assert "eval_base, tools (tools_episodes.jsonl):" in text and "eval_base, mcq (mcq_predictions.jsonl):" in text
 
 
 def test_file_based_tasks_fail_at_plan_time(tmp_path):

@@ -209,7 +209,8 @@ def score_mcq(model, tokenizer, records: list[dict], device: str, batch_size: in
     finally:
         if was_training:
             model.train()
-    predictions = [{"index": i, "subject": r.get("subject"), "answer": r["answer"], "loglikelihood": {},
+    predictions = [{"index": i, "question": r["question"], "subject": r.get("subject"), "answer": r["answer"],
+                    "loglikelihood": {},
                     "tokens": {}, "scores": {}} for i, r in enumerate(records)]
     for (index, letter), (_, continuation), value in zip(owners, requests, values):
         entry = predictions[index]

@@ -156,6 +156,16 @@ def _rate(hits: int, n: int) -> float | None:
     return round(hits / n, 4) if n else None
 
 
+def first_call_matches(record: Mapping, episode: Mapping) -> tuple[bool, bool]:
+    """(the first call names the expected tool, its arguments equal the expected ones)."""
+    calls = episode.get("calls") or []
+    if not calls:
+        return False, False
+    first = calls[0]
+    return (first["name"] == record["tool"],
+            normalize_arguments(first["arguments"]) == normalize_arguments(record["arguments"]))
+
+
 def score_tools(records: Sequence[Mapping], episodes: Sequence[Mapping]) -> dict:
     """Metrics of episodes against their cases (same order), keys prefixed `tools_`:
 
@@ -180,8 +190,7 @@ def score_tools(records: Sequence[Mapping], episodes: Sequence[Mapping]) -> dict
         errors += episode.get("error") is not None
         first = calls[0] if calls else None
         called += first is not None
-        name_ok = first is not None and first["name"] == record["tool"]
-        args_ok = first is not None and normalize_arguments(first["arguments"]) == normalize_arguments(record["arguments"])
+        name_ok, args_ok = first_call_matches(record, episode)
         choice += name_ok
         arguments += args_ok
         both += name_ok and args_ok

@@ -25,7 +25,8 @@ def check(cfg, where: str) -> None:
     load_mcq(cfg.settings.mcq.path)
 
 
-@task("mcq", order=50, headlines=("mcq_accuracy",), check=check, settings=MCQSettings, percent=("mcq_accuracy",))
+@task("mcq", order=50, headlines=("mcq_accuracy",), check=check, settings=MCQSettings, percent=("mcq_accuracy",),
+      items=("mcq_predictions.jsonl", "question", "scores", "predicted", "correct"))
 def run(ev: EvalRun) -> dict:
     """Needs logits, so the transformers backend; a GGUF is skipped with the reason."""
     cfg, ctx, backend = ev.cfg, ev.ctx, ev.backend
