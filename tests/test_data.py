@@ -227,7 +227,7 @@ def test_undetectable_format_lists_keys_and_formats(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"foo": 1, "bar": 2}])
     assert error_of(spec_for(path), "sft") == (
         f"{path}:1: cannot detect the format from keys [foo, bar]; set format: to one of "
-        "messages, alpaca, sharegpt, preference, prompt, gsm8k, text, or rename keys with columns:")
+        "messages, alpaca, sharegpt, preference, unpaired, prompt, gsm8k, text, or rename keys with columns:")
 
 
 def test_empty_file(tmp_path):

@@ -10,7 +10,7 @@ from pipeline.data.check_specs import validate_spec
 from pipeline.data.parts import content_parts, finished, text_of
 from pipeline.data.problems import DataError, Invalid, kind_name
 
-FORMATS = ("messages", "alpaca", "sharegpt", "preference", "prompt", "gsm8k", "text")
+FORMATS = ("messages", "alpaca", "sharegpt", "preference", "unpaired", "prompt", "gsm8k", "text")
 ROLES = ("system", "user", "assistant", "tool")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -30,6 +30,7 @@ _DETECTION = (
     ({"conversations"}, "sharegpt"),
     ({"instruction", "output"}, "alpaca"),
     ({"chosen", "rejected"}, "preference"),
+    ({"completion", "label"}, "unpaired"),
     ({"question", "answer"}, "gsm8k"),
     ({"prompt"}, "prompt"),
     ({"text"}, "text"),
@@ -48,6 +49,8 @@ def detect(record: dict, location: str) -> str:
 _NEEDS = {
     "sft": "conversations ending with an assistant reply (formats: messages, alpaca, sharegpt)",
     "preference": "prompt/chosen/rejected",
+    "unpaired": "prompt/completion/label (true: a good completion), or preference pairs (each split into a good "
+                "and a bad one)",
     "prompt": "prompts (formats: prompt, gsm8k, messages)",
     "gsm8k": "question/answer with a '#### <number>' final answer",
     "text": "text",
@@ -220,6 +223,17 @@ def _preference(record: dict) -> dict:
             "rejected": _ends_with_assistant(rejected, "rejected")}
 
 
+def _unpaired(record: dict) -> dict:
+    """KTO's unpaired form: one completion, labelled desirable (true) or not (false)."""
+    _require(record, "prompt", "completion", "label")
+    if not isinstance(record["label"], bool):
+        raise Invalid(f"'label' must be true (a desirable completion) or false, got {kind_name(record['label'])} "
+                      f"{record['label']!r}")
+    completion = _ends_with_assistant(_as_messages(record["completion"], "completion", "assistant"), "completion")
+    return {"prompt": _has_user(_as_messages(record["prompt"], "prompt", "user"), "prompt"),
+            "completion": completion, "label": record["label"]}
+
+
 def _prompt_from_prompt(record: dict) -> dict:
     _require(record, "prompt")
     prompt = _has_user(_as_messages(record["prompt"], "prompt", "user"), "prompt")
@@ -275,6 +289,7 @@ def _instruct(record: dict) -> dict:
 _CONVERTERS: dict[str, dict[str, Callable[[dict], dict]]] = {
     "sft": {"messages": _sft_from_messages, "alpaca": _sft_from_alpaca, "sharegpt": _sft_from_sharegpt},
     "preference": {"preference": _preference},
+    "unpaired": {"unpaired": _unpaired, "preference": _preference},  # pairs: split by the stage (unpair)
     "prompt": {"prompt": _prompt_from_prompt, "gsm8k": _prompt_from_gsm8k, "messages": _prompt_from_messages},
     "gsm8k": {"gsm8k": _gsm8k},
     "text": {"text": _text},

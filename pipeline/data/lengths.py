@@ -20,8 +20,9 @@ def _texts(record: dict, purpose: str, tokenizer) -> list[str]:
     render = tokenizer.apply_chat_template
     if purpose == "sft":
         return [render(record["messages"], tokenize=False)]
-    if purpose == "preference":
-        return [render(record["prompt"] + side, tokenize=False) for side in (record["chosen"], record["rejected"])]
+    if purpose in ("preference", "unpaired"):
+        sides = ("completion",) if "completion" in record else ("chosen", "rejected")
+        return [render(record["prompt"] + record[side], tokenize=False) for side in sides]
     if purpose == "prompt":
         return [render(record["prompt"], tokenize=False, add_generation_prompt=True)]
     if purpose in ("gsm8k", "instruct"):

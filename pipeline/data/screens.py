@@ -170,6 +170,7 @@ _SCREENS: dict[tuple[str, str], Screen] = {
     ("messages", "sft"): _sft_messages,
     ("alpaca", "sft"): _sft_alpaca,
     ("preference", "preference"): _preference,
+    ("preference", "unpaired"): _preference,   # pairs a KTO stage splits in two
     ("prompt", "prompt"): _prompt_prompt,
     ("text", "text"): _text,
 }

@@ -9,7 +9,7 @@ from omegaconf import MISSING
 from pipeline.data.problems import DataError
 from pipeline.ranges import at_least, setting
 
-PURPOSES = ("sft", "preference", "prompt", "gsm8k", "text", "instruct")
+PURPOSES = ("sft", "preference", "unpaired", "prompt", "gsm8k", "text", "instruct")
 
 
 @dataclass
@@ -17,7 +17,7 @@ class DatasetSpec:
     """One dataset as a config names it; types stay OmegaConf-compatible for structured configs."""
 
     path: str = setting(MISSING, "local .jsonl/.json/.csv/.parquet (absolute or project-root relative), or a hub id")
-    format: str = setting("auto", "auto | messages | alpaca | sharegpt | preference | prompt | gsm8k | text")
+    format: str = setting("auto", "auto | messages | alpaca | sharegpt | preference | unpaired | prompt | gsm8k | text")
     split: str = setting("train", "hub split")
     subset: Optional[str] = setting(None, "hub config name")
     revision: Optional[str] = setting(None, "hub branch, tag or commit (null: main); its commit enters the fingerprint")

@@ -20,34 +20,28 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec, load, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
-from pipeline.models.loading import is_vision, load_causal_lm, load_processor, load_tokenizer, save_tokenizer
+from pipeline.models.loading import is_vision, load_processor, load_tokenizer, save_tokenizer
 from pipeline.models.memory import Workload
-from pipeline.ranges import at_least, between, one_of, positive, setting
+from pipeline.ranges import at_least, between, one_of, setting
 from pipeline.stages.train.sft import Method, trained_kind
 from pipeline.training.common import (
-    SCHEDULERS,
-    LoraSpec,
     device_args,
-    lora_config,
     loss_curve,
     policy_artifact,
     save_policy,
 )
 from pipeline.training import checkpoints
-from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.health import HealthMonitor
 from pipeline.training.images import image_dataset, preference_rows
-from pipeline.training.vision import VisionSpec
-from pipeline.engine.contract import StageConfig
+from pipeline.training.preference import PreferenceTraining, policy_and_reference
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
 # typo fails before any model is loaded.
@@ -55,52 +49,17 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
 
 
-class Reference(str, Enum):
-    input = "input"   # the policy this stage receives, frozen (the SFT policy for an SFT adapter)
-    base = "base"     # the model under the input adapter / the model the input was tuned from
-
-
 @dataclass
-class DPOConfig(StageConfig):
+class DPOConfig(PreferenceTraining):
     kind: str = setting("dpo", "the stage kind")
-    method: Method = setting(Method.lora, "lora: continue an input adapter, or a new LoRA on a model")
     dataset: DatasetSpec = field(default=MISSING, metadata={"help": "{\"prompt\", \"chosen\", \"rejected\"}: strings or messages", "purpose": "preference"})
     eval_dataset: Optional[DatasetSpec] = setting(MISSING, "held-out pairs scored after training (null: skip)", purpose="preference")
-    eval_limit: Optional[int] = at_least(1, MISSING, help="score the first N held-out pairs (null: all)")
-    reference: Reference = setting(Reference.input,
-                                   "input: the input policy, frozen | base: the model under the input adapter (for "
-                                   "comparison only)")
-    beta: float = positive(0.1, help="strength of the pull toward the reference (higher: stay closer)")
     loss_type: str = one_of("sigmoid", LOSS_TYPES,
                             help="sigmoid | hinge | ipo | exo_pair | nca_pair | robust | bco_pair | sppo_hard | aot | "
                                  "aot_unpaired | apo_zero | apo_down | discopop | sigmoid_norm")
     label_smoothing: float = between(0.0, 0, 0.5, high_open=True,
                                      help="robust / exo_pair: assumed share of flipped labels")
     sft_weight: float = at_least(0, 0.0, help="> 0: add trl's \"sft\" loss on chosen (RPO-style) with this weight")
-    max_steps: int = at_least(1, MISSING, also=(-1,), help="-1: train num_train_epochs instead")
-    num_train_epochs: float = positive(1.0, help="used when max_steps is -1")
-    learning_rate: float = positive(MISSING, help="peak learning rate")
-    per_device_train_batch_size: int = at_least(1, MISSING, help="pairs per step")
-    per_device_eval_batch_size: int = at_least(1, 16, help="held-out pairs per scoring batch")
-    gradient_accumulation_steps: int = at_least(1, 1, help="batches per optimizer step")
-    max_length: int = at_least(1, MISSING, help="prompt + completion tokens; longer pairs are cut at the end")
-    warmup_steps: float = at_least(0, 0.1, help="< 1: a ratio of all steps")
-    lr_scheduler_type: str = one_of("cosine", SCHEDULERS, help="transformers' scheduler name")
-    weight_decay: float = at_least(0, 0.0, help="AdamW weight decay")
-    max_grad_norm: float = positive(1.0, help="gradients clipped to this norm")
-    logging_steps: int = at_least(1, 10, help="steps between loss rows")
-    gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more")
-    checkpoint: CheckpointSpec = setting(factory=CheckpointSpec,
-                                         help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
-                                              "resumes")
-    lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
-    vision: VisionSpec = setting(factory=VisionSpec, help="a vision-language model: which image-side parts a new "
-                                                          "adapter trains")
-
-    def check_family(self, where: str, folder) -> None:
-        if self.method == Method.lora:
-            self.lora.check_family(f"{where}.lora", folder)
-
     def memory_profile(self, sources):
         # chosen and rejected go through the policy together; the reference's forward holds no activations
         return Workload(kind="train", method=self.method.value, batch=2 * self.per_device_train_batch_size,
@@ -119,39 +78,6 @@ def _image_pairs(spec: DatasetSpec, limit: int | None = None):
     """Preference records whose prompts carry images, as rows with lazily loaded images."""
     records = load(spec, "preference")
     return image_dataset(preference_rows(records[:limit] if limit else records))
-
-
-def _model_artifact(path: str) -> Artifact:
-    return Artifact(kind="model", path=path, fingerprint="")
-
-
-def _policy_and_reference(cfg: DPOConfig, source: Artifact, ctx: StageContext):
-    """(model to train, peft_config for a new adapter, explicit reference model or None, description).
-
-    A reference of None lets trl derive it from the policy: for a PeftModel loaded with its
-    adapter, trl copies that adapter into a frozen "ref" adapter; for a new adapter, trl disables it.
-    """
-    from peft import PeftModel
-
-    under = source.model_under()  # what the input sits on
-    base_reference = cfg.reference == Reference.base and (source.kind == ArtifactKind.adapter or source.base_model != source.path)
-    reference = load_causal_lm(_model_artifact(source.base_model), ctx.model, ctx.device).eval() \
-        if base_reference else None
-    ref_text = f"reference: the base {source.base_model}" if base_reference else "reference: the input policy, frozen"
-
-    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
-        model = PeftModel.from_pretrained(load_causal_lm(_model_artifact(under), ctx.model, ctx.device),
-                                          source.path, is_trainable=True)
-        return model, None, reference, f"continuing the input adapter; {ref_text}"
-    model = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True)
-    if cfg.method == Method.lora:
-        vision = is_vision(ctx.model, under)  # a VLM: LoRA on its language model only
-        peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules, vision_model=model if vision else None,
-                                  vision=cfg.vision, model=model, log=ctx.log)
-        return model, peft_config, reference, f"new LoRA; {ref_text}"
-    if reference is None:  # full training: a second, frozen copy of the input
-        reference = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).eval()
-    return model, None, reference, f"full model; {ref_text}"
 
 
 def _trl_losses(cfg: DPOConfig) -> dict[str, Any]:
@@ -211,7 +137,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b),
     )
     # after the arguments: under ZeRO-3 the policy and reference are created partitioned (zero.Init)
-    model, peft_config, reference, how = _policy_and_reference(cfg, source, ctx)
+    model, peft_config, reference, how = policy_and_reference(cfg, source, ctx)
     ctx.log(f"{how}; beta {cfg.beta}, loss {'+'.join(args.loss_type)}, {len(train_set)} pairs")
     health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=train_set, eval_dataset=eval_set,

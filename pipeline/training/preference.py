@@ -1,0 +1,100 @@
+"""What the preference-style trainers share (DPO, KTO): their training settings, and how the policy to
+train and its frozen reference follow from the stage's input.
+
+  - an adapter (e.g. from sft): that adapter keeps training, and the reference is the same adapter
+    frozen on the same base, i.e. the SFT policy (trl copies it into a "ref" adapter);
+  - a model: a new LoRA on it (method lora) or the whole model (method full), and the reference is
+    that model; `reference: base` scores against the model under the input instead (comparison only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+from omegaconf import MISSING
+
+from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.engine.context import StageContext
+from pipeline.engine.contract import StageConfig
+from pipeline.models.loading import is_vision, load_causal_lm
+from pipeline.ranges import at_least, positive, one_of, setting
+from pipeline.stages.train.sft import Method
+from pipeline.training.checkpoints import CheckpointSpec
+from pipeline.training.common import SCHEDULERS, LoraSpec, lora_config
+from pipeline.training.vision import VisionSpec
+
+
+class Reference(str, Enum):
+    input = "input"   # the policy this stage receives, frozen (the SFT policy for an SFT adapter)
+    base = "base"     # the model under the input adapter / the model the input was tuned from
+
+
+@dataclass
+class PreferenceTraining(StageConfig):
+    """Settings of a stage that trains a policy against a frozen reference."""
+
+    method: Method = setting(Method.lora, "lora: continue an input adapter, or a new LoRA on a model")
+    eval_limit: Optional[int] = at_least(1, MISSING, help="score the first N held-out records (null: all)")
+    reference: Reference = setting(Reference.input,
+                                   "input: the input policy, frozen | base: the model under the input adapter (for "
+                                   "comparison only)")
+    beta: float = positive(0.1, help="strength of the pull toward the reference (higher: stay closer)")
+    max_steps: int = at_least(1, MISSING, also=(-1,), help="-1: train num_train_epochs instead")
+    num_train_epochs: float = positive(1.0, help="used when max_steps is -1")
+    learning_rate: float = positive(MISSING, help="peak learning rate")
+    per_device_train_batch_size: int = at_least(1, MISSING, help="pairs per step")
+    per_device_eval_batch_size: int = at_least(1, 16, help="held-out pairs per scoring batch")
+    gradient_accumulation_steps: int = at_least(1, 1, help="batches per optimizer step")
+    max_length: int = at_least(1, MISSING, help="prompt + completion tokens; longer pairs are cut at the end")
+    warmup_steps: float = at_least(0, 0.1, help="< 1: a ratio of all steps")
+    lr_scheduler_type: str = one_of("cosine", SCHEDULERS, help="transformers' scheduler name")
+    weight_decay: float = at_least(0, 0.0, help="AdamW weight decay")
+    max_grad_norm: float = positive(1.0, help="gradients clipped to this norm")
+    logging_steps: int = at_least(1, 10, help="steps between loss rows")
+    gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more")
+    checkpoint: CheckpointSpec = setting(factory=CheckpointSpec,
+                                         help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
+                                              "resumes")
+    lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
+    vision: VisionSpec = setting(factory=VisionSpec, help="a vision-language model: which image-side parts a new "
+                                                          "adapter trains")
+
+    def check_family(self, where: str, folder) -> None:
+        if self.method == Method.lora:
+            self.lora.check_family(f"{where}.lora", folder)
+
+
+def model_artifact(path: str) -> Artifact:
+    return Artifact(kind="model", path=path, fingerprint="")
+
+
+def policy_and_reference(cfg: PreferenceTraining, source: Artifact, ctx: StageContext):
+    """(model to train, peft_config for a new adapter, explicit reference model or None, description).
+
+    A reference of None lets trl derive it from the policy: for a PeftModel loaded with its
+    adapter, trl copies that adapter into a frozen "ref" adapter; for a new adapter, trl disables it.
+    """
+    from peft import PeftModel
+
+    under = source.model_under()  # what the input sits on
+    base_reference = cfg.reference == Reference.base and (source.kind == ArtifactKind.adapter or source.base_model != source.path)
+    reference = load_causal_lm(model_artifact(source.base_model), ctx.model, ctx.device).eval() \
+        if base_reference else None
+    ref_text = f"reference: the base {source.base_model}" if base_reference else "reference: the input policy, frozen"
+
+    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
+        model = PeftModel.from_pretrained(load_causal_lm(model_artifact(under), ctx.model, ctx.device),
+                                          source.path, is_trainable=True)
+        return model, None, reference, f"continuing the input adapter; {ref_text}"
+    model = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True)
+    if cfg.method == Method.lora:
+        vision = is_vision(ctx.model, under)  # a VLM: LoRA on its language model only
+        peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules, vision_model=model if vision else None,
+                                  vision=cfg.vision, model=model, log=ctx.log)
+        return model, peft_config, reference, f"new LoRA; {ref_text}"
+    if reference is None:  # full training: a second, frozen copy of the input
+        reference = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).eval()
+    return model, None, reference, f"full model; {ref_text}"
+
+
