@@ -15,6 +15,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.data.datasets import prepared
 from pipeline.engine.context import StageContext
 from pipeline.engine.contract import StageConfig
 from pipeline.models.loading import is_vision, load_causal_lm
@@ -31,15 +32,11 @@ class Reference(str, Enum):
 
 
 @dataclass
-class PreferenceTraining(StageConfig):
-    """Settings of a stage that trains a policy against a frozen reference."""
+class PolicyTraining(StageConfig):
+    """Settings of a stage that trains the policy it receives on preference-style data."""
 
     method: Method = setting(Method.lora, "lora: continue an input adapter, or a new LoRA on a model")
     eval_limit: Optional[int] = at_least(1, MISSING, help="score the first N held-out records (null: all)")
-    reference: Reference = setting(Reference.input,
-                                   "input: the input policy, frozen | base: the model under the input adapter (for "
-                                   "comparison only)")
-    beta: float = positive(0.1, help="strength of the pull toward the reference (higher: stay closer)")
     max_steps: int = at_least(1, MISSING, also=(-1,), help="-1: train num_train_epochs instead")
     num_train_epochs: float = positive(1.0, help="used when max_steps is -1")
     learning_rate: float = positive(MISSING, help="peak learning rate")
@@ -65,8 +62,37 @@ class PreferenceTraining(StageConfig):
             self.lora.check_family(f"{where}.lora", folder)
 
 
+@dataclass
+class PreferenceTraining(PolicyTraining):
+    """... against a frozen reference policy."""
+
+    reference: Reference = setting(Reference.input,
+                                   "input: the input policy, frozen | base: the model under the input adapter (for "
+                                   "comparison only)")
+    beta: float = positive(0.1, help="strength of the pull toward the reference (higher: stay closer)")
+
+
 def model_artifact(path: str) -> Artifact:
     return Artifact(kind="model", path=path, fingerprint="")
+
+
+def trainable_policy(cfg: PolicyTraining, source: Artifact, ctx: StageContext):
+    """(model to train, peft_config for a new adapter or None, description): an input adapter keeps
+    training (method lora), else a new LoRA on the input model, or the whole model (method full)."""
+    from peft import PeftModel
+
+    under = source.model_under()  # what the input sits on
+    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
+        model = PeftModel.from_pretrained(load_causal_lm(model_artifact(under), ctx.model, ctx.device),
+                                          source.path, is_trainable=True)
+        return model, None, "continuing the input adapter"
+    model = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True)
+    if cfg.method == Method.lora:
+        vision = is_vision(ctx.model, under)  # a VLM: LoRA on its language model only
+        peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules, vision_model=model if vision else None,
+                                  vision=cfg.vision, model=model, log=ctx.log)
+        return model, peft_config, "new LoRA"
+    return model, None, "full model"
 
 
 def policy_and_reference(cfg: PreferenceTraining, source: Artifact, ctx: StageContext):
@@ -75,26 +101,27 @@ def policy_and_reference(cfg: PreferenceTraining, source: Artifact, ctx: StageCo
     A reference of None lets trl derive it from the policy: for a PeftModel loaded with its
     adapter, trl copies that adapter into a frozen "ref" adapter; for a new adapter, trl disables it.
     """
-    from peft import PeftModel
-
-    under = source.model_under()  # what the input sits on
     base_reference = cfg.reference == Reference.base and (source.kind == ArtifactKind.adapter or source.base_model != source.path)
     reference = load_causal_lm(model_artifact(source.base_model), ctx.model, ctx.device).eval() \
         if base_reference else None
     ref_text = f"reference: the base {source.base_model}" if base_reference else "reference: the input policy, frozen"
-
-    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
-        model = PeftModel.from_pretrained(load_causal_lm(model_artifact(under), ctx.model, ctx.device),
-                                          source.path, is_trainable=True)
-        return model, None, reference, f"continuing the input adapter; {ref_text}"
-    model = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True)
-    if cfg.method == Method.lora:
-        vision = is_vision(ctx.model, under)  # a VLM: LoRA on its language model only
-        peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules, vision_model=model if vision else None,
-                                  vision=cfg.vision, model=model, log=ctx.log)
-        return model, peft_config, reference, f"new LoRA; {ref_text}"
-    if reference is None:  # full training: a second, frozen copy of the input
+    model, peft_config, how = trainable_policy(cfg, source, ctx)
+    if reference is None and cfg.method == Method.full:  # full training: a second, frozen copy of the input
         reference = load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).eval()
-    return model, None, reference, f"full model; {ref_text}"
+    return model, peft_config, reference, f"{how}; {ref_text}"
 
 
+def preference_pairs(spec, hardware: dict, limit: int | None = None):
+    """Preference records in trl's conversational form (Arrow, never a Python list); the three keys trl reads."""
+    rows = prepared(spec, "preference", hardware=hardware, desc="preference pairs")
+    rows = rows.select_columns(["prompt", "chosen", "rejected"])
+    return rows.select(range(limit)) if limit and limit < len(rows) else rows
+
+
+def held_out(results: dict) -> dict[str, float]:
+    """trainer.evaluate()'s pair figures under short names (DPO, ORPO, SimPO log the same keys)."""
+    names = {"eval_loss": "eval_loss", "eval_rewards/margins": "eval_reward_margin",
+             "eval_rewards/accuracies": "eval_reward_accuracy", "eval_rewards/chosen": "eval_reward_chosen",
+             "eval_rewards/rejected": "eval_reward_rejected", "eval_logps/chosen": "eval_logps_chosen",
+             "eval_logps/rejected": "eval_logps_rejected"}
+    return {short: round(float(results[key]), 4) for key, short in names.items() if key in results}

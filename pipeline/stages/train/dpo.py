@@ -25,7 +25,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact
-from pipeline.data.datasets import DatasetSpec, load, prepared
+from pipeline.data.datasets import DatasetSpec, load
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.models.loading import is_vision, load_processor, load_tokenizer, save_tokenizer
@@ -41,7 +41,7 @@ from pipeline.training.common import (
 from pipeline.training import checkpoints
 from pipeline.training.health import HealthMonitor
 from pipeline.training.images import image_dataset, preference_rows
-from pipeline.training.preference import PreferenceTraining, policy_and_reference
+from pipeline.training.preference import PreferenceTraining, held_out, policy_and_reference, preference_pairs
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
 # typo fails before any model is loaded.
@@ -65,13 +65,6 @@ class DPOConfig(PreferenceTraining):
         return Workload(kind="train", method=self.method.value, batch=2 * self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing,
                         extra_weights=1.0 if self.method == Method.full else 0.0)
-
-
-def _dataset(spec: DatasetSpec, hardware: dict, limit: int | None = None):
-    """Preference records in trl's conversational form (Arrow, never a Python list); the three keys trl reads."""
-    rows = prepared(spec, "preference", hardware=hardware, desc="preference pairs")
-    rows = rows.select_columns(["prompt", "chosen", "rejected"])
-    return rows.select(range(limit)) if limit and limit < len(rows) else rows
 
 
 def _image_pairs(spec: DatasetSpec, limit: int | None = None):
@@ -98,15 +91,6 @@ def first_step(log_history: list[dict[str, Any]]) -> dict[str, float]:
             "reward_margin_last": float(rows[-1]["rewards/margins"])}
 
 
-def held_out(results: dict[str, Any]) -> dict[str, float]:
-    """trainer.evaluate()'s DPO figures under short names."""
-    names = {"eval_loss": "eval_loss", "eval_rewards/margins": "eval_reward_margin",
-             "eval_rewards/accuracies": "eval_reward_accuracy", "eval_rewards/chosen": "eval_reward_chosen",
-             "eval_rewards/rejected": "eval_reward_rejected", "eval_logps/chosen": "eval_logps_chosen",
-             "eval_logps/rejected": "eval_logps_rejected"}
-    return {short: round(float(results[key]), 4) for key, short in names.items() if key in results}
-
-
 @stage("dpo", config=DPOConfig, consumes={"model", "adapter"}, produces=trained_kind,
        libraries=TRAINING_LIBRARIES, distributed=True)
 def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
@@ -123,8 +107,8 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         eval_set = _image_pairs(cfg.eval_dataset, cfg.eval_limit) if cfg.eval_dataset is not None else None
     else:
         tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
-        train_set = _dataset(cfg.dataset, ctx.hardware)
-        eval_set = _dataset(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
+        train_set = preference_pairs(cfg.dataset, ctx.hardware)
+        eval_set = preference_pairs(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = TrlDPOConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
