@@ -8,6 +8,8 @@ train and its frozen reference follow from the stage's input.
 """
 from __future__ import annotations
 
+import shutil
+import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
@@ -18,11 +20,13 @@ from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.datasets import prepared
 from pipeline.engine.context import StageContext
 from pipeline.engine.contract import StageConfig
-from pipeline.models.loading import is_vision, load_causal_lm
+from pipeline.models.loading import is_vision, load_causal_lm, save_tokenizer
 from pipeline.ranges import at_least, positive, one_of, setting
 from pipeline.stages.train.sft import Method
+from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
-from pipeline.training.common import SCHEDULERS, LoraSpec, lora_config
+from pipeline.training.common import SCHEDULERS, LoraSpec, device_args, lora_config, loss_curve, save_policy
+from pipeline.training.health import HealthMonitor
 from pipeline.training.vision import VisionSpec
 
 
@@ -116,6 +120,48 @@ def preference_pairs(spec, hardware: dict, limit: int | None = None):
     rows = prepared(spec, "preference", hardware=hardware, desc="preference pairs")
     rows = rows.select_columns(["prompt", "chosen", "rejected"])
     return rows.select(range(limit)) if limit and limit < len(rows) else rows
+
+
+def trainer_arguments(cfg: PolicyTraining, source: Artifact, ctx: StageContext) -> dict:
+    """The trl config arguments every preference-style stage sets the same way (its loss settings aside)."""
+    return dict(
+        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="no", seed=ctx.seed, **checkpoints.trainer_args(cfg.checkpoint),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b))
+
+
+class Run:
+    """One trainer's run: its callbacks (tracker, health, checkpoints), then train, score, save."""
+
+    def __init__(self, cfg: PolicyTraining, ctx: StageContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+
+    def callbacks(self) -> list:
+        return [self.ctx.tracker.trainer_callback(self.ctx.name), self.health.callback(),
+                checkpoints.callback(self.cfg.checkpoint)]
+
+    def finish(self, trainer, source: Artifact, tokenizer, train_set, eval_set, score=None) -> dict:
+        """Train (resuming a checkpoint), score the held-out set (`score`: trainer.evaluate()'s figures under
+        short names, default `held_out`), save the policy and tokenizer; the metrics every such stage reports."""
+        cfg, ctx = self.cfg, self.ctx
+        started = time.time()
+        result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
+        runtime = round(time.time() - started, 2)
+        evaluated = (score or held_out)(trainer.evaluate()) if eval_set is not None else {}
+        save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
+        if trainer.is_world_process_zero():
+            save_tokenizer(tokenizer, source, ctx.out_dir)
+        shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
+        return {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+                "train_runtime": runtime, "train_records": len(train_set),
+                **loss_curve(trainer.state.log_history), **evaluated,
+                "eval_records": len(eval_set) if eval_set is not None else 0, "health_warnings": self.health.warnings}
 
 
 def held_out(results: dict) -> dict[str, float]:

@@ -4,8 +4,6 @@ The stage files (pipeline/stages/train/orpo.py, simpo.py) name the trainer and i
 this runs it the same way for both."""
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,14 +12,12 @@ from omegaconf import MISSING
 from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec
 from pipeline.engine.context import Inputs, StageContext
-from pipeline.models.loading import load_tokenizer, save_tokenizer
+from pipeline.models.loading import load_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.ranges import setting
 from pipeline.stages.train.sft import Method
-from pipeline.training import checkpoints
-from pipeline.training.common import device_args, loss_curve, policy_artifact, save_policy
-from pipeline.training.health import HealthMonitor
-from pipeline.training.preference import PolicyTraining, held_out, preference_pairs, trainable_policy
+from pipeline.training.common import policy_artifact
+from pipeline.training.preference import PolicyTraining, Run, preference_pairs, trainable_policy, trainer_arguments
 
 
 @dataclass
@@ -46,35 +42,13 @@ def train_on_pairs(cfg, inputs: Inputs, ctx: StageContext, trainer_class, config
     tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     train_set = preference_pairs(cfg.dataset, ctx.hardware)
     eval_set = preference_pairs(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
-    args = config_class(
-        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
-        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
-        warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
-        eval_strategy="no", seed=ctx.seed, **loss_args, **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b),
-    )
+    args = config_class(**trainer_arguments(cfg, source, ctx), **loss_args)
     model, peft_config, how = trainable_policy(cfg, source, ctx)
     ctx.log(f"{how}; no reference model; {describe}, {len(train_set)} pairs")
-    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+    run = Run(cfg, ctx)
     trainer = trainer_class(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                            processing_class=tokenizer, peft_config=peft_config,
-                            callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
-                                       checkpoints.callback(cfg.checkpoint)])
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
-    runtime = round(time.time() - started, 2)
-    evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
-    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
-    if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, source, ctx.out_dir)
-    shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
-    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": runtime, "train_records": len(train_set),
-               **loss_curve(trainer.state.log_history), **evaluated,
-               "eval_records": len(eval_set) if eval_set is not None else 0, "health_warnings": health.warnings}
+                            processing_class=tokenizer, peft_config=peft_config, callbacks=run.callbacks())
+    metrics = run.finish(trainer, source, tokenizer, train_set, eval_set)
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} in "
             f"{metrics['train_steps']} steps; held-out reward margin {metrics.get('eval_reward_margin', float('nan'))}, "
             f"accuracy {metrics.get('eval_reward_accuracy', float('nan'))}")

@@ -17,8 +17,6 @@ After training the held-out pairs (`eval_dataset`) are scored: reward margin and
 """
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -28,20 +26,15 @@ from pipeline.artifact import Artifact
 from pipeline.data.datasets import DatasetSpec, load
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
-from pipeline.models.loading import is_vision, load_processor, load_tokenizer, save_tokenizer
+from pipeline.models.loading import is_vision, load_processor, load_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, setting
 from pipeline.stages.train.sft import Method, trained_kind
 from pipeline.training.common import (
-    device_args,
-    loss_curve,
     policy_artifact,
-    save_policy,
 )
-from pipeline.training import checkpoints
-from pipeline.training.health import HealthMonitor
 from pipeline.training.images import image_dataset, preference_rows
-from pipeline.training.preference import PreferenceTraining, held_out, policy_and_reference, preference_pairs
+from pipeline.training.preference import PreferenceTraining, Run, policy_and_reference, preference_pairs, trainer_arguments
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
 # typo fails before any model is loaded.
@@ -109,38 +102,16 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
         train_set = preference_pairs(cfg.dataset, ctx.hardware)
         eval_set = preference_pairs(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
-    args = TrlDPOConfig(
-        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
-        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length, beta=cfg.beta,
-        label_smoothing=cfg.label_smoothing, warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
-        logging_first_step=True, eval_strategy="no", seed=ctx.seed, **_trl_losses(cfg),
-        **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b),
-    )
+    args = TrlDPOConfig(**trainer_arguments(cfg, source, ctx), beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                        **_trl_losses(cfg))
     # after the arguments: under ZeRO-3 the policy and reference are created partitioned (zero.Init)
     model, peft_config, reference, how = policy_and_reference(cfg, source, ctx)
     ctx.log(f"{how}; beta {cfg.beta}, loss {'+'.join(args.loss_type)}, {len(train_set)} pairs")
-    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+    run = Run(cfg, ctx)
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                         processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
-                                    checkpoints.callback(cfg.checkpoint)])
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
-    runtime = round(time.time() - started, 2)
-    evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
-    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
-    if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, source, ctx.out_dir)
-    shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
-    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": runtime, "train_records": len(train_set),
-               **loss_curve(trainer.state.log_history), **first_step(trainer.state.log_history), **evaluated,
-               "eval_records": len(eval_set) if eval_set is not None else 0,
-               "health_warnings": health.warnings}
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=run.callbacks())
+    metrics = run.finish(trainer, source, tokenizer, train_set, eval_set)
+    metrics.update(first_step(trainer.state.log_history))
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} in "
             f"{metrics['train_steps']} steps; held-out reward margin {metrics.get('eval_reward_margin', float('nan'))}, "
             f"accuracy {metrics.get('eval_reward_accuracy', float('nan'))}")

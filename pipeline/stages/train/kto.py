@@ -15,8 +15,6 @@ more (checked at plan time). After training the held-out rows are scored: reward
 """
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -27,14 +25,12 @@ from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError
-from pipeline.models.loading import load_tokenizer, save_tokenizer
+from pipeline.models.loading import load_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.ranges import one_of, positive, setting
 from pipeline.stages.train.sft import Method, trained_kind
-from pipeline.training import checkpoints
-from pipeline.training.common import device_args, loss_curve, policy_artifact, save_policy
-from pipeline.training.health import HealthMonitor
-from pipeline.training.preference import PreferenceTraining, policy_and_reference
+from pipeline.training.common import policy_artifact
+from pipeline.training.preference import PreferenceTraining, Run, policy_and_reference, trainer_arguments
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")  # trl 1.16's KTOConfig.loss_type
 
@@ -94,38 +90,17 @@ def run(cfg: KTOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
     train_set = unpaired_rows(cfg.dataset, ctx.hardware)
     eval_set = unpaired_rows(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
-    args = TrlKTOConfig(
-        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
-        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length, beta=cfg.beta,
-        loss_type=cfg.loss_type, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight,
-        warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True,
-        eval_strategy="no", seed=ctx.seed, **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b),
-    )
+    args = TrlKTOConfig(**trainer_arguments(cfg, source, ctx), beta=cfg.beta, loss_type=cfg.loss_type,
+                        desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight)
     model, peft_config, reference, how = policy_and_reference(cfg, source, ctx)
     desirable = sum(train_set["label"])
     ctx.log(f"{how}; beta {cfg.beta}, loss {cfg.loss_type}, {desirable} desirable and "
             f"{len(train_set) - desirable} undesirable rows")
-    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+    run = Run(cfg, ctx)
     trainer = KTOTrainer(model=model, ref_model=reference, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                         processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
-                                    checkpoints.callback(cfg.checkpoint)])
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
-    runtime = round(time.time() - started, 2)
-    evaluated = held_out(trainer.evaluate()) if eval_set is not None else {}
-    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)
-    if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, source, ctx.out_dir)
-    shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
-    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": runtime, "train_records": len(train_set), "train_desirable": desirable,
-               **loss_curve(trainer.state.log_history), **evaluated,
-               "eval_records": len(eval_set) if eval_set is not None else 0, "health_warnings": health.warnings}
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=run.callbacks())
+    metrics = run.finish(trainer, source, tokenizer, train_set, eval_set, score=held_out)
+    metrics["train_desirable"] = desirable
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} in "
             f"{metrics['train_steps']} steps; held-out reward margin {metrics.get('eval_reward_margin', float('nan'))}")
     meta = {"reference": cfg.reference.value, "trained": how, "beta": cfg.beta, "loss_type": cfg.loss_type}
