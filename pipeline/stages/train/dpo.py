@@ -34,7 +34,7 @@ from pipeline.training.common import (
     policy_artifact,
 )
 from pipeline.training.images import image_dataset, preference_rows
-from pipeline.training.preference import PreferenceTraining, Run, policy_and_reference, preference_pairs, trainer_arguments
+from pipeline.stages.train.preference import PreferenceTraining, Run, policy_and_reference, preference_pairs, trainer_arguments
 
 # The loss types trl 1.16's DPOTrainer implements (DPOConfig.loss_type); checked at plan time so a
 # typo fails before any model is loaded.

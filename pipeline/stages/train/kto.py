@@ -7,7 +7,7 @@ thumbs-down data, no pairs needed.
 Trains on `{prompt, completion, label}` rows (data purpose "unpaired"; `label` true for a desirable
 completion). Preference pairs work too: each pair becomes one desirable and one undesirable row
 (trl's `unpair_preference_dataset`). The policy and its frozen reference follow from the input as in
-DPO (pipeline/training/preference.py): after SFT, the reference is the SFT policy, so at the first
+DPO (pipeline/stages/train/preference.py): after SFT, the reference is the SFT policy, so at the first
 step both rewards and the KL estimate are 0 and the loss is 1 - sigmoid(0) = 0.5 on every row.
 KTO estimates its KL term from mismatched completions of one batch, so a batch needs two rows or
 more (checked at plan time). After training the held-out rows are scored: reward margin
@@ -30,7 +30,7 @@ from pipeline.models.memory import Workload
 from pipeline.ranges import one_of, positive, setting
 from pipeline.stages.train.sft import Method, trained_kind
 from pipeline.training.common import policy_artifact
-from pipeline.training.preference import PreferenceTraining, Run, policy_and_reference, trainer_arguments
+from pipeline.stages.train.preference import PreferenceTraining, Run, policy_and_reference, trainer_arguments
 
 LOSS_TYPES = ("kto", "apo_zero_unpaired")  # trl 1.16's KTOConfig.loss_type
 

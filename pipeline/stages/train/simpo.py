@@ -16,7 +16,7 @@ from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.ranges import at_least, positive, setting
 from pipeline.stages.train.sft import trained_kind
-from pipeline.training.reference_free import ReferenceFree, train_on_pairs
+from pipeline.stages.train.reference_free import ReferenceFree, train_on_pairs
 
 
 @dataclass

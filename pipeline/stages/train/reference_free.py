@@ -17,7 +17,7 @@ from pipeline.models.memory import Workload
 from pipeline.ranges import setting
 from pipeline.stages.train.sft import Method
 from pipeline.training.common import policy_artifact
-from pipeline.training.preference import PolicyTraining, Run, preference_pairs, trainable_policy, trainer_arguments
+from pipeline.stages.train.preference import PolicyTraining, Run, preference_pairs, trainable_policy, trainer_arguments
 
 
 @dataclass
