@@ -62,3 +62,20 @@ def test_method_presets_apply_over_the_recipe(preset):
     typed = typed_config(cfg.stages.sft, SFTConfig, "stages.sft")
     assert typed.learning_rate != 2e-3  # the preset's rate replaced quickstart's
     assert f"#   python main.py +stage/preset@stages.sft={preset}" in (CONF / "stage" / "preset" / f"{preset}.yaml").read_text()
+
+
+ALIGNERS = sorted(p.stem for p in (CONF / "align").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("aligner", ALIGNERS)
+def test_full_chain_takes_any_aligner_with_its_recipe_settings(aligner, tmp_path):
+    """`align@stages.align=<kind>` swaps full_chain's aligner; it carries the settings of recipe sft_<kind>,
+    so a store that ran that recipe reuses its SFT and its aligner."""
+    store = Store(tmp_path / "store")
+    chain = build_plan(compose(["recipe=full_chain", f"align@stages.align={aligner}", "logger=none"]), store,
+                       recipe="full_chain", device="cpu")
+    alone = build_plan(compose([f"recipe=sft_{aligner}", "logger=none"]), store, recipe=f"sft_{aligner}", device="cpu")
+    steps = {s.name: s for s in chain.steps}
+    assert steps["align"].kind == aligner and steps["grpo"].input_names == ["align"]
+    assert steps["align"].fingerprint == {s.name: s for s in alone.steps}[aligner].fingerprint
+    assert f"python main.py recipe=full_chain align@stages.align={aligner}" in (CONF / "align" / f"{aligner}.yaml").read_text()
