@@ -11,7 +11,7 @@ from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
 from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
-from pipeline.stages.train.grpo import reward_curve
+from pipeline.stages.train.online_rl import reward_curve
 from pipeline.training import rewards
 
 
@@ -45,7 +45,7 @@ def test_length_penalty_in_tokens_and_characters():
 
 def test_weights_args_and_names_reach_the_built_functions():
     specs = rewards.parse(["correctness", {"name": "length", "weight": 0.1, "args": {"limit": 2}}], "stages.g.rewards")
-    funcs, weights = rewards.build(specs)
+    funcs, weights, _ = rewards.build(specs)
     assert weights == [1.0, 0.1] and [f.__name__ for f in funcs] == ["correctness", "length"]
     assert funcs[1](prompts=["p"], completions=["abcdef"]) == [-1.0]
 
@@ -57,7 +57,7 @@ def test_user_reward_loads_by_dotted_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     for path in ("my_rewards:brevity", "my_rewards.brevity"):
         specs = rewards.parse([{"name": path, "weight": 0.5, "args": {"scale": 2.0}}], "stages.g.rewards")
-        (fn,), weights = rewards.build(specs)
+        (fn,), weights, _ = rewards.build(specs)
         assert weights == [0.5] and fn.__name__ == "brevity"
         assert fn(prompts=["p", "p"], completions=["a", "abc"]) == [1.0, 0.5]
     assert rewards.resolve("pipeline.training.rewards:json_valid") is rewards.json_valid
@@ -65,10 +65,10 @@ def test_user_reward_loads_by_dotted_path(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("entry, message", [
     ("nope_pkg.mod:fn", r"^stages\.grpo\.rewards\[1\]: cannot import 'nope_pkg\.mod:fn' \(ModuleNotFoundError: "
-                        r"No module named 'nope_pkg'\); built-ins: correctness, format, json_valid, length$"),
+                        r"No module named 'nope_pkg'\); built-ins: correctness, closeness, format, json_valid, length$"),
     ("pipeline.training.rewards:nope", r"^stages\.grpo\.rewards\[1\]: module 'pipeline\.training\.rewards' has no function 'nope'$"),
     ("corectness", r"^stages\.grpo\.rewards\[1\]: unknown reward 'corectness'; built-ins: correctness"),
-    ({"name": "format", "wieght": 2}, r"^stages\.grpo\.rewards\[1\]\.wieght: unknown key; valid keys: name, weight, args$"),
+    ({"name": "format", "wieght": 2}, r"^stages\.grpo\.rewards\[1\]\.wieght: unknown key; valid keys: name, weight, args, stage$"),
 ])
 def test_bad_reward_fails_at_plan_time_naming_its_key(entry, message, tmp_path):
     cfg = compose(["recipe=sft_grpo", "logger=none", f"stages.grpo.rewards=[correctness,{_override(entry)}]"])

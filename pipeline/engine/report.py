@@ -242,7 +242,9 @@ def plot_compression(entries: list[dict[str, Any]], path: Path) -> Path | None:
 
 
 CURVES = "training_curves.png"
-CURVE_KEYS = ("loss", "reward")  # what the training stages log per step (sft/dpo/distill: loss; grpo: reward)
+# what the training stages log per step (sft/dpo/distill: loss; grpo/rloo: the mean reward, and the share of
+# groups whose completions all scored alike, which teach nothing), with each panel's label
+CURVE_KEYS = {"loss": "loss", "reward": "mean reward", "frac_reward_zero_std": "share of zero-variance groups"}
 
 
 def plot_curves(run_dir: Path, path: Path) -> Path | None:
@@ -273,7 +275,7 @@ def plot_curves(run_dir: Path, path: Path) -> Path | None:
             if k == key:
                 ax.plot([p[0] for p in points], [p[1] for p in points], label=stage)
         ax.set_xlabel("step")
-        ax.set_ylabel(key)
+        ax.set_ylabel(CURVE_KEYS[key])
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -395,7 +397,7 @@ def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
     if judge_distributions(record["stages"]):
         lines += ["## Judge scores", ""] + [f"- {x}" for x in judge_distributions(record["stages"])] + [""]
     if plot_curves(run_dir, run_dir / CURVES):
-        lines += ["## Training curves", "", f"![loss and reward per step]({CURVES})", ""]
+        lines += ["## Training curves", "", f"![loss, reward and zero-variance groups per step]({CURVES})", ""]
     if record.get("skipped"):
         lines += ["## Skipped", ""] + [f"- {x}" for x in record["skipped"]] + [""]
     if health(record["stages"]):

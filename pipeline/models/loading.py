@@ -223,6 +223,15 @@ def load_causal_lm(artifact: Artifact, model: ModelConfig, device: str, dtype_na
     return lm if placed_by_sharding() else lm.to(device)
 
 
+def load_reward_model(artifact: Artifact, model: ModelConfig, device: str, dtype_name: str | None = None):
+    """A reward stage's model: sequence classification with one score (its folder's config says so)."""
+    from transformers import AutoModelForSequenceClassification
+
+    dtype = torch_dtype(dtype_name or model.dtype, device, model.path)
+    scorer = _from_pretrained(AutoModelForSequenceClassification, artifact.path, model, dtype=dtype, num_labels=1)
+    return scorer if placed_by_sharding() else scorer.to(device)
+
+
 def model_class(path: str, model: ModelConfig):
     """AutoModelForImageTextToText for a vision-language model (its folder's config, or the entry's
     `vision` for a hub id not downloaded yet), else AutoModelForCausalLM."""

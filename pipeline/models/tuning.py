@@ -36,6 +36,14 @@ class DPOTuning:
 
 
 @dataclass
+class RewardTuning:
+    learning_rate: float = positive(1e-4, help="reward model's peak rate (LoRA and a new head; full: 1e-5..2e-5)")
+    max_steps: int = at_least(1, 100, also=(-1,), help="optimizer steps")
+    batch_size: int = at_least(1, 8, help="pairs per step on each device")
+    max_length: int = at_least(1, 1024, help="prompt + completion tokens")
+
+
+@dataclass
 class GRPOTuning:
     learning_rate: float = positive(1e-6, help="GRPO's peak learning rate")
     max_steps: int = at_least(1, 100, help="optimizer steps")
@@ -65,6 +73,7 @@ class EvalTuning:
 class Tuning:
     sft: SFTTuning = setting(factory=SFTTuning, help="every recipe's SFT (stages sft, qlora, distill)")
     dpo: DPOTuning = setting(factory=DPOTuning, help="stage dpo")
-    grpo: GRPOTuning = setting(factory=GRPOTuning, help="stage grpo")
+    reward: RewardTuning = setting(factory=RewardTuning, help="stage reward")
+    grpo: GRPOTuning = setting(factory=GRPOTuning, help="stages grpo and rloo")
     distill: DistillTuning = setting(factory=DistillTuning, help="recipe distill")
     eval: EvalTuning = setting(factory=EvalTuning, help="eval stages, and the exports' parity budget")

@@ -7,11 +7,13 @@ A stage config lists rewards as names or mappings:
       - {name: correctness, weight: 1.0}
       - {name: length, weight: 0.1, args: {limit: 48}}                   # args: keyword arguments
       - {name: mypkg.rewards:brevity, weight: 0.5}                       # or mypkg.rewards.brevity
+      - {stage: reward, weight: 0.5}           # an earlier `reward` stage's model scores each completion
 
 Every reward follows trl's signature: `fn(prompts=..., completions=..., completion_ids=..., **columns)`
 returning one float (or None: "not applicable") per completion, where `columns` are the prompt
 records' other keys (`answer`, `task`, ...). Completions are strings, or a list of messages for
-chat prompts. Paths are imported at plan time, so a typo fails before any training.
+chat prompts. Paths are imported at plan time, so a typo fails before any training. A reward stage's model
+is passed to trl as a model (trl scores prompt + completion with it, one float each).
 """
 from __future__ import annotations
 
@@ -55,6 +57,28 @@ def correctness(completions: list, answer: list | None = None, **_: Any) -> list
     return rewards
 
 
+def closeness(completions: list, answer: list | None = None, **_: Any) -> list[float | None]:
+    """Partial credit: 1.0 for the right final number, falling linearly with the relative error to 0.0 at
+    100% off (0.0 without a number); None for records without a numeric answer. Where a whole group is
+    wrong, correctness scores it alike (no advantage, nothing learned); this still ranks near misses first."""
+    rewards: list[float | None] = []
+    for completion, expected in zip(completions, _column(answer, len(completions))):
+        target = _number(extract_answer(str(expected))) if expected is not None else None
+        if target is None:
+            rewards.append(None)
+            continue
+        got = _number(extract_answer(completion_text(completion)))
+        rewards.append(0.0 if got is None else max(0.0, 1.0 - abs(got - target) / max(abs(target), 1.0)))
+    return rewards
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text.replace(",", "")) if text is not None else None
+    except ValueError:
+        return None
+
+
 def answer_format(completions: list, **_: Any) -> list[float]:
     """0.5 for a '#### <number>' answer line, 0.5 more when the completion ends right there
     (it stopped instead of rambling on)."""
@@ -80,6 +104,7 @@ def length_penalty(completions: list, completion_ids: list | None = None, limit:
 
 BUILTINS: dict[str, Callable[..., list]] = {
     "correctness": correctness,
+    "closeness": closeness,
     "format": answer_format,
     "json_valid": json_valid,
     "length": length_penalty,
@@ -91,12 +116,17 @@ BUILTINS: dict[str, Callable[..., list]] = {
 
 @dataclass(frozen=True)
 class RewardSpec:
-    name: str                                   # a built-in name or a dotted path
+    name: str | None                            # a built-in name or a dotted path
     weight: float = setting(1.0, "the reward's weight in the sum")
     args: dict[str, Any] = setting(factory=dict, help="keyword arguments passed to the reward function")
+    stage: str | None = setting(None, "or an earlier reward stage whose model scores the completions")
+
+    @property
+    def label(self) -> str:
+        return f"stage {self.stage}" if self.stage else str(self.name)
 
 
-_ENTRY_KEYS = ("name", "weight", "args")
+_ENTRY_KEYS = ("name", "weight", "args", "stage")
 
 
 def parse(entries: list | None, where: str) -> list[RewardSpec]:
@@ -108,7 +138,8 @@ def parse(entries: list | None, where: str) -> list[RewardSpec]:
     for i, entry in enumerate(entries):
         key = f"{where}[{i}]"
         spec = _spec(entry, key)
-        resolve(spec.name, key)
+        if spec.stage is None:
+            resolve(spec.name, key)
         specs.append(spec)
     return specs
 
@@ -121,16 +152,20 @@ def _spec(entry: Any, key: str) -> RewardSpec:
     unknown = [k for k in entry if k not in _ENTRY_KEYS]
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}: unknown key; valid keys: {', '.join(_ENTRY_KEYS)}")
-    if not isinstance(entry.get("name"), str) or not entry["name"]:
+    stage = entry.get("stage")
+    if stage is not None and (not isinstance(stage, str) or not stage or "name" in entry or entry.get("args")):
+        raise ConfigError(f"{key}.stage: the name of an earlier reward stage, alone with a weight "
+                          f"(e.g. {{stage: reward, weight: 0.5}}); got {dict(entry)}")
+    if stage is None and (not isinstance(entry.get("name"), str) or not entry["name"]):
         raise ConfigError(f"{key}.name: a value is required (built-ins: {', '.join(BUILTINS)}; "
-                          "or a dotted path module:function)")
+                          "or a dotted path module:function; or stage: an earlier reward stage)")
     weight = entry.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise ConfigError(f"{key}.weight: must be a number, got {weight!r}")
     args = entry.get("args") or {}
     if not isinstance(args, Mapping):
         raise ConfigError(f"{key}.args: must be a mapping of keyword arguments, got {type(args).__name__}")
-    return RewardSpec(entry["name"], float(weight), dict(args))
+    return RewardSpec(entry.get("name"), float(weight), dict(args), stage)
 
 
 def resolve(name: str, where: str = "reward") -> Callable[..., list]:
@@ -154,10 +189,21 @@ def resolve(name: str, where: str = "reward") -> Callable[..., list]:
     return fn
 
 
-def build(specs: list[RewardSpec]) -> tuple[list[Callable[..., list]], list[float]]:
-    """trl reward functions (named after their config entry, for the logs) and their weights."""
-    funcs = [_named(resolve(s.name), _display_name(s.name), s.args) for s in specs]
-    return funcs, [s.weight for s in specs]
+def build(specs: list[RewardSpec], models: Mapping[str, tuple[Any, Any]] | None = None):
+    """trl's reward_funcs (functions named after their config entry, for the logs; a reward stage's model),
+    their weights, and reward_processing_classes (a reward model's tokenizer, None for a function).
+    `models`: each reward stage's (model, tokenizer), by stage name."""
+    funcs: list[Any] = []
+    tokenizers: list[Any] = []
+    for s in specs:
+        if s.stage:
+            model, tokenizer = (models or {})[s.stage]
+            funcs.append(model)
+            tokenizers.append(tokenizer)
+        else:
+            funcs.append(_named(resolve(s.name), _display_name(s.name), s.args))
+            tokenizers.append(None)
+    return funcs, [s.weight for s in specs], tokenizers if any(t is not None for t in tokenizers) else None
 
 
 def _display_name(name: str) -> str:

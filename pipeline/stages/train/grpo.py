@@ -1,173 +1,55 @@
-"""GRPO (DeepSeekMath's Group Relative Policy Optimization) with trl's GRPOTrainer and
-verifiable rewards (pipeline/training/rewards.py).
+"""GRPO (DeepSeekMath's Group Relative Policy Optimization) with trl's GRPOTrainer, and its variants
+as plain keys: GSPO (importance_sampling_level: sequence), DAPO, Dr. GRPO, BNPO, CISPO, SAPO, LUSPO, VESPO
+(loss_type); DAPO's clip-higher (epsilon_high) and truncated-completion masking are online_rl.py's.
 
     python main.py recipe=sft_grpo
     python main.py recipe=sft_grpo stages.grpo.num_generations=16 stages.grpo.beta=0.0
+    python main.py recipe=sft_grpo stages.grpo.importance_sampling_level=sequence stages.grpo.loss_type=grpo  # GSPO
 
-For each prompt the policy samples `num_generations` completions; each completion's advantage
-is its weighted reward minus the group's mean (divided by the group's std), and the policy takes
-PPO-style clipped steps (`epsilon`) with a KL penalty (`beta`) to the reference model. No value
-model. The input decides what is trained:
-  - an adapter (e.g. from sft): that adapter keeps training; the reference is a frozen copy of it
-    (the SFT policy);
-  - a model: a new LoRA (method lora, reference = the model) or the whole model (method full).
+For each prompt the policy samples `num_generations` completions; each completion's advantage is its
+weighted reward minus the group's mean (divided by the group's std, `scale_rewards`), and the policy takes
+PPO-style clipped steps (`epsilon`) with a KL penalty (`beta`) to the reference model. No value model.
+What is trained and the rewards: pipeline/stages/train/online_rl.py.
 """
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import time
-from dataclasses import dataclass, field
-from typing import Any, List, Optional
-
-from omegaconf import MISSING
-
-from pipeline.artifact import Artifact, ArtifactKind
-from pipeline.data.datasets import DatasetSpec, prepared
+from dataclasses import dataclass
+from pipeline.artifact import Artifact
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
-from pipeline.errors import ConfigError, PlanError
-from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
-from pipeline.models.memory import Workload
-from pipeline.ranges import at_least, between, one_of, positive, setting
-from pipeline.stages.train.sft import Method, trained_kind
-from pipeline.training.common import (
-    SCHEDULERS,
-    LoraSpec,
-    device_args,
-    lora_config,
-    policy_artifact,
-    save_policy,
-)
-from pipeline.training import checkpoints
-from pipeline.training.checkpoints import CheckpointSpec
-from pipeline.training.health import HealthMonitor
-from pipeline.training.rewards import build, parse
-from pipeline.engine.contract import StageConfig
+from pipeline.errors import ConfigError
+from pipeline.ranges import one_of, setting
+from pipeline.stages.train.online_rl import OnlineRL, train_online
+from pipeline.stages.train.sft import trained_kind
 
-VLLM_CHOICES = ("auto", "true", "false")
-LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # trl 1.16's loss_type values
+SEQUENCE_LOSSES = ("luspo",)  # trl computes these on sequence-level ratios only
 SCALE_REWARDS = ("group", "batch", "none")
-REWARD_WINDOW = 0.2  # reward_start/end average the first/last 20% of logged steps (one sample is noisy)
+RATIO_LEVELS = ("token", "sequence")
 
 
 @dataclass
-class GRPOConfig(StageConfig):
+class GRPOConfig(OnlineRL):
     kind: str = setting("grpo", "the stage kind")
-    method: Method = setting(Method.lora, "lora: continue an input adapter, or a new LoRA on a model")
-    dataset: DatasetSpec = field(default=MISSING, metadata={"help": "prompt records: {\"prompt\": messages, \"answer\": str}", "purpose": "prompt"})
-    rewards: List[Any] = setting(factory=lambda: [{"name": "correctness", "weight": 1.0}, {"name": "format", "weight": 0.2}],
-                                 help="names or {name, weight, args}; built-ins: correctness, format, json_valid, "
-                                      "length; or module:function")
-    num_generations: int = at_least(2, MISSING, help="group size G: completions sampled per prompt")
-    beta: float = at_least(0, 0.04, help="KL coefficient to the reference (0: no reference model)")
-    epsilon: float = positive(0.2, help="clipping of the policy ratio")
-    max_completion_length: int = at_least(1, MISSING, help="tokens per sampled completion")
-    temperature: float = positive(1.0, help="GRPO needs sampled, different completions")
-    top_p: float = between(1.0, 0, 1, low_open=True, help="nucleus sampling (1: off)")
-    top_k: int = at_least(0, MISSING, help="0: off; small models sample junk from the long tail without it")
-    learning_rate: float = positive(MISSING, help="peak learning rate")
-    max_steps: int = at_least(1, MISSING, help="optimizer steps")
-    per_device_train_batch_size: int = at_least(1, MISSING, help="completions per step (prompts per step = this / G)")
-    gradient_accumulation_steps: int = at_least(1, 1, help="batches per optimizer step")
-    num_iterations: int = at_least(1, 1, help="optimisation passes over each generated batch (mu)")
-    loss_type: str = one_of("dapo", LOSS_TYPES, help="trl's loss aggregation: grpo | dapo | dr_grpo | bnpo")
+    loss_type: str = one_of("dapo", LOSS_TYPES, help="trl's loss: grpo | dapo | dr_grpo | bnpo | cispo | sapo | "
+                                                     "luspo | vespo")
+    importance_sampling_level: str = one_of("token", RATIO_LEVELS,
+                                            help="token: a policy ratio per token (GRPO) | sequence: one per "
+                                                 "completion, its tokens' mean (GSPO)")
     scale_rewards: str = one_of("group", SCALE_REWARDS, help="group | batch | none: divide advantages by this std")
-    warmup_steps: float = at_least(0, 0.0, help="< 1: a ratio of all steps")
-    lr_scheduler_type: str = one_of("constant", SCHEDULERS, help="transformers' scheduler name")
-    max_grad_norm: float = positive(1.0, help="gradients clipped to this norm")
-    logging_steps: int = at_least(1, 1, help="steps between reward and loss rows")
-    use_vllm: str = setting("auto", "auto: vLLM where a GPU and vllm are present | true | false")
-    gradient_checkpointing: Optional[bool] = setting(None, "null: on for GPUs and models of 1B params and more")
-    checkpoint: CheckpointSpec = setting(factory=CheckpointSpec,
-                                         help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
-                                              "resumes")
-    lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
-
-    def check_family(self, where: str, folder) -> None:
-        if self.method == Method.lora:
-            self.lora.check_family(f"{where}.lora", folder)
 
     def validate(self, where: str, earlier: dict) -> None:
-        parse(self.rewards, f"{where}.rewards")
-        batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if batch % self.num_generations:
-            raise ConfigError(f"{where}.per_device_train_batch_size: {self.per_device_train_batch_size} x "
-                              f"gradient_accumulation_steps {self.gradient_accumulation_steps} = {batch} completions "
-                              f"per step must be a multiple of num_generations ({self.num_generations})")
-        if vllm_choice(self.use_vllm) not in VLLM_CHOICES:
-            raise ConfigError(f"{where}.use_vllm: '{self.use_vllm}'; valid: {', '.join(VLLM_CHOICES)}")
+        super().validate(where, earlier)
+        if self.loss_type in SEQUENCE_LOSSES and self.importance_sampling_level != "sequence":
+            raise ConfigError(f"{where}.loss_type: {self.loss_type} works on sequence-level ratios; set "
+                              f"importance_sampling_level: sequence")
 
-    def check_device(self, where: str, device: str) -> None:
-        if vllm_choice(self.use_vllm) == "true" and not vllm_usable(device):
-            raise PlanError(f"{where}.use_vllm: true, but vLLM needs a CUDA GPU and the vllm package "
-                            f"(device {device}, vllm {'installed' if _has_vllm() else 'not installed'}); "
-                            "set use_vllm: auto or false to generate with transformers")
-
-    def memory_profile(self, sources):
-        return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
-                        length=128 + self.max_completion_length, lora_rank=self.lora.r,
-                        gradient_checkpointing=self.gradient_checkpointing,
-                        extra_weights=1.0 if self.method == Method.full and self.beta > 0 else 0.0,
-                        generate_batch=self.per_device_train_batch_size, generate_tokens=self.max_completion_length)
+    def trainer_settings(self) -> dict:
+        return {"loss_type": self.loss_type, "importance_sampling_level": self.importance_sampling_level,
+                "scale_rewards": self.scale_rewards}
 
 
-def vllm_choice(value: Any) -> str:
-    """YAML reads `true` as a boolean, which the str field stores as 'True'."""
-    return str(value).lower()
-
-
-def _has_vllm() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
-def vllm_usable(device: str) -> bool:
-    return device == "cuda" and _has_vllm()
-
-
-def reward_curve(log_history: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean reward over the first and the last REWARD_WINDOW of logged steps, and per reward."""
-    rows = [row for row in log_history if row.get("reward") is not None]
-    if not rows:
-        return {}
-    n = max(1, round(len(rows) * REWARD_WINDOW))
-    keys = ["reward"] + sorted(k for k in rows[0] if k.startswith("rewards/") and k.endswith("/mean"))
-    curve: dict[str, float] = {}
-    for key in keys:
-        name = "reward" if key == "reward" else "reward_" + key.split("/")[1]
-        first = [r[key] for r in rows[:n] if r.get(key) is not None]
-        last = [r[key] for r in rows[-n:] if r.get(key) is not None]
-        if first and last:
-            curve[f"{name}_start"] = round(sum(first) / len(first), 4)
-            curve[f"{name}_end"] = round(sum(last) / len(last), 4)
-    return curve
-
-
-def _policy(cfg: GRPOConfig, source: Artifact, ctx: StageContext):
-    """The model to train and how: (model, peft_config, what the log says)."""
-    from peft import PeftModel
-
-    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
-        base = load_causal_lm(Artifact(kind="model", path=source.base_model, fingerprint=""), ctx.model, ctx.device)
-        # The adapter keeps training; trl freezes a copy of it as the reference ("ref" adapter).
-        return PeftModel.from_pretrained(base, source.path, is_trainable=True), None, "continuing the input adapter"
-    if source.kind == ArtifactKind.adapter:  # full training from a merged adapter: the reference must be the merged model
-        merged_dir = ctx.out_dir / "_policy_start"
-        load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).save_pretrained(str(merged_dir))
-        source = Artifact(kind="model", path=str(merged_dir), fingerprint="")
-    model = load_causal_lm(source, ctx.model, ctx.device)
-    if cfg.method == Method.lora:
-        return model, lora_config(cfg.lora, ctx.model.lora_target_modules, model=model, log=ctx.log), "new LoRA adapter"
-    return model, None, "full model"
-
-
-def _dataset(cfg: GRPOConfig, hardware: dict):
-    """Prompt records as a datasets.Dataset (Arrow, never a Python list); the rewards get every column, None
-    where a record has no such key."""
-    return prepared(cfg.dataset, "prompt", hardware=hardware, desc="prompts")
-
-
-@stage("grpo", config=GRPOConfig, consumes={"model", "adapter"}, produces=trained_kind,
+@stage("grpo", config=GRPOConfig, consumes={"model", "adapter", "reward_model"}, produces=trained_kind,
        libraries=TRAINING_LIBRARIES, distributed=True)
 def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     """Sample groups of completions, score them with the rewards, and push the policy toward the
@@ -175,46 +57,5 @@ def run(cfg: GRPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     from trl import GRPOConfig as TrlGRPOConfig
     from trl import GRPOTrainer
 
-    source = inputs.primary
-    specs = parse(cfg.rewards, f"stages.{ctx.name}.rewards")
-    reward_funcs, weights = build(specs)
-    use_vllm = vllm_choice(cfg.use_vllm) == "true" or (vllm_choice(cfg.use_vllm) == "auto" and vllm_usable(ctx.device))
-    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model, padding_side="left")
-    dataset = _dataset(cfg, ctx.hardware)
-    args = TrlGRPOConfig(
-        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_generations=cfg.num_generations,
-        beta=cfg.beta, epsilon=cfg.epsilon, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, num_iterations=cfg.num_iterations,
-        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, reward_weights=weights, warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type=cfg.lr_scheduler_type, max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps,
-        logging_first_step=True, seed=ctx.seed, use_vllm=use_vllm, vllm_mode="colocate",
-        **checkpoints.trainer_args(cfg.checkpoint),
-        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b),
-    )
-    model, peft_config, how = _policy(cfg, source, ctx)  # after the arguments: partitioned under ZeRO-3
-    generation = "vllm" if use_vllm else "transformers"
-    ctx.log(f"{how}; G={cfg.num_generations}, {cfg.per_device_train_batch_size // cfg.num_generations} prompts/step, "
-            f"rewards {', '.join(f'{s.name} x{s.weight:g}' for s in specs)}; generation with {generation}")
-    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
-                                     checkpoints.callback(cfg.checkpoint)])
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
-    save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
-    if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, source, ctx.out_dir)
-    for scratch in ("trainer", "_policy_start"):
-        shutil.rmtree(ctx.out_dir / scratch, ignore_errors=True)
-    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
-               "generation": generation, **reward_curve(trainer.state.log_history),
-               "health_warnings": health.warnings}
-    ctx.log(f"mean reward {metrics.get('reward_start', float('nan')):.3f} -> {metrics.get('reward_end', float('nan')):.3f} "
-            f"in {metrics['train_steps']} steps")
-    meta = {"rewards": [{"name": s.name, "weight": s.weight, "args": s.args} for s in specs], "trained": how}
-    return policy_artifact(source, ctx.out_dir, cfg.method == Method.full,
-                           cfg.lora if peft_config is not None else None, metrics, meta)
+    return train_online(cfg, inputs, ctx, GRPOTrainer, TrlGRPOConfig,
+                        f"GRPO ({cfg.loss_type} loss, {cfg.importance_sampling_level}-level ratios)")
