@@ -103,7 +103,7 @@ def test_a_stage_teacher_of_another_vocabulary_is_refused(tiny_llama, tmp_path):
 
     from pipeline.artifact import Artifact
     from pipeline.models.config import ModelConfig
-    from pipeline.stages.train.distill import DistillConfig, TeacherSpec, _shared_vocabulary
+    from pipeline.stages.train.distill import DistillConfig, TeacherSpec, shared_vocabulary
 
     other = tmp_path / "other"
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
@@ -115,9 +115,9 @@ def test_a_stage_teacher_of_another_vocabulary_is_refused(tiny_llama, tmp_path):
     cfg = DistillConfig(teacher=TeacherSpec(stage="teacher"))
     inputs = SimpleNamespace(primary=Artifact(kind="model", path=str(tiny_llama), fingerprint="s"))
     with pytest.raises(ConfigError, match=r"stages.distill.teacher: the teacher's tokenizer \(\d+ tokens"):
-        _shared_vocabulary(cfg, student, student, inputs, ctx)
+        shared_vocabulary(cfg, student, student, inputs, ctx)
     ctx.chain["teacher"] = Artifact(kind="model", path=str(tiny_llama), fingerprint="t")
-    assert _shared_vocabulary(cfg, student, student, inputs, ctx) == len(AutoTokenizer.from_pretrained(tiny_llama))
+    assert shared_vocabulary(cfg, student, student, inputs, ctx) == len(AutoTokenizer.from_pretrained(tiny_llama))
 
 
 def test_logit_distillation_trains_and_alpha_one_matches_sft(tiny_llama, tmp_path):

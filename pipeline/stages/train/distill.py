@@ -65,20 +65,23 @@ class TeacherSpec:
 
 
 @dataclass
-class DistillConfig(SFTConfig):
-    kind: str = setting("distill", "the stage kind")
-    mode: Mode = setting(Mode.logit,
-                         "logit: alpha*CE + (1-alpha)*T^2*KL(teacher||student) | sequence: SFT on teacher answers")
+class Taught(SFTConfig):
+    """An SFT-style stage that learns from a teacher (distill, gkd): the teacher's choice, its checks, and the
+    inputs it makes (the student, then the teacher stage)."""
+
     teacher: TeacherSpec = setting(factory=TeacherSpec, help="the model whose outputs the student learns")
-    temperature: float = positive(2.0, help="logit mode: T softens both distributions")
-    alpha: float = between(0.5, 0, 1, help="logit mode: weight of the hard-label CE (1: plain SFT)")
-    max_new_tokens: int = at_least(1, 128, help="sequence mode: longest teacher answer")
-    generation_batch_size: int = at_least(1, 64, help="sequence mode: prompts per teacher generate call")
     # The chain's model (${model.path}): every student derives from it, so its tokenizer is the
-    # student's; compared with a teacher model's at plan time in logit mode.
+    # student's; compared with a teacher model's at plan time where the two compare token by token.
     student_tokenizer: Optional[str] = setting(MISSING,
                                                "the chain's model; compared with teacher.model's tokenizer at plan "
                                                "time")
+
+    # what to do when the teacher's vocabulary differs
+    other_vocabulary_hint = "use a teacher of the student's tokenizer"
+
+    def same_vocabulary(self) -> bool:
+        """Whether student and teacher are compared id by id (so need one vocabulary)."""
+        return True
 
     def memory_profile(self, sources):
         from dataclasses import replace
@@ -103,8 +106,8 @@ class DistillConfig(SFTConfig):
                                   f"or set teacher.model to a model folder")
         else:
             _check_teacher_model(f"{where}.teacher", teacher.model)
-            if self.mode == Mode.logit and self.student_tokenizer:
-                check_same_tokenizer(f"{where}.teacher", self.student_tokenizer, teacher.model)
+            if self.same_vocabulary() and self.student_tokenizer:
+                check_same_tokenizer(f"{where}.teacher", self.student_tokenizer, teacher.model, self.other_vocabulary_hint)
         self.inputs = self._student_and_teacher(where, earlier)
 
     def _student_and_teacher(self, where: str, earlier: dict) -> list[str]:
@@ -124,6 +127,20 @@ class DistillConfig(SFTConfig):
                               f"got {self.inputs}; choose from: {', '.join(models)}")
         return [student] + ([teacher] if teacher else [])
 
+
+@dataclass
+class DistillConfig(Taught):
+    kind: str = setting("distill", "the stage kind")
+    mode: Mode = setting(Mode.logit,
+                         "logit: alpha*CE + (1-alpha)*T^2*KL(teacher||student) | sequence: SFT on teacher answers")
+    temperature: float = positive(2.0, help="logit mode: T softens both distributions")
+    alpha: float = between(0.5, 0, 1, help="logit mode: weight of the hard-label CE (1: plain SFT)")
+    max_new_tokens: int = at_least(1, 128, help="sequence mode: longest teacher answer")
+    generation_batch_size: int = at_least(1, 64, help="sequence mode: prompts per teacher generate call")
+    other_vocabulary_hint = "use a teacher of the student's tokenizer, or mode: sequence"
+
+    def same_vocabulary(self) -> bool:
+        return self.mode == Mode.logit
 
 def _check_teacher_model(where: str, path: str) -> None:
     folder = local_folder(path)
@@ -146,7 +163,8 @@ def _tokenizer_files(path: str) -> dict[str, str]:
             if (folder / name).is_file()}
 
 
-def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
+def check_same_tokenizer(where: str, student: str, teacher: str,
+                         hint: str = "use a teacher of the student's tokenizer") -> None:
     """Logit distillation compares distributions id by id: both sides need the same vocabulary.
     Equal tokenizer files settle it at once; otherwise both tokenizers are loaded and compared."""
     files = _tokenizer_files(student)
@@ -165,11 +183,11 @@ def check_same_tokenizer(where: str, student: str, teacher: str) -> None:
     differing = [t for t in sorted(vocab, key=vocab.get)[:300] if other.get(t) != vocab[t]][:3]
     examples = ", ".join(f"{t!r} {vocab[t]} vs {other.get(t)}" for t in differing)
     raise ConfigError(f"{where}: the teacher's tokenizer ({len(other)} tokens) differs from the student's "
-                      f"({len(vocab)} tokens{'; ids ' + examples if examples else ''}); logit distillation needs "
-                      f"the same vocabulary: use a teacher of the student's tokenizer, or mode: sequence")
+                      f"({len(vocab)} tokens{'; ids ' + examples if examples else ''}); comparing token "
+                      f"distributions needs the same vocabulary: {hint}")
 
 
-def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx: StageContext) -> int:
+def shared_vocabulary(cfg: Taught, student, teacher, inputs: Inputs, ctx: StageContext) -> int:
     """The vocabulary size both models score over, after checking that they share it (any teacher kind:
     a stage's or a model's). Logit columns past the tokenizer's size are embedding padding."""
     student_tok = load_tokenizer(inputs.primary.tokenizer_dir(), ctx.model)
@@ -180,8 +198,8 @@ def _shared_vocabulary(cfg: DistillConfig, student, teacher, inputs: Inputs, ctx
     if vocab != other:
         differing = [t for t in sorted(vocab, key=vocab.get) if other.get(t) != vocab[t]][:3]
         raise ConfigError(f"{where}: the teacher's tokenizer ({len(other)} tokens, {teacher_path}) differs from the "
-                          f"student's ({len(vocab)} tokens; e.g. {differing}); logit distillation compares the two "
-                          "distributions id by id: use a teacher of the student's tokenizer, or mode: sequence")
+                          f"student's ({len(vocab)} tokens; e.g. {differing}); the two distributions are compared "
+                          f"id by id: {cfg.other_vocabulary_hint}")
     size = len(vocab)
     for name, model in (("student", student), ("teacher", teacher)):
         rows = model.get_output_embeddings().weight.shape[0]
@@ -198,7 +216,7 @@ def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     # sequence mode rewrites each record with the teacher's answer (generation is per record anyway);
     # logit mode trains on the data set as it is, through Arrow like the sft stage (records=None)
     records = load(cfg.dataset, "sft") if cfg.mode == Mode.sequence else None
-    teacher, teacher_tokenizer, described = _load_teacher(cfg, ctx)
+    teacher, teacher_tokenizer, described = load_teacher(cfg, ctx)
     meta = {"distill": {"mode": cfg.mode.value, "teacher": described, "temperature": cfg.temperature,
                         "alpha": cfg.alpha}}
     if cfg.mode == Mode.sequence:
@@ -212,7 +230,7 @@ def run(cfg: DistillConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     return _train(cfg, records, student, teacher, inputs, ctx, meta)
 
 
-def _load_teacher(cfg: DistillConfig, ctx: StageContext):
+def load_teacher(cfg: Taught, ctx: StageContext):
     """The teacher model (adapters merged into their base), its tokenizer and a description."""
     if cfg.teacher.stage is not None:
         artifact, model_cfg = ctx.chain[cfg.teacher.stage], ctx.model
@@ -259,7 +277,7 @@ def _train(cfg: DistillConfig, records: list[dict] | None, model, teacher, input
     distillation subclass of SFTTrainer (logit mode)."""
     if teacher is None:
         return train(cfg, inputs, ctx, lambda: model, meta, records=records)
-    vocab = _shared_vocabulary(cfg, model, teacher, inputs, ctx)
+    vocab = shared_vocabulary(cfg, model, teacher, inputs, ctx)
     return train(cfg, inputs, ctx, lambda: model, meta, records=records, trainer_cls=trainer_class(),
                  trainer_kwargs=dict(teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha, vocab=vocab),
                  logged=("distill_ce", "distill_kl"))

@@ -1,0 +1,93 @@
+"""On-policy distillation, GKD (Agarwal et al. 2024), with trl's GKDTrainer (trl.experimental): with
+probability `lmbda` a batch's answers are sampled from the student itself, and the student is pulled
+toward the teacher's token distributions on them by the generalised Jensen-Shannon divergence (`beta` 0:
+KL(teacher||student), 1: KL(student||teacher)); otherwise on the data's own answers. The student learns
+where its own mistakes take it, which plain logit distillation on fixed answers never shows it.
+
+    python main.py recipe=sft_gkd
+    python main.py recipe=sft_gkd stages.gkd.lmbda=1.0 stages.gkd.beta=0.0
+
+The teacher and the student are chosen and checked as distill's are (pipeline/stages/train/distill.py:
+`teacher: {stage: NAME}` or `{model: PATH}`, one vocabulary, checked at plan time); the rest of the keys are
+sft's (method, LoRA, rate, steps, batch, max_length).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+
+from pipeline.artifact import Artifact
+from pipeline.data.datasets import prepared
+from pipeline.engine.context import Inputs, StageContext
+from pipeline.engine.registry import TRAINING_LIBRARIES, stage
+from pipeline.errors import ConfigError
+from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.ranges import at_least, between, positive, setting
+from pipeline.stages.train.distill import Taught, load_teacher, shared_vocabulary
+from pipeline.stages.train.sft import Method, trained_kind
+from pipeline.training import checkpoints
+from pipeline.training.common import device_args, lora_config, loss_curve, policy_artifact
+from pipeline.training.health import HealthMonitor
+
+
+@dataclass
+class GKDStageConfig(Taught):
+    kind: str = setting("gkd", "the stage kind")
+    lmbda: float = between(0.5, 0, 1, help="share of batches answered by the student itself (1: fully on-policy, "
+                                           "0: the data's answers only)")
+    beta: float = between(0.5, 0, 1, help="generalised JSD: 0 KL(teacher||student), 1 KL(student||teacher)")
+    temperature: float = positive(0.9, help="sampling temperature of the student's answers (and of the divergence)")
+    max_new_tokens: int = at_least(1, 128, help="longest answer the student samples")
+
+    def validate(self, where: str, earlier: dict) -> None:
+        super().validate(where, earlier)
+        if self.packing or self.padding_free:
+            raise ConfigError(f"{where}.packing / padding_free: GKD samples an answer per chat, so chats stay apart; "
+                              "set both to false")
+
+
+@stage("gkd", config=GKDStageConfig, consumes={"model", "adapter"}, produces=trained_kind,
+       libraries=TRAINING_LIBRARIES, distributed=True)
+def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
+    """Distill the teacher into the input model on the student's own answers; produce the adapter or model."""
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    source = inputs.primary
+    tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
+    chats = prepared(cfg.dataset, "sft", hardware=ctx.hardware, desc="chats").select_columns(["messages"])
+    args = GKDConfig(
+        output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+        warmup_steps=cfg.warmup_steps, lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, logging_steps=cfg.logging_steps, logging_first_step=True, seed=ctx.seed,
+        lmbda=cfg.lmbda, beta=cfg.beta, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+        **checkpoints.trainer_args(cfg.checkpoint),
+        **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b))
+    teacher, _, described = load_teacher(cfg, ctx)
+    student = load_causal_lm(source, ctx.model, ctx.device)
+    shared_vocabulary(cfg, student, teacher, inputs, ctx)
+    peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules, model=student, log=ctx.log) \
+        if cfg.method == Method.lora else None
+    ctx.log(f"GKD: student {source.path} ({'new LoRA' if peft_config else 'full model'}), lmbda {cfg.lmbda}, "
+            f"beta {cfg.beta}, {len(chats)} chats")
+    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=chats,
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
+                                    checkpoints.callback(cfg.checkpoint)])
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
+    trainer.save_model(str(ctx.out_dir))  # rank 0 only when distributed
+    if trainer.is_world_process_zero():
+        save_tokenizer(tokenizer, source, ctx.out_dir)
+    shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
+    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+               "train_runtime": round(time.time() - started, 2), "train_records": len(chats),
+               **loss_curve(trainer.state.log_history), "health_warnings": health.warnings}
+    ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
+            f"in {metrics['train_steps']} steps")
+    meta = {"gkd": {"teacher": described, "lmbda": cfg.lmbda, "beta": cfg.beta, "temperature": cfg.temperature}}
+    return policy_artifact(source, ctx.out_dir, cfg.method == Method.full, cfg.lora if peft_config else None,
+                           metrics, meta)

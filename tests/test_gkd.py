@@ -1,0 +1,62 @@
+"""The gkd stage (trl's GKDTrainer): a few on-policy steps on a tiny random model, and the teacher checks
+it shares with distill, at plan time."""
+import json
+from pathlib import Path
+
+import pytest
+from conftest import compose
+from test_distill import _foreign_model
+
+from pipeline.engine.plan import build_plan
+from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
+from pipeline.errors import ConfigError
+
+EVALS = ["~stages.eval_teacher", "~stages.eval_sft_student", "~stages.eval_gkd"]
+
+
+def _plan(tmp_path, *overrides):
+    return build_plan(compose(["recipe=sft_gkd", "logger=none", *overrides]), Store(tmp_path / "store"),
+                      recipe="sft_gkd", device="cpu")
+
+
+def test_the_student_comes_first_and_the_teacher_is_an_input(tmp_path):
+    steps = {s.name: s for s in _plan(tmp_path).steps}
+    assert steps["gkd"].input_names == ["student", "teacher"]
+    assert steps["sft_student"].fingerprint == {s.name: s for s in build_plan(
+        compose(["recipe=distill", "logger=none"]), Store(tmp_path / "store"), recipe="distill",
+        device="cpu").steps}["sft_student"].fingerprint  # the baseline is recipe distill's, reused
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.gkd.lmbda=1.5", r"^stages\.gkd\.lmbda: 1\.5; valid: \[0, 1\]$"),
+    ("stages.gkd.teacher.stage=eval_teacher", r"^stages\.gkd\.teacher\.stage: 'eval_teacher' is not an earlier stage "
+                                              r"that produces a model or adapter"),
+    ("stages.gkd.packing=true", r"^stages\.gkd\.packing / padding_free: GKD samples an answer per chat"),
+])
+def test_bad_gkd_settings_fail_at_plan_time(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        _plan(tmp_path, override)
+
+
+def test_a_teacher_of_another_vocabulary_is_refused(tmp_path):
+    teacher = _foreign_model(tmp_path / "foreign")
+    with pytest.raises(ConfigError, match=r"^stages\.gkd\.teacher: the teacher's tokenizer \(6 tokens\) differs from "
+                                          r"the student's .*: use a teacher of the student's tokenizer$"):
+        _plan(tmp_path, "stages.gkd.teacher.stage=null", f"stages.gkd.teacher.model={teacher}")
+
+
+def test_gkd_trains_the_student_on_its_own_answers(tiny_llama, tmp_path):
+    overrides = ["recipe=sft_gkd", f"model.path={tiny_llama}", "model.name=tiny", "logger=none",
+                 "hardware.num_threads=1", "data.sft.limit=16", "stages.teacher.max_steps=3",
+                 "stages.teacher.per_device_train_batch_size=4", "stages.sft_student.max_steps=3",
+                 "stages.sft_student.per_device_train_batch_size=4", "stages.gkd.logging_steps=1",
+                 "stages.gkd.lmbda=1.0", "stages.gkd.max_new_tokens=6", *EVALS, f"paths.store={tmp_path / 'store'}"]
+    record = run_chain(compose(overrides), tmp_path / "run", "sft_gkd", overrides, None)
+    assert record["status"] == "done"
+    stages = {s["name"]: s for s in record["stages"]}
+    metrics = stages["gkd"]["metrics"]
+    assert metrics["train_steps"] == 3 and metrics["loss_first"] > 0
+    manifest = json.loads((Path(stages["gkd"]["artifact"]) / "artifact.json").read_text())
+    assert manifest["kind"] == "adapter" and manifest["meta"]["gkd"]["teacher"]["stage"] == "teacher"
+    assert manifest["meta"]["gkd"]["lmbda"] == 1.0
