@@ -173,3 +173,36 @@ def test_sft_grpo_recipe_raises_accuracy_on_the_embedded_model(tmp_path):
     assert after - before >= 0.05, (before, after)
     assert grpo["reward_end"] > grpo["reward_start"], grpo
     assert seconds <= 15 * 60, seconds
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.grpo.difficulty.samples=1", r"^stages\.grpo\.difficulty\.samples: 1 gives pass rates of 0 or 1 only"),
+    ("stages.grpo.difficulty.min_pass=0.8", r"^stages\.grpo\.difficulty\.min_pass: 0\.8 must be below max_pass \(0\.5\)$"),
+    ("stages.grpo.difficulty.reward=corectness", r"^stages\.grpo\.difficulty\.reward: unknown reward 'corectness'"),
+])
+def test_bad_difficulty_filter_fails_at_plan_time(override, message, tmp_path):
+    cfg = compose(["recipe=sft_grpo", "logger=none", "stages.grpo.difficulty.samples=4",
+                   "stages.grpo.difficulty.max_pass=0.5", override])
+    with pytest.raises(ConfigError, match=message):
+        build_plan(cfg, Store(tmp_path), recipe="sft_grpo", device="cpu")
+
+
+def test_difficulty_filter_trains_only_on_prompts_the_policy_sometimes_passes(tiny_llama, tmp_path, monkeypatch):
+    (tmp_path / "coin_rewards.py").write_text(  # passes about half the samples: most prompts land in (0, 1)
+        "def coin(completions, **kwargs):\n    return [float(len(str(c)) % 2) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    record = _tiny_grpo(tiny_llama, tmp_path, "stages.grpo.difficulty.samples=4", "stages.grpo.difficulty.pool=12",
+                        "stages.grpo.difficulty.reward=coin_rewards:coin")
+    grpo = record["stages"][1]
+    rows = [json.loads(line) for line in (Path(grpo["artifact"]) / "difficulty.jsonl").read_text().splitlines()]
+    kept = [r for r in rows if r["kept"]]
+    assert len(rows) == 12 and all(0 < r["pass_rate"] < 1 for r in kept)
+    assert all(r["pass_rate"] in (0.0, 1.0) for r in rows if not r["kept"])
+    metrics = grpo["metrics"]
+    assert metrics["difficulty_measured"] == 12 and metrics["difficulty_kept"] == len(kept) == metrics["train_records"]
+    assert 0 < len(kept) < 12 or metrics["difficulty_all_pass"] + metrics["difficulty_all_fail"] == 0
+
+
+def test_difficulty_filter_that_keeps_nothing_stops_saying_what_to_change(tiny_llama, tmp_path):
+    with pytest.raises(RuntimeError, match=r"no prompt has a pass rate in \(0\.0, 1\.0\) .*difficulty\.jsonl"):
+        _tiny_grpo(tiny_llama, tmp_path, "stages.grpo.difficulty.samples=2", "stages.grpo.difficulty.pool=4")

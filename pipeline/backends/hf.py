@@ -97,8 +97,9 @@ class HFBackend:
 
 def hf_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, device: str,
                 stop_ids: set[int] | None = None, progress: str | None = None,
-                images: list[list] | None = None) -> list[Generation]:
-    """Batched greedy generation with left padding; each result is cut at its first stop token.
+                images: list[list] | None = None, sampling: dict | None = None) -> list[Generation]:
+    """Batched greedy generation with left padding (`sampling`: generate()'s temperature, top_k, top_p to
+    sample instead); each result is cut at its first stop token.
     Prompts are rendered chat text that carries its own special tokens (BOS included where the
     template writes one), so the tokenizer adds none: the same ids llama.cpp gets. With `images`,
     `tokenizer` is the model's processor, which expands each prompt's image placeholders."""
@@ -121,8 +122,8 @@ def hf_generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_t
             else:
                 batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.inference_mode():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sampling is not None,
+                                     **(sampling or {}), pad_token_id=tokenizer.pad_token_id)
             for row in out[:, batch["input_ids"].shape[1]:].tolist():
                 ids, stopped = [], False
                 for token in row:

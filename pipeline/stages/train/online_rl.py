@@ -32,7 +32,9 @@ from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.common import SCHEDULERS, LoraSpec, device_args, lora_config, policy_artifact, save_policy
 from pipeline.training.health import HealthMonitor
-from pipeline.training.rewards import build, parse
+from pipeline.training import difficulty
+from pipeline.training.difficulty import DifficultySpec
+from pipeline.training.rewards import build, parse, resolve
 
 BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)
 VLLM_CHOICES = ("auto", "true", "false")
@@ -75,6 +77,9 @@ class OnlineRL(StageConfig):
                                          help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
                                               "resumes")
     lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
+    difficulty: DifficultySpec = setting(factory=DifficultySpec,
+                                         help="train only on prompts the input policy sometimes passes (pass rate "
+                                              "measured before training; samples 0: off)")
 
     def check_family(self, where: str, folder) -> None:
         if self.method == Method.lora:
@@ -95,6 +100,7 @@ class OnlineRL(StageConfig):
                               f"per step must be a multiple of num_generations ({self.num_generations})")
         if vllm_choice(self.use_vllm) not in VLLM_CHOICES:
             raise ConfigError(f"{where}.use_vllm: '{self.use_vllm}'; valid: {', '.join(VLLM_CHOICES)}")
+        self._check_difficulty(f"{where}.difficulty")
         judges = [s.stage for s in specs if s.stage]
         reward_models = [n for n, s in earlier.items() if s.output_kind == ArtifactKind.reward_model]
         for i, spec in enumerate(specs):
@@ -105,6 +111,17 @@ class OnlineRL(StageConfig):
                                   f"earlier reward stages: {', '.join(reward_models) or '(none: add a stage of kind reward)'}")
         if judges or any(n in reward_models for n in (self.inputs or [])[:1]):
             self.inputs = [self._policy_input(where, earlier)] + judges
+
+    def _check_difficulty(self, where: str) -> None:
+        spec = self.difficulty
+        if not spec.samples:
+            return
+        resolve(spec.reward, f"{where}.reward")
+        if spec.min_pass >= spec.max_pass:
+            raise ConfigError(f"{where}.min_pass: {spec.min_pass} must be below max_pass ({spec.max_pass})")
+        if spec.samples < 2:
+            raise ConfigError(f"{where}.samples: 1 gives pass rates of 0 or 1 only, none strictly between "
+                              f"min_pass and max_pass; sample 2 or more (or 0: off)")
 
     def _policy_input(self, where: str, earlier: dict) -> str:
         """The policy: the first input named, else the latest earlier model or adapter, else the chain's model."""
@@ -197,6 +214,32 @@ def _reward_models(cfg: OnlineRL, ctx: StageContext) -> dict[str, tuple[Any, Any
     return loaded
 
 
+def _by_difficulty(cfg: OnlineRL, model, tokenizer, dataset, ctx: StageContext):
+    """The prompts the input policy sometimes passes, measured on `difficulty.pool` of them; and the figures."""
+    spec = cfg.difficulty
+    if not spec.samples:
+        return dataset, {}
+    import torch
+
+    pool = dataset.select(range(min(spec.pool or len(dataset), len(dataset))))
+    rows = pool.to_list()
+    torch.manual_seed(ctx.seed)
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, **({"top_k": cfg.top_k} if cfg.top_k else {})}
+    rates = difficulty.pass_rates(model, tokenizer, rows, spec.samples, sampling, cfg.max_completion_length,
+                                  cfg.per_device_train_batch_size, ctx.device, resolve(spec.reward))
+    kept = difficulty.keep(rates, spec)
+    difficulty.write_records(ctx.out_dir / "difficulty.jsonl", rows, rates, kept)
+    figures = difficulty.summary(rates, kept)
+    ctx.log(f"difficulty: {len(kept)} of {len(rows)} prompts kept (pass rate in ({spec.min_pass}, {spec.max_pass}) "
+            f"over {spec.samples} samples); all passed {figures['difficulty_all_pass']:.0%}, all failed "
+            f"{figures['difficulty_all_fail']:.0%}, mean pass rate {figures['difficulty_mean_pass']:.0%}")
+    if not kept:
+        raise RuntimeError(f"stage {ctx.name}: no prompt has a pass rate in ({spec.min_pass}, {spec.max_pass}) "
+                           f"(see {ctx.out_dir / 'difficulty.jsonl'}); widen difficulty.min_pass / max_pass, raise "
+                           f"difficulty.samples or difficulty.pool, or set difficulty.samples: 0")
+    return pool.select(kept), figures
+
+
 def train_online(cfg: OnlineRL, inputs: Inputs, ctx: StageContext, trainer_class, config_class, label: str) -> Artifact:
     """Run `trainer_class` (trl's GRPOTrainer or RLOOTrainer) on the prompts with the rewards; the trained
     adapter (or model) with its reward curve."""
@@ -220,6 +263,7 @@ def train_online(cfg: OnlineRL, inputs: Inputs, ctx: StageContext, trainer_class
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b),
     )
     model, peft_config, how = _policy(cfg, source, ctx)  # after the arguments: partitioned under ZeRO-3
+    dataset, measured = _by_difficulty(cfg, model, tokenizer, dataset, ctx)
     generation = "vllm" if use_vllm else "transformers"
     ctx.log(f"{label}: {how}; G={cfg.num_generations}, {cfg.per_device_train_batch_size // cfg.num_generations} "
             f"prompts/step, rewards {', '.join(f'{s.label} x{s.weight:g}' for s in specs)}; generation with {generation}")
@@ -238,7 +282,7 @@ def train_online(cfg: OnlineRL, inputs: Inputs, ctx: StageContext, trainer_class
         shutil.rmtree(ctx.out_dir / scratch, ignore_errors=True)
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
-               "generation": generation, **reward_curve(trainer.state.log_history),
+               "generation": generation, **measured, **reward_curve(trainer.state.log_history),
                "health_warnings": health.warnings}
     ctx.log(f"mean reward {metrics.get('reward_start', float('nan')):.3f} -> {metrics.get('reward_end', float('nan')):.3f}, "
             f"zero-variance groups {metrics.get('zero_std_groups_start', float('nan')):.0%} -> "
