@@ -72,7 +72,8 @@ def main():
     t = time.time()
     sizes = ed.Sizes() if not args.quick else ed.Sizes(test_math=20, test_text=10, test_instruct=8, test_tools=8,
                                                        preference_test=10, sft_math=60, sft_instruct=20,
-                                                       sft_tool=20, preference_train=20, prompts_train=20)
+                                                       sft_tool=20, preference_train=20, prompts_train=20,
+                                                       prompts_tools=20)
     sets = ed.build_sets(args.seed, sizes)
     written = ed.write_sets(sets, data_out)
     item_keys: set[str] = set()

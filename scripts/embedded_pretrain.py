@@ -28,12 +28,17 @@ SPECIAL_SYMBOLS = ["<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", 
 HF_SPECIAL = ["<|im_start|>", "<|im_end|>"]
 
 # ChatML. The assistant turn (content and its <|im_end|>) is inside {% generation %} so that
-# trl's assistant_only_loss / return_assistant_tokens_mask see it.
+# trl's assistant_only_loss / return_assistant_tokens_mask see it. An assistant message's structured
+# `tool_calls` are written as the data writes calls, <tool_call>{"name": ..., "arguments": ...}</tool_call>,
+# so that trl's tool loop (GRPO with tools) can render the conversations it builds.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% generation %}{{ message['content'] or '' }}"
+    "{% for call in message['tool_calls'] or [] %}{% set fn = call['function'] or call %}"
+    "{{ '<tool_call>' + ({'name': fn['name'], 'arguments': fn['arguments']} | tojson) + '</tool_call>' }}"
+    "{% endfor %}{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
     "{% else %}"
     "{{ message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endif %}"

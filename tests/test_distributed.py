@@ -185,3 +185,41 @@ def test_fsdp2_trains_on_two_cpu_processes(tiny_llama, tmp_path):
     for key, value in _adapter(sft).items():  # whole (gathered) LoRA matrices, not one rank's shard
         layer = base[key.removeprefix("base_model.model.").split(".lora_")[0]]
         assert value.shape == ((16, layer.in_features) if ".lora_A." in key else (layer.out_features, 16)), key
+
+
+TINY_PAIRS = ["data.preference.limit=12", "data.preference_test.limit=4"]
+NEW_STAGES = {  # each issue-23 stage after a 2-step SFT, 2 optimizer steps on 2 processes (DDP, gloo)
+    "kto": ["recipe=sft_kto", "~stages.eval_sft", "~stages.eval_kto", *TINY_PAIRS, "stages.kto.max_steps=2",
+            "stages.kto.per_device_train_batch_size=2", "stages.kto.per_device_eval_batch_size=4"],
+    "orpo": ["recipe=sft_orpo", "~stages.eval_sft", "~stages.eval_orpo", *TINY_PAIRS, "stages.orpo.max_steps=2",
+             "stages.orpo.per_device_train_batch_size=2", "stages.orpo.per_device_eval_batch_size=4"],
+    "simpo": ["recipe=sft_simpo", "~stages.eval_sft", "~stages.eval_simpo", *TINY_PAIRS, "stages.simpo.max_steps=2",
+              "stages.simpo.per_device_train_batch_size=2", "stages.simpo.per_device_eval_batch_size=4"],
+    "rloo": ["recipe=reward_rloo", "~stages.eval_sft", "~stages.grpo", "~stages.eval_grpo", "~stages.eval_rloo",
+             *TINY_PAIRS, "stages.reward.max_steps=2", "stages.reward.per_device_train_batch_size=2",
+             "stages.reward.per_device_eval_batch_size=4", "data.prompts.limit=8", "stages.rloo.max_steps=2",
+             "stages.rloo.num_generations=2", "stages.rloo.per_device_train_batch_size=2",
+             "stages.rloo.max_completion_length=6", "stages.rloo.use_vllm=false"],
+    "gkd": ["recipe=sft_gkd", "~stages.eval_teacher", "~stages.eval_sft_student", "~stages.eval_gkd",
+            "stages.teacher.max_steps=2", "stages.teacher.per_device_train_batch_size=2", "stages.sft_student.max_steps=2",
+            "stages.sft_student.per_device_train_batch_size=2", "stages.gkd.max_new_tokens=6"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(NEW_STAGES))
+def test_new_alignment_stages_train_on_two_processes(kind, tiny_llama, tmp_path):
+    from pipeline.engine.runner import run_chain
+
+    sft = [] if kind == "gkd" else ["stages.sft.max_steps=2", "stages.sft.per_device_train_batch_size=2"]
+    cfg = compose([*NEW_STAGES[kind], *sft, f"model.path={tiny_llama}", "model.name=tiny", "logger=none",
+                   "hardware=ddp", "hardware.num_processes=2", "hardware.device=cpu", "hardware.num_threads=1",
+                   "data.sft.limit=16", f"paths.store={tmp_path / 'store'}"])
+    record = run_chain(cfg, tmp_path / "run", kind, [], None)
+    assert record["status"] == "done"
+    stages = {s["name"]: s for s in record["stages"]}
+    trained = stages[kind]["metrics"]
+    assert trained["world_size"] == 2 and trained["train_steps"] == 2
+    if kind == "rloo":
+        assert stages["reward"]["metrics"]["world_size"] == 2
+        assert (Path(stages["reward"]["artifact"]) / "model.safetensors").is_file()

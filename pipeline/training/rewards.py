@@ -102,12 +102,20 @@ def length_penalty(completions: list, completion_ids: list | None = None, limit:
     return [-min(1.0, max(0, n - limit) / limit) for n in sizes]
 
 
+def tool_use(completions: list, **columns: Any) -> list[float | None]:
+    """RL with tools in the loop: the right final answer through the right call (pipeline/training/tool_env.py)."""
+    from pipeline.training.tool_env import tool_use as score
+
+    return score(completions, **columns)
+
+
 BUILTINS: dict[str, Callable[..., list]] = {
     "correctness": correctness,
     "closeness": closeness,
     "format": answer_format,
     "json_valid": json_valid,
     "length": length_penalty,
+    "tool_use": tool_use,
 }
 
 

@@ -27,6 +27,7 @@ class Sizes:
     sft_tool: int = 500
     preference_train: int = 1500
     prompts_train: int = 2000
+    prompts_tools: int = 600
 
 
 def _user(c):
@@ -177,6 +178,17 @@ def build_sets(seed: int = SEED, sizes: Sizes | None = None) -> dict:
         if p.question not in held:
             out["prompts_train"].append({"prompt": _user(p.question), "answer": str(p.answer), "task": "math",
                                          "lang": lang})
+    # tool cases for RL with tools in the loop (recipe tool_rl): a stream of their own, so adding them left
+    # every other set as it was; {prompt, tool, arguments, answer} as test_tools, none of them held out
+    rng = random.Random(seed + 2)
+    out["prompts_tools"] = []
+    while len(out["prompts_tools"]) < sizes.prompts_tools:
+        lang = "en" if len(out["prompts_tools"]) % 2 == 0 else "zh"
+        t = make_tool(rng, lang)
+        if t["prompt"] not in held:
+            out["prompts_tools"].append({"prompt": _user(t["prompt"]), "tool": t["tool"],
+                                         "arguments": json.dumps(t["arguments"], ensure_ascii=False),
+                                         "answer": t["final"], "task": "tool", "lang": lang})
     out["held"] = held.keys
     return out
 
@@ -205,7 +217,7 @@ def _preference_record(rng, lang):
 
 
 FILES = ["sft_train", "preference_train", "preference_test", "prompts_train", "test_math", "test_text",
-         "test_instruct", "test_tools"]
+         "test_instruct", "test_tools", "prompts_tools"]
 
 
 def write_jsonl(path, rows):

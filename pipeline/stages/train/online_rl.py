@@ -151,6 +151,10 @@ class OnlineRL(StageConfig):
         """The stage's own trl settings (its advantage and loss), beside the shared ones."""
         return {}
 
+    def trainer_inputs(self, tokenizer, log) -> dict[str, Any]:
+        """The stage's own trainer arguments beside the model, rewards and data (grpo: its tools)."""
+        return {}
+
 
 def vllm_choice(value: Any) -> str:
     """YAML reads `true` as a boolean, which the str field stores as 'True'."""
@@ -270,7 +274,7 @@ def train_online(cfg: OnlineRL, inputs: Inputs, ctx: StageContext, trainer_class
     health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
     trainer = trainer_class(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                             processing_class=tokenizer, reward_processing_classes=reward_tokenizers,
-                            peft_config=peft_config,
+                            peft_config=peft_config, **cfg.trainer_inputs(tokenizer, ctx.log),
                             callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
                                        checkpoints.callback(cfg.checkpoint)])
     started = time.time()
