@@ -29,6 +29,9 @@ def test_rl_stages_read_the_reward_model_after_their_policy(tmp_path):
     assert steps["grpo"].input_names == ["sft", "reward"] and steps["rloo"].input_names == ["sft", "reward"]
     alone = {s.name: s for s in _plan(tmp_path, "stages.rloo.rewards=[correctness]").steps}
     assert alone["rloo"].input_names == ["sft"] and alone["rloo"].fingerprint != steps["rloo"].fingerprint
+    unnamed = {s.name: s for s in _plan(tmp_path, "~stages.grpo", "~stages.eval_grpo", "stages.rloo.inputs=null",
+                                        "stages.rloo.rewards=[correctness]").steps}
+    assert unnamed["rloo"].input_names == ["sft"]  # the latest earlier stage is the reward model: not a policy
 
 
 @pytest.mark.parametrize("override, message", [

@@ -109,7 +109,7 @@ class OnlineRL(StageConfig):
                     "it is not an earlier stage"
                 raise ConfigError(f"{where}.rewards[{i}].stage: '{spec.stage}' is not a reward model ({kind}); "
                                   f"earlier reward stages: {', '.join(reward_models) or '(none: add a stage of kind reward)'}")
-        if judges or any(n in reward_models for n in (self.inputs or [])[:1]):
+        if judges or reward_models:  # the policy is never a reward model, even as the latest earlier stage
             self.inputs = [self._policy_input(where, earlier)] + judges
 
     def _check_difficulty(self, where: str) -> None:
