@@ -99,3 +99,18 @@ def test_reward_model_learns_the_pairs_and_scores_completions_for_grpo_and_rloo(
     grpo = json.loads((Path(stages["grpo"]["artifact"]) / "artifact.json").read_text())
     assert grpo["meta"]["importance_sampling_level"] == "sequence"
     assert grpo["meta"]["rewards"][-1] == {"name": "stage reward", "weight": 0.2, "args": {}}
+
+
+@pytest.mark.acceptance
+def test_reward_rloo_recipe_gains_with_both_methods_on_the_embedded_model(tmp_path):
+    """Acceptance (README figures: reward model 33.7% -> 82.2%, GRPO +26.5, RLOO +25.0): the reward model ranks
+    >= 75% of held-out pairs right, and GRPO and RLOO each beat the SFT start by >= 10 points."""
+    from conftest import read_chain, run_main
+
+    result = run_main(["recipe=reward_rloo", "hardware.num_threads=1"], tmp_path, timeout=2400)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    stages = {s["name"]: s for s in read_chain(tmp_path / "run")["stages"]}
+    assert stages["reward"]["metrics"]["eval_pair_accuracy"] >= 0.75
+    before = stages["eval_sft"]["metrics"]["math_accuracy"]
+    for name in ("eval_grpo", "eval_rloo"):
+        assert stages[name]["metrics"]["math_accuracy"] - before >= 0.10, (name, before, stages[name]["metrics"])
