@@ -65,7 +65,7 @@ def test_user_reward_loads_by_dotted_path(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("entry, message", [
     ("nope_pkg.mod:fn", r"^stages\.grpo\.rewards\[1\]: cannot import 'nope_pkg\.mod:fn' \(ModuleNotFoundError: "
-                        r"No module named 'nope_pkg'\); built-ins: correctness, closeness, format, json_valid, length$"),
+                        r"No module named 'nope_pkg'\); built-ins: correctness, closeness, format, json_valid, length, tool_use$"),
     ("pipeline.training.rewards:nope", r"^stages\.grpo\.rewards\[1\]: module 'pipeline\.training\.rewards' has no function 'nope'$"),
     ("corectness", r"^stages\.grpo\.rewards\[1\]: unknown reward 'corectness'; built-ins: correctness"),
     ({"name": "format", "wieght": 2}, r"^stages\.grpo\.rewards\[1\]\.wieght: unknown key; valid keys: name, weight, args, stage$"),

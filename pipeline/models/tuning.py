@@ -20,6 +20,7 @@ from pipeline.ranges import at_least, between, positive, setting
 @dataclass
 class SFTTuning:
     learning_rate: float = positive(2e-4, help="LoRA / QLoRA (usually 1e-4..2e-4; full fine-tuning wants 1e-5..5e-5)")
+    full_learning_rate: float = positive(2e-5, help="recipes whose SFT trains every weight (tool_rl)")
     max_steps: int = at_least(1, 200, also=(-1,), help="optimizer steps of every recipe's SFT")
     short_steps: int = at_least(1, 100, also=(-1,),
                                 help="recipes that leave room for a later stage (sft_grpo, distill's student)")
@@ -45,7 +46,9 @@ class RewardTuning:
 
 @dataclass
 class GRPOTuning:
-    learning_rate: float = positive(1e-6, help="GRPO's peak learning rate")
+    learning_rate: float = positive(1e-6, help="GRPO's peak learning rate, continuing an adapter")
+    new_adapter_learning_rate: float = positive(1e-5, help="GRPO training a new LoRA (tool_rl: on a full SFT); its "
+                                                           "B starts at zero, so it wants a higher rate")
     max_steps: int = at_least(1, 100, help="optimizer steps")
     num_generations: int = at_least(2, 8, help="group size: completions sampled per prompt")
     batch_size: int = at_least(1, 32, help="completions per step: batch_size / num_generations prompts")
