@@ -14,8 +14,8 @@ from typing import Any, Callable, Mapping
 from pipeline.evaluation.scoring.tool_agent import answer_matches, normalize_arguments
 from pipeline.evaluation.scoring.tool_set import TOOLS, execute_tool
 
-# A response template for ChatML models that write calls as <tool_call>{"name": ..., "arguments": ...}</tool_call>
-# (Qwen's and Hermes' format, the embedded model's and SmolLM2's data): trl's own for Qwen3.
+# How a call opens in ChatML with Qwen's and Hermes' format (the embedded model's data too); a template that
+# renders calls so gets trl's Qwen3 response template (give_parser).
 CALL_TAG = "<tool_call>"
 
 
