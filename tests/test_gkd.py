@@ -60,3 +60,30 @@ def test_gkd_trains_the_student_on_its_own_answers(tiny_llama, tmp_path):
     manifest = json.loads((Path(stages["gkd"]["artifact"]) / "artifact.json").read_text())
     assert manifest["kind"] == "adapter" and manifest["meta"]["gkd"]["teacher"]["stage"] == "teacher"
     assert manifest["meta"]["gkd"]["lmbda"] == 1.0
+
+
+def test_an_sft_students_adapter_may_be_the_student_but_not_an_eval(tmp_path):
+    steps = {s.name: s for s in _plan(tmp_path, "stages.gkd.inputs=[sft_student]").steps}
+    assert steps["gkd"].input_names == ["sft_student", "teacher"]
+    with pytest.raises(ConfigError, match=r"^stages\.gkd\.inputs: name one student model .*got \['eval_teacher'\]; "
+                                          r"choose from: base, student, sft_student$"):
+        _plan(tmp_path, "stages.gkd.inputs=[eval_teacher]")
+
+
+def test_gkd_keeps_training_an_sft_students_adapter(tiny_llama, tmp_path):
+    from safetensors.torch import load_file
+
+    overrides = ["recipe=sft_gkd", f"model.path={tiny_llama}", "model.name=tiny", "logger=none",
+                 "hardware.num_threads=1", "data.sft.limit=16", "stages.teacher.max_steps=2",
+                 "stages.teacher.per_device_train_batch_size=4", "stages.sft_student.max_steps=2",
+                 "stages.sft_student.per_device_train_batch_size=4", "stages.gkd.inputs=[sft_student]",
+                 "stages.gkd.lmbda=0.0", *EVALS, f"paths.store={tmp_path / 'store'}"]
+    record = run_chain(compose(overrides), tmp_path / "run", "sft_gkd", overrides, None)
+    stages = {s["name"]: s for s in record["stages"]}
+    before = load_file(Path(stages["sft_student"]["artifact"]) / "adapter_model.safetensors")
+    after = load_file(Path(stages["gkd"]["artifact"]) / "adapter_model.safetensors")
+    assert after.keys() == before.keys()  # the same adapter, not one stacked on it
+    assert any(not after[k].equal(before[k]) for k in before)
+    manifest = json.loads((Path(stages["gkd"]["artifact"]) / "artifact.json").read_text())
+    assert manifest["base_model"] == json.loads((Path(stages["sft_student"]["artifact"]) / "artifact.json")
+                                                .read_text())["base_model"]

@@ -83,6 +83,10 @@ class Taught(SFTConfig):
         """Whether student and teacher are compared id by id (so need one vocabulary)."""
         return True
 
+    def student_kinds(self) -> tuple[str, ...]:
+        """What the student input may be (distill trains a new LoRA on a full model)."""
+        return (ArtifactKind.model,)
+
     def memory_profile(self, sources):
         from dataclasses import replace
 
@@ -111,8 +115,8 @@ class Taught(SFTConfig):
         self.inputs = self._student_and_teacher(where, earlier)
 
     def _student_and_teacher(self, where: str, earlier: dict) -> list[str]:
-        """The student (one earlier full model, or the base), then the teacher stage: as an input, the
-        teacher's fingerprint is part of this stage's, so a retrained teacher retrains the student."""
+        """The student (one earlier stage of student_kinds(), or the base), then the teacher stage: as an input,
+        the teacher's fingerprint is part of this stage's, so a retrained teacher retrains the student."""
         teacher = self.teacher.stage
         named = list(self.inputs or [])
         if teacher and len(named) > 1 and named[-1] == teacher:  # already normalised (validated twice)
@@ -120,9 +124,9 @@ class Taught(SFTConfig):
         if not named:  # the latest earlier full model that is not the teacher, else the base
             named = [next((n for n in reversed(list(earlier)) if earlier[n].output_kind == ArtifactKind.model and n != teacher),
                           BASE)]
-        student = named[0]
-        if len(named) > 1 or (student != BASE and (student not in earlier or earlier[student].output_kind != ArtifactKind.model)):
-            models = [BASE] + [n for n, s in earlier.items() if s.output_kind == ArtifactKind.model]
+        student, kinds = named[0], self.student_kinds()
+        if len(named) > 1 or (student != BASE and (student not in earlier or earlier[student].output_kind not in kinds)):
+            models = [BASE] + [n for n, s in earlier.items() if s.output_kind in kinds and n != teacher]
             raise ConfigError(f"{where}.inputs: name one student model (the teacher goes in teacher.stage); "
                               f"got {self.inputs}; choose from: {', '.join(models)}")
         return [student] + ([teacher] if teacher else [])

@@ -13,22 +13,20 @@ sft's (method, LoRA, rate, steps, batch, max_length).
 """
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass
 
-from pipeline.artifact import Artifact
+from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.datasets import prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
 from pipeline.errors import ConfigError
-from pipeline.models.loading import load_causal_lm, load_tokenizer, save_tokenizer
+from pipeline.models.loading import load_tokenizer
 from pipeline.ranges import at_least, between, positive, setting
 from pipeline.stages.train.distill import Taught, load_teacher, shared_vocabulary
+from pipeline.stages.train.preference import Run, trainable_policy
 from pipeline.stages.train.sft import Method, trained_kind
 from pipeline.training import checkpoints
-from pipeline.training.common import device_args, lora_config, loss_curve, policy_artifact
-from pipeline.training.health import HealthMonitor
+from pipeline.training.common import device_args, policy_artifact
 
 
 @dataclass
@@ -39,6 +37,9 @@ class GKDStageConfig(Taught):
     beta: float = between(0.5, 0, 1, help="generalised JSD: 0 KL(teacher||student), 1 KL(student||teacher)")
     temperature: float = positive(0.9, help="sampling temperature of the student's answers (and of the divergence)")
     max_new_tokens: int = at_least(1, 128, help="longest answer the student samples")
+
+    def student_kinds(self) -> tuple[str, ...]:
+        return (ArtifactKind.model, ArtifactKind.adapter)  # an SFT'd student's adapter keeps training
 
     def validate(self, where: str, earlier: dict) -> None:
         super().validate(where, earlier)
@@ -66,26 +67,13 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         **checkpoints.trainer_args(cfg.checkpoint),
         **device_args(ctx.device, ctx.hardware, cfg.gradient_checkpointing, source, ctx.model.params_b))
     teacher, _, described = load_teacher(cfg, ctx)
-    student = load_causal_lm(source, ctx.model, ctx.device)
+    student, peft_config, how = trainable_policy(cfg, source, ctx)
     shared_vocabulary(cfg, student, teacher, inputs, ctx)
-    peft_config = lora_config(cfg.lora, ctx.model.lora_target_modules, model=student, log=ctx.log) \
-        if cfg.method == Method.lora else None
-    ctx.log(f"GKD: student {source.path} ({'new LoRA' if peft_config else 'full model'}), lmbda {cfg.lmbda}, "
-            f"beta {cfg.beta}, {len(chats)} chats")
-    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+    ctx.log(f"GKD: student {source.path} ({how}), lmbda {cfg.lmbda}, beta {cfg.beta}, {len(chats)} chats")
+    training = Run(cfg, ctx)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=chats,
-                         processing_class=tokenizer, peft_config=peft_config,
-                         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
-                                    checkpoints.callback(cfg.checkpoint)])
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
-    trainer.save_model(str(ctx.out_dir))  # rank 0 only when distributed
-    if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, source, ctx.out_dir)
-    shutil.rmtree(ctx.out_dir / "trainer", ignore_errors=True)
-    metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": round(time.time() - started, 2), "train_records": len(chats),
-               **loss_curve(trainer.state.log_history), "health_warnings": health.warnings}
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=training.callbacks())
+    metrics = training.finish(trainer, source, tokenizer, chats, None)
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
     meta = {"gkd": {"teacher": described, "lmbda": cfg.lmbda, "beta": cfg.beta, "temperature": cfg.temperature}}

@@ -27,11 +27,11 @@ from pipeline.errors import ConfigError, PlanError
 from pipeline.models.loading import load_causal_lm, load_reward_model, load_tokenizer, save_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive, setting
+from pipeline.stages.train.preference import Run
 from pipeline.stages.train.sft import Method
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
 from pipeline.training.common import SCHEDULERS, LoraSpec, device_args, lora_config, policy_artifact, save_policy
-from pipeline.training.health import HealthMonitor
 from pipeline.training import difficulty
 from pipeline.training.difficulty import DifficultySpec
 from pipeline.training.rewards import build, parse, resolve
@@ -271,12 +271,11 @@ def train_online(cfg: OnlineRL, inputs: Inputs, ctx: StageContext, trainer_class
     generation = "vllm" if use_vllm else "transformers"
     ctx.log(f"{label}: {how}; G={cfg.num_generations}, {cfg.per_device_train_batch_size // cfg.num_generations} "
             f"prompts/step, rewards {', '.join(f'{s.label} x{s.weight:g}' for s in specs)}; generation with {generation}")
-    health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+    training = Run(cfg, ctx)
     trainer = trainer_class(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                             processing_class=tokenizer, reward_processing_classes=reward_tokenizers,
                             peft_config=peft_config, **cfg.trainer_inputs(tokenizer, ctx.log),
-                            callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(),
-                                       checkpoints.callback(cfg.checkpoint)])
+                            callbacks=training.callbacks())
     started = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
     save_policy(trainer, ctx.out_dir, lora=cfg.method == Method.lora)  # every rank: gathered, rank 0 writes
@@ -287,7 +286,7 @@ def train_online(cfg: OnlineRL, inputs: Inputs, ctx: StageContext, trainer_class
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset),
                "generation": generation, **measured, **reward_curve(trainer.state.log_history),
-               "health_warnings": health.warnings}
+               "health_warnings": training.health.warnings}
     ctx.log(f"mean reward {metrics.get('reward_start', float('nan')):.3f} -> {metrics.get('reward_end', float('nan')):.3f}, "
             f"zero-variance groups {metrics.get('zero_std_groups_start', float('nan')):.0%} -> "
             f"{metrics.get('zero_std_groups_end', float('nan')):.0%} in {metrics['train_steps']} steps")
