@@ -31,6 +31,7 @@ class ArtifactKind(str, Enum):
     eval = "eval"        # an eval report
     gguf = "gguf"        # a folder with a .gguf file (or the file itself)
     serve = "serve"      # a server's record
+    push = "push"        # a hub upload's record (repository, revision, commit)
     reward_model = "reward_model"  # an HF folder of a sequence-classification model scoring a response (one float)
 
     def __str__(self) -> str:

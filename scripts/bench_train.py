@@ -336,7 +336,7 @@ def main() -> None:
     if args.threads:
         overrides.append(f"hardware.num_threads={args.threads}")
     cfg = compose(overrides)
-    if cfg.logger.backend == "wandb":
+    if "wandb" in cfg.logger.backends:
         overrides.append("logger.mode=offline")  # the mode W&B gets without an API key, whatever is configured here
     threads = args.threads or cfg.hardware.get("num_threads")
     gpu = gpu_name(cfg)

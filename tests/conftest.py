@@ -78,6 +78,12 @@ def tiny_overrides(model: Path) -> list[str]:
             "stages.eval_tuned.max_new_tokens.math=8"]
 
 
+def merge_overrides(model: Path) -> list[str]:
+    """recipe=lora_merge (sft -> merge -> eval) on a tiny model, short."""
+    kept = [o for o in tiny_overrides(model) if not o.startswith(("stages.eval_base.", "stages.eval_tuned."))]
+    return [*kept, "recipe=lora_merge", "data.sft.limit=16", "stages.eval.limit=8", "stages.eval.max_new_tokens.math=8"]
+
+
 def run_main(args: list[str], tmp: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python main.py ARGS` with a private store and run folder under `tmp`."""
     full_env = {**os.environ, "TUNECHAIN_STORE": str(tmp / "store"), "OMP_NUM_THREADS": "1", **(env or {})}

@@ -214,6 +214,8 @@ def test_base_to_gguf_chain_through_the_runner(exported, tmp_path):
     manifest = json.loads((folder / "artifact.json").read_text())
     assert manifest["format"] == "gguf-q8_0" and manifest["meta"]["merged"] is False
     assert (folder / "model-q8_0.gguf").is_file() and (folder / "Modelfile").is_file()
+    card = (folder / "README.md").read_text()  # its model card (tests/test_model_card.py), parity with its n
+    assert "library_name: gguf" in card and "| parity_identical |" in card and card.count("| 5 |") >= 3
     assert gguf["metrics"]["parity_n"] == 5 and gguf["metrics"]["compression_ratio"] > 3
     # q8_0 loses a little: more than f32's nothing, far less than a nat per token
     assert 1e-6 < gguf["metrics"]["parity_kld_mean"] < 0.05 and gguf["metrics"]["parity_same_top"] >= 0.9, gguf

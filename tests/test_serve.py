@@ -46,7 +46,7 @@ def gguf(tmp_path_factory) -> Artifact:
 
 def _context(run_dir: Path) -> StageContext:
     model = ModelConfig(name="embedded", path=str(EMBEDDED))
-    tracker = Tracker(LoggerConfig(backend="none"), run_dir, {}, name="t", group=None)
+    tracker = Tracker(LoggerConfig(backends=[]), run_dir, {}, name="t", group=None)
     return StageContext(name="serve", out_dir=run_dir, run_dir=run_dir, model=model, device="cpu", seed=0,
                         tracker=tracker, hardware={"num_threads": 1})
 

@@ -37,7 +37,7 @@ from pipeline.models.sources import prepare
 BASE = "base"  # the reserved input name of the chain's starting model
 # Model keys that change no stage's result by themselves: names, planning hints, the recipes' tuning
 # (whose values reach the stages that use them, and are fingerprinted there) and the GGUF a folder came from.
-MODEL_KEYS_NOT_HASHED = ("name", "params_b", "active_params_b", "tuning", "source")
+MODEL_KEYS_NOT_HASHED = ("name", "params_b", "active_params_b", "tuning", "source", "hub_id", "license")  # no weight changes
 
 
 @dataclass
@@ -128,7 +128,7 @@ def _resolve_inputs(name: str, spec: registry.StageSpec, requested: list[str] | 
                     f"but no earlier stage produces one (earlier: {available})")
 
 
-def _dataset_fields(cfg: Any, vision: bool = True) -> list[tuple[str, data.DatasetSpec, str]]:
+def dataset_fields(cfg: Any, vision: bool = True) -> list[tuple[str, data.DatasetSpec, str]]:
     """(field name, spec, purpose) for every DatasetSpec field of a stage config that its settings use; a field
     declared `images=True` (image questions) only for a vision-language model."""
     unused = cfg.unused_datasets()
@@ -251,7 +251,7 @@ def _fingerprint(plan: Plan, cfg: DictConfig, hardware: dict) -> None:
     checks = CheckCache(plan.store.root / ".data")  # what earlier plans learned of each data file version
     for step in plan.steps:
         data_fps = []
-        for field_name, dataset, purpose in _dataset_fields(step.cfg, vision):
+        for field_name, dataset, purpose in dataset_fields(step.cfg, vision):
             try:
                 checked = data.check(dataset, purpose, checks)
             except data.DataError as e:  # still a DataError, now naming the key that points at the data
@@ -356,7 +356,7 @@ LONG_BATCH_BATCHES = 4
 def _measure_lengths(step: Step, work: memory.Workload, tokenizer, image_tokens=None) -> None:
     """Replace the workload's worst-case lengths by what the stage's data has (a vision-language model's
     images counted as the tokens its processor makes of them)."""
-    fields = _dataset_fields(step.cfg, vision=image_tokens is not None)
+    fields = dataset_fields(step.cfg, vision=image_tokens is not None)
     if work.kind == "train" and fields:
         _, spec, purpose = fields[0]
         # a long batch: the longest of a few batches' records (measured: step peaks vary by ~10% over a run)

@@ -365,10 +365,7 @@ def image_examples(entries: list[dict[str, Any]], run_dir: Path) -> list[str]:
 def _locations(run_dir: Path, record: dict[str, Any], tracker) -> list[str]:
     lines = [f"run folder: {run_dir}", f"chain:      {run_dir / 'chain.json'}", f"report:     {run_dir / 'report.md'}",
              f"artifacts:  {record['store']}"]
-    if getattr(tracker, "wandb_dir", None):
-        hint = f"  (upload: wandb sync {tracker.wandb_dir})" if tracker.wandb_mode == "offline" else ""
-        lines.append(f"W&B:        {tracker.wandb_dir}{hint}")
-    return lines
+    return lines + (tracker.locations() if hasattr(tracker, "locations") else [])
 
 
 def _markdown_table(rows: list[list[str]]) -> list[str]:

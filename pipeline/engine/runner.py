@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
 from pipeline import stopping
+from pipeline.cards import model_card
 from pipeline.engine import launch, plugins, report
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.explain import explain
-from pipeline.engine.plan import BASE, Plan, Step, build_plan, memory_warnings
+from pipeline.engine.plan import BASE, Plan, Step, build_plan, dataset_fields, memory_warnings
 from pipeline.engine.store import Store
 from pipeline.engine.tracking import LoggerConfig, Tracker
 from pipeline.engine.typed_config import typed_config
@@ -112,6 +113,8 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
         seed_everything(ctx.seed)
         artifact = _measured_run(step, inputs, ctx)
         _stamp(artifact, step, inputs)
+        if artifact.kind in model_card.CARDED:
+            _write_card(artifact, step, ctx)
         return store.commit(ctx.out_dir, artifact), "done"
 
 
@@ -134,6 +137,19 @@ def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:
     artifact.stage = step.name
     artifact.versions = tool_versions()
     artifact.created = dt.datetime.now().isoformat(timespec="seconds")
+    data = [spec.path for _, spec, _ in dataset_fields(step.cfg)]
+    if data:
+        artifact.meta.setdefault("data", data)
+
+
+def _write_card(artifact: Artifact, step: Step, ctx: StageContext) -> None:
+    """The artifact's model card (pipeline/cards), from the run's chain.json and the artifacts so far."""
+    import json
+
+    about = model_card.About.of(json.loads((ctx.run_dir / "chain.json").read_text()), ctx.model, ctx.device)
+    lineage = model_card.lineage(step.name, about.chain, {**ctx.chain, step.name: artifact}, model_card.base_name(about))
+    model_card.write(ctx.out_dir, artifact, lineage, about)
+
 
 
 def _interrupted_fields(stop: stopping.Interrupted, store: Store, step: Step) -> dict[str, Any]:
@@ -237,6 +253,8 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
         raise
     finally:
         record.finish(status)
+        model_card.run_cards(run_dir, {n: a for n, a in chain.items() if n != BASE},
+                             model_card.About.of(record.data, plan.model, device))
         report.write(run_dir, record.data, tracker)
         tracker.finish()
     print(report.terminal_summary(run_dir, record.data, tracker), flush=True)

@@ -1,62 +1,41 @@
-"""Experiment tracking: one W&B run per chain, and a local metrics.jsonl whatever the logger.
-
-W&B runs offline (real run files under the run folder, no network) unless an API key is
-configured; `logger=none` turns it off. W&B's own environment variables win over the defaults:
-WANDB_MODE (offline, online, disabled), WANDB_PROJECT, WANDB_ENTITY, WANDB_DIR. An online run that
-cannot start (no network, a bad key) stops before any stage, in one line that says how to go offline. Stage metrics are logged under `<stage>/...`, each stage
-with its own step counter so that several trainers can share one run.
+"""Experiment tracking: <run folder>/metrics.jsonl whatever the logger, and the trackers `logger.backends`
+names (pipeline/trackers: W&B, TensorBoard, MLflow, Trackio; several at once), each given the same rows,
+stage summaries, redacted config and report. Every tracker starts before any stage, so a tracker that
+cannot (W&B online without a network) stops the chain before work; `logger=none` keeps metrics.jsonl only.
 """
 from __future__ import annotations
 
+import importlib
 import json
-import netrc
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
 from pipeline.errors import ConfigError
-from pipeline.hub import reachable
-from pipeline.redaction import redact, redacted_argv, scrub
+from pipeline.redaction import redact
+from pipeline.trackers import BACKENDS
+from pipeline.trackers.base import RunInfo, Sink
+
 
 @dataclass
 class LoggerConfig:
-    backend: str = "wandb"          # wandb | none
-    project: Optional[str] = None   # null: $WANDB_PROJECT, else "tunechain"
-    entity: Optional[str] = None    # null: $WANDB_ENTITY, else your default entity
-    mode: str = "auto"              # auto ($WANDB_MODE, else online when an API key is configured) | online | offline
-    tags: List[str] = field(default_factory=list)
+    backends: List[str] = field(default_factory=lambda: ["wandb"])  # wandb | tensorboard | mlflow | trackio; [] none
+    project: Optional[str] = None   # W&B project ($WANDB_PROJECT), MLflow experiment, Trackio project; null: tunechain
+    entity: Optional[str] = None    # W&B: null: $WANDB_ENTITY, else your default entity
+    mode: str = "auto"              # W&B: auto ($WANDB_MODE, else online when an API key is configured) | online | offline
+    tags: List[str] = field(default_factory=list)  # W&B run tags
 
 
-OFFLINE_HINT = "set WANDB_MODE=offline (or logger.mode=offline) to keep the run files locally, or logger=none"
-
-
-class TrackingError(ConfigError):
-    """W&B cannot start as configured."""
-
-
-def wandb_mode(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        if netrc.netrc().authenticators("api.wandb.ai"):
-            return "online"
-    except (FileNotFoundError, netrc.NetrcParseError):
-        pass
-    return "offline"
-
-
-def _check_reachable() -> None:
-    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    error = reachable(url)
-    if error is not None:
-        raise TrackingError(f"logger: W&B is online but {url} cannot be reached ({error.strerror or error}); "
-                            f"{OFFLINE_HINT}") from None
+def start(names: list[str], cfg: LoggerConfig, run: RunInfo) -> list[Sink]:
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"logger.backends: unknown {unknown}; valid: {', '.join(BACKENDS)} (or [] for none)")
+    sinks = []
+    for name in dict.fromkeys(names):
+        module, cls = BACKENDS[name]
+        sinks.append(getattr(importlib.import_module(module), cls)(cfg, run))
+    return sinks
 
 
 class Tracker:
@@ -64,30 +43,7 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.steps: dict[str, int] = {}
-        self.wandb_run = None
-        self.wandb_dir: Path | None = None
-        if cfg.backend == "wandb":
-            self._start_wandb(cfg, redact(config), name, group)
-
-    def _start_wandb(self, cfg: LoggerConfig, config: dict[str, Any], name: str, group: str | None) -> None:
-        import wandb
-
-        mode = wandb_mode(cfg.mode)
-        if mode == "online":
-            _check_reachable()
-        try:
-            with redacted_argv():  # W&B records the command line in its run files
-                self.wandb_run = wandb.init(
-                    project=cfg.project or os.environ.get("WANDB_PROJECT") or "tunechain", entity=cfg.entity,
-                    name=name, group=group, tags=list(cfg.tags), config=config,
-                    dir=os.environ.get("WANDB_DIR") or str(self.run_dir), mode=mode, reinit="create_new",
-                    settings=wandb.Settings(silent=True, x_disable_stats=True, console="off"),
-                )
-        except Exception as e:  # noqa: BLE001 - AuthenticationError, UsageError, CommError: one line for all
-            first = scrub(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:200]
-            raise TrackingError(f"logger: W&B ({mode}) could not start: {first}; {OFFLINE_HINT}") from None
-        self.wandb_dir = Path(self.wandb_run.dir).parent
-        self.wandb_mode = mode
+        self.sinks = start(list(cfg.backends), cfg, RunInfo(self.run_dir, name, group, redact(config)))
 
     def log(self, stage: str, metrics: dict[str, Any], step: int | None = None) -> None:
         """Log a row of metrics for one stage (training curves, eval results)."""
@@ -97,45 +53,27 @@ class Tracker:
         row = {"time": round(time.time(), 3), "stage": stage, "step": step, **metrics}
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(redact(row), ensure_ascii=False, default=str) + "\n")
-        if self.wandb_run is not None:
-            numeric = {f"{stage}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-            if numeric:
-                self.wandb_run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
-                self.wandb_run.log({**numeric, f"{stage}/step": step})
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for sink in self.sinks if numeric else ():
+            sink.log(stage, numeric, step)
 
     def summary(self, stage: str, metrics: dict[str, Any]) -> None:
-        if self.wandb_run is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float, str)):
-                    self.wandb_run.summary[f"{stage}/{key}"] = value
+        kept = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        for sink in self.sinks:
+            sink.summary(stage, kept)
 
     def log_report(self, table: list[list[str]], plot: Path, html: Path) -> None:
-        """The chain's variant table, compression plot and HTML report, into the W&B run."""
-        if self.wandb_run is None:
-            return
-        import wandb
-
-        logged: dict[str, Any] = {}
-        if table:
-            logged["report/variants"] = wandb.Table(columns=table[0], data=table[1:])
-        if plot.is_file():
-            logged["report/compression_vs_quality"] = wandb.Image(str(plot))
-        if html.is_file():
-            logged["report/html"] = wandb.Html(html.read_text())
-        if logged:
-            self.wandb_run.log(logged)
+        """The chain's variant table, compression plot and report (HTML and markdown)."""
+        for sink in self.sinks:
+            sink.report(table, plot, html, html.with_suffix(".md"))
 
     def log_artifact(self, stage: str, artifact) -> None:
-        """Record lineage in W&B: a reference to the stored folder, with its parent."""
-        if self.wandb_run is None:
-            return
-        import wandb
+        for sink in self.sinks:
+            sink.artifact(stage, artifact)
 
-        logged = wandb.Artifact(f"{stage}-{artifact.kind}", type=artifact.kind,
-                                metadata={"fingerprint": artifact.fingerprint, "parent": artifact.parent,
-                                          "format": artifact.format})
-        logged.add_reference(f"file://{artifact.path}", checksum=False)
-        self.wandb_run.log_artifact(logged)
+    def locations(self) -> list[str]:
+        """One line per tracker for the run's summary."""
+        return [line for line in (sink.where() for sink in self.sinks) if line]
 
     def trainer_callback(self, stage: str):
         """A transformers TrainerCallback that sends trainer logs here."""
@@ -151,6 +89,5 @@ class Tracker:
         return _StageLogs()
 
     def finish(self) -> None:
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
-            self.wandb_run = None
+        for sink in self.sinks:  # kept: the run's summary names where each one wrote
+            sink.finish()

@@ -41,7 +41,7 @@ def main(job_path: str) -> None:
     out_dir = Path(job["out_dir"])
     logs = out_dir / WORKER_LOGS if rank == 0 else Path(tempfile.mkdtemp(prefix=f"tunechain-rank{rank}-"))
     logs.mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(LoggerConfig(backend="none"), logs, {}, name=job["name"], group=None)
+    tracker = Tracker(LoggerConfig(backends=[]), logs, {}, name=job["name"], group=None)
     ctx = RankContext(name=job["name"], out_dir=out_dir, run_dir=Path(job["run_dir"]), model=fields["model"],
                       device=job["device"], seed=int(job["seed"]), tracker=tracker, chain=fields["chain"],
                       hardware=job["hardware"])

@@ -32,5 +32,9 @@ class ModelConfig:
                                                        "else transformers' choice")
     vision: Optional[bool] = setting(None, "a vision-language model (AutoModelForImageTextToText + AutoProcessor); "
                                            "null: from its config.json (a vision_config)")
+    hub_id: Optional[str] = setting(None, "the model's hub id, named as base_model in model cards (null: path when it "
+                                          "is a hub id, else the model's name)")
+    license: Optional[str] = setting(None, "the model's license (an SPDX-style id the hub knows, e.g. apache-2.0), for "
+                                           "model cards")
     tuning: Tuning = setting(factory=Tuning, help="what recipes and stage defaults use for this model")
     source: Optional[str] = setting(None, "set by tunechain: the GGUF source that `path` was converted from")
