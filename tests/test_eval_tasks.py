@@ -84,7 +84,7 @@ def test_a_users_task_with_its_own_settings_runs_in_a_chain(tmp_path, monkeypatc
         with pytest.raises(ConfigError, match=r"^stages\.eval_tuned\.settings\.long_answers\.min_chars: 0; valid: >= 1$"):
             build_plan(compose(base + ["stages.eval_tuned.settings.long_answers.min_chars=0"]), Store(tmp_path),
                        device="cpu")
-        assert "long_answer_share" in report.percent_metrics() and report._fmt("long_answer_share", 1.0) == "100.0%"
+        assert "long_answer_share" in report.percent_metrics() and report.fmt("long_answer_share", 1.0) == "100.0%"
         cfg = compose(base + ["stages.eval_tuned.settings.long_answers.min_chars=1"])
         metrics = run_chain(cfg, tmp_path / "run", "quickstart", [], None)["stages"][0]["metrics"]
         assert metrics["math_n"] == 4 and metrics["long_answer_min_chars"] == 1  # the override reached the child
@@ -136,5 +136,5 @@ def test_tasks_and_stages_declare_their_percent_metrics():
               "parity_same_top")
     assert stages.get("gguf").percent == parity and stages.get("sft").percent == ()
     assert report.percent_metrics() == registry.percent_metrics() | set(parity)
-    assert report._fmt("mcq_accuracy", 0.25) == "25.0%" and report._fmt("parity_identical", 1) == "100.0%"
-    assert report._fmt("perplexity", 3.5) == "3.5"
+    assert report.fmt("mcq_accuracy", 0.25) == "25.0%" and report.fmt("parity_identical", 1) == "100.0%"
+    assert report.fmt("perplexity", 3.5) == "3.5"

@@ -38,7 +38,7 @@ def percent_metrics() -> set[str]:
 PLOT = "compression_vs_quality.png"  # quality metrics that compare_with reports as deltas
 
 
-def _fmt(name: str, value: Any) -> str:
+def fmt(name: str, value: Any) -> str:
     if value is None:
         return "-"
     if name in percent_metrics():
@@ -48,7 +48,7 @@ def _fmt(name: str, value: Any) -> str:
     return str(value)
 
 
-def _table(entries: list[dict[str, Any]]) -> list[list[str]]:
+def results_table(entries: list[dict[str, Any]]) -> list[list[str]]:
     found = {k for e in entries for k in e.get("metrics", {})}
     lm_eval = sorted(k for k in found if k.startswith("lmeval_") and "stderr" not in k)
     columns = [m for m in headline_metrics() if m in found] + lm_eval
@@ -56,7 +56,7 @@ def _table(entries: list[dict[str, Any]]) -> list[list[str]]:
     for e in entries:
         seconds = e.get("seconds")
         rows.append([e["name"], e["kind"], e["status"], f"{seconds:.1f}s" if seconds is not None else "-"]
-                    + [_fmt(m, e.get("metrics", {}).get(m)) for m in columns])
+                    + [fmt(m, e.get("metrics", {}).get(m)) for m in columns])
     return rows
 
 
@@ -72,7 +72,7 @@ def comparisons(entries: list[dict[str, Any]]) -> list[str]:
             a, b = e.get("metrics", {}).get(metric), other.get("metrics", {}).get(metric)
             if isinstance(a, (int, float)) and isinstance(b, (int, float)):
                 delta = f"{100 * (a - b):+.1f} points" if metric in percent_metrics() else f"{a - b:+.3g}"
-                lines.append(f"{e['name']} vs {other['name']}: {metric} {_fmt(metric, b)} -> {_fmt(metric, a)} ({delta})")
+                lines.append(f"{e['name']} vs {other['name']}: {metric} {fmt(metric, b)} -> {fmt(metric, a)} ({delta})")
     return lines
 
 
@@ -185,19 +185,19 @@ def variants(entries: list[dict[str, Any]]) -> list[list[str]]:
         shown = f"{100 * retained:.1f}%" if retained is not None else "-"
         if interval:
             shown += f" [{100 * interval[0]:.0f}-{100 * interval[1]:.0f}]"
-        accuracy = _fmt(metric, m.get(metric))
+        accuracy = fmt(metric, m.get(metric))
         if m.get(count):
             accuracy += f" (n={m[count]})"
         ttft = m.get("first_token_s")
-        rows.append([(e.get("inputs") or [e["name"]])[0], str(m.get("backend", "-")), _fmt("size_mb", m.get("size_mb")),
-                     f"{ratio:.2f}x" if ratio else "-", accuracy, shown, _fmt("stopped_at_eos", m.get(stops)),
-                     _fmt("perplexity", m.get("perplexity")),
-                     _fmt("load_seconds", m.get("load_seconds")), f"{1000 * ttft:.1f}" if ttft else "-",
-                     _fmt("decode_tokens_per_s", m.get("decode_tokens_per_s")), _fmt("memory_mb", m.get("memory_mb")),
-                     _fmt("math_accuracy", m.get("instruct_pass_rate")), _fmt("gen_chrf", m.get("gen_chrf")),
-                     _fmt("judge_score", m.get("judge_score")),
+        rows.append([(e.get("inputs") or [e["name"]])[0], str(m.get("backend", "-")), fmt("size_mb", m.get("size_mb")),
+                     f"{ratio:.2f}x" if ratio else "-", accuracy, shown, fmt("stopped_at_eos", m.get(stops)),
+                     fmt("perplexity", m.get("perplexity")),
+                     fmt("load_seconds", m.get("load_seconds")), f"{1000 * ttft:.1f}" if ttft else "-",
+                     fmt("decode_tokens_per_s", m.get("decode_tokens_per_s")), fmt("memory_mb", m.get("memory_mb")),
+                     fmt("math_accuracy", m.get("instruct_pass_rate")), fmt("gen_chrf", m.get("gen_chrf")),
+                     fmt("judge_score", m.get("judge_score")),
                      _kld(made_by.get((e.get("inputs") or [""])[0], {}).get("parity_kld_mean"))]
-                    + ([_fmt("hallucination_rate", m.get("hallucination_rate"))] if hallucination else []))
+                    + ([fmt("hallucination_rate", m.get("hallucination_rate"))] if hallucination else []))
     return rows
 
 
@@ -376,7 +376,7 @@ def _markdown_table(rows: list[list[str]]) -> list[str]:
 def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
     lines = [f"# tunechain report: {record['recipe']}", "",
              f"model `{record['model']}` ({record['model_path']}), status **{record['status']}**", ""]
-    lines += _markdown_table(_table(record["stages"])) + [""]
+    lines += _markdown_table(results_table(record["stages"])) + [""]
     lines += [f"- {c}" for c in comparisons(record["stages"])] + [""]
     if variants(record["stages"]):
         lines += ["## Variants", ""] + _markdown_table(variants(record["stages"])) + [""]
@@ -420,7 +420,7 @@ def _html(markdown_path: Path) -> None:
 
 
 def terminal_summary(run_dir: Path, record: dict[str, Any], tracker) -> str:
-    rows = _table(record["stages"])
+    rows = results_table(record["stages"])
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["", f"== results: recipe '{record['recipe']}' ({record['status']})"]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]

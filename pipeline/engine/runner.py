@@ -57,7 +57,8 @@ class ChainRecord:
             "overrides": redact_overrides(overrides), "store": str(plan.store.root), "status": "running", "skipped": plan.skipped,
             "started": dt.datetime.now().isoformat(timespec="seconds"),
             "stages": [{"name": s.name, "kind": s.kind, "output": s.output_kind, "inputs": s.input_names, "status": "pending",
-                        "fingerprint": s.fingerprint, "artifact": None, "metrics": {},
+                        "fingerprint": s.fingerprint, "fingerprint_inputs": s.fingerprint_inputs, "artifact": None,
+                        "metrics": {},
                         "compare_with": getattr(s.cfg, "compare_with", None)} for s in plan.steps],
         }
         self.save()

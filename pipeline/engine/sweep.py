@@ -7,7 +7,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from pipeline.engine.report import COMPARED, _fmt
+from pipeline.engine.report import COMPARED, fmt
 
 # Quality, not speed: a sweep compares what each setting produced.
 SWEPT = COMPARED + ("train_loss", "size_mb", "parity_identical")  # exports: size and agreement with the source
@@ -30,7 +30,7 @@ def summarize(sweep_dir: Path) -> str:
     for job, record in jobs:
         metrics = {f"{e['name']}.{m}": v for e in record["stages"] for m, v in e.get("metrics", {}).items()}
         rows.append([job, " ".join(record.get("overrides", [])) or "-", record["status"]]
-                    + [_fmt(c.split(".", 1)[1], metrics.get(c)) for c in columns])
+                    + [fmt(c.split(".", 1)[1], metrics.get(c)) for c in columns])
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     (Path(sweep_dir) / "summary.md").write_text(
