@@ -181,3 +181,44 @@ def test_starting_and_removing_need_the_token(site):
     hydra = httpx.post(site["url"] + "/start", data={"recipe": "quickstart", "token": TOKEN,
                                                      "overrides": "hydra.run.dir=/tmp/elsewhere"})
     assert hydra.status_code == 400 and "Hydra's own settings are fixed here" in hydra.text
+
+
+@pytest.mark.acceptance
+def test_quickstart_and_quant_lab_in_the_dashboard(browser, tmp_path):
+    """Acceptance from a fresh clone (issue 24): after the quickstart, recipe=quant_lab and lora_merge on the
+    embedded model, the dashboard lists the runs, the store shows quant_lab reusing the quickstart's SFT, the
+    variants table holds the report's figures, a comparison works, and the merged model's card parses."""
+    import uvicorn
+    from huggingface_hub import ModelCard
+    from selenium.webdriver.common.by import By
+
+    from pipeline.dashboard.app import Settings, create_app
+
+    outputs, store = tmp_path / "outputs", tmp_path / "store"
+    quick = _chain(["hardware.num_threads=2", "logger=none"], outputs / "day" / "quickstart", store)
+    lab = _chain(["recipe=quant_lab", "hardware.num_threads=2", "logger=none"], outputs / "day" / "quant_lab", store)
+    merged = _chain(["recipe=lora_merge", "hardware.num_threads=2", "logger=none"], outputs / "day" / "lora_merge", store)
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(roots=[outputs], store=store, token=TOKEN)),
+                                           host="127.0.0.1", port=0, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        _open(browser, url, "acceptance_runs")
+        listed = {r.get_attribute("data-run") for r in browser.find_elements(By.CSS_SELECTOR, "#runs tr[data-run]")}
+        assert {"outputs/day/quickstart", "outputs/day/quant_lab"} <= listed
+        sft = next(s for s in quick["stages"] if s["name"] == "sft")
+        assert next(s for s in lab["stages"] if s["name"] == "sft")["status"] == "reused"
+        _open(browser, url + f"/store?fingerprint={sft['fingerprint']}", "acceptance_store")
+        assert "reused by: " in browser.find_element(By.ID, "lineage").text
+        assert "outputs/day/quant_lab (sft)" in browser.find_element(By.ID, "lineage").text
+        _open(browser, url + "/run/outputs/day/quant_lab", "acceptance_quant_lab")
+        assert _cells(browser, "variants") == report.variants(lab["stages"])
+        _open(browser, url + "/compare?run=outputs/day/quickstart&run=outputs/day/quant_lab", "acceptance_compare")
+        assert len(_cells(browser, "compare-metrics")) > 1 and len(_cells(browser, "compare-config")) > 1
+    finally:
+        server.should_exit = True
+    card = ModelCard.load(Path(next(s for s in merged["stages"] if s["name"] == "merge")["artifact"]) / "README.md")
+    assert card.data.base_model and card.data.datasets == ["embedded/data/sft_train.jsonl"]
+    assert "| params |" in card.text
