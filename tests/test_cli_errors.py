@@ -60,3 +60,12 @@ def test_dry_run_prints_the_plan_and_stops(tmp_path):
         assert stage in result.stdout
     assert "dry run: stopping after the plan" in result.stdout
     assert not artifacts(tmp_path / "store")  # only what the plan learned of the data files (store/.data)
+
+
+def test_a_required_stage_key_may_be_set_on_the_command_line(tmp_path):
+    """`stages.push.repo_id` is ??? in its schema: the command line's early key check must take it, not call it
+    unknown (it did: `in` is False for a ??? value)."""
+    result = run_main(["recipe=lora_merge", "+stage@stages.push=push", "stages.push.repo_id=me/model", "+dry_run=true",
+                       "logger=none"], tmp_path, timeout=120, env={"HF_TOKEN": "x", "HF_HUB_OFFLINE": "0"})
+    assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-2000:]
+    assert "push" in result.stdout and "dry run: stopping after the plan" in result.stdout

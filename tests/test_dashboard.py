@@ -135,6 +135,13 @@ def test_store_lineage_comparison_and_removal(site, browser):
     assert any(r[:2] == ["eval_tuned", "math_accuracy"] for r in metrics)
 
     quick_eval = next(s for s in site["first"]["stages"] if s["name"] == "eval_base")
+    tuned_eval = next(s for s in site["first"]["stages"] if s["name"] == "eval_tuned")
+    _open(browser, site["url"] + f"/compare?artifact={quick_eval['fingerprint']}&artifact={tuned_eval['fingerprint']}",
+          "compare_artifacts")
+    side_by_side = {r[0]: r[1:] for r in _cells(browser, "compare-artifacts")[1:]}
+    assert side_by_side["math_n"] == [str(quick_eval["metrics"]["math_n"]), str(tuned_eval["metrics"]["math_n"])]
+    assert any(r[0].startswith("inputs") for r in _cells(browser, "compare-fingerprints")[1:])  # base vs the SFT
+
     _open(browser, site["url"] + f"/store?fingerprint={quick_eval['fingerprint']}", "store_artifact")
     browser.find_element(By.XPATH, "//button[text()='remove…']").click()
     _settled(browser, "remove_confirm")

@@ -71,7 +71,8 @@ def create_app(settings: Settings) -> FastAPI:
                     results=report.results_table(run.stages), variants=report.variants(run.stages),
                     images=[n for n in RUN_IMAGES if (run.folder / n).is_file()], evals=evals,
                     items_stage=shown_items, items=runs.items(run, shown_items) if shown_items else [],
-                    comparisons=report.comparisons(run.stages))
+                    comparisons=report.comparisons(run.stages),
+                    log=runs.log_tail(run) if run.status == "running" else "")
 
     @app.get("/file/{run_id:path}")
     def run_file(run_id: str, name: str = Query(...)):
@@ -80,10 +81,20 @@ def create_app(settings: Settings) -> FastAPI:
         return FileResponse(run_or_404(run_id).folder / name)
 
     @app.get("/compare", response_class=HTMLResponse)
-    def compare(request: Request, run: list[str] = Query(default=[])):
+    def compare(request: Request, run: list[str] = Query(default=[]), artifact: list[str] = Query(default=[])):
+        every = runs.find_runs(settings.roots)
+        if artifact:  # stored artifacts: their figures, and what their fingerprints covered
+            found = store_view.scan(settings.store, every)
+            missing = [a for a in artifact if a not in found]
+            if missing:
+                raise HTTPException(status_code=404, detail=f"no stored artifact {', '.join(missing)}")
+            chosen_artifacts = [found[a] for a in artifact]
+            return page(request, "compare_artifacts.html", artifacts=chosen_artifacts,
+                        metrics=store_view.metric_rows(chosen_artifacts),
+                        config=runs.differences([s.explained for s in chosen_artifacts]))
         chosen = [run_or_404(r) for r in run]
         return page(request, "compare.html", runs=chosen, metrics=runs.metric_rows(chosen),
-                    config=runs.config_differences(chosen), every=runs.find_runs(settings.roots))
+                    config=runs.config_differences(chosen), every=every)
 
     @app.get("/store", response_class=HTMLResponse)
     def store(request: Request, fingerprint: str = ""):

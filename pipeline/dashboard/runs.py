@@ -108,7 +108,12 @@ def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_differences(runs: list[Run]) -> list[list[str]]:
     """Rows of the config keys whose values differ between the runs (key, then one value per run)."""
-    flats = [flat(r.config()) for r in runs]
+    return differences([r.config() for r in runs])
+
+
+def differences(configs: list[dict[str, Any]]) -> list[list[str]]:
+    """Rows of the (flattened) keys whose values differ between the configs: key, then one value each."""
+    flats = [flat(c) for c in configs]
     keys = sorted(set().union(*flats))
     rows = []
     for key in keys:
@@ -128,6 +133,12 @@ def metric_rows(runs: list[Run]) -> list[list[str]]:
                 if metric in headline:
                     values.setdefault((stage["name"], metric), ["-"] * len(runs))[index] = report.fmt(metric, value)
     return [[stage, metric, *cells] for (stage, metric), cells in sorted(values.items())]
+
+
+def log_tail(run: Run, lines: int = 20) -> str:
+    """The last lines of a run's main.log (what a running chain is doing now)."""
+    path = run.folder / "main.log"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
 
 def items(run: Run, stage: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -64,6 +64,12 @@ def scan(root: Path, runs: list[Run]) -> dict[str, Stored]:
     return found
 
 
+def metric_rows(chosen: list[Stored]) -> list[list[str]]:
+    """Rows of metric -> value per artifact, for every number any of them recorded."""
+    names = sorted({k for s in chosen for k, v in s.artifact.metrics.items() if isinstance(v, (int, float))})
+    return [[name, *(str(s.artifact.metrics.get(name, "-")) for s in chosen)] for name in names]
+
+
 class StillNeeded(Exception):
     """An artifact that others were made from."""
 

@@ -178,9 +178,9 @@ def bad_stage_value(cfg: DictConfig, overrides) -> str | None:
 
 
 def _declared(node, dotted: str) -> bool:
-    """True if the key exists (possibly with a null value)."""
+    """True if the key exists (possibly null, or ??? that the command line fills: `in` would say no)."""
     for part in dotted.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
+        if not isinstance(node, DictConfig) or part not in node.keys():
             return False
         node = node._get_node(part)
     return True
