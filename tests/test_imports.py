@@ -23,6 +23,8 @@ FLOORS = {
     "pipeline": 0,             # top-level modules
     "pipeline.data": 1,        # data sets
     "pipeline.models": 1,      # the chain's model
+    "pipeline.cards": 1,       # model cards (README.md) of artifacts
+    "pipeline.trackers": 1,    # W&B, TensorBoard, MLflow, Trackio: where figures go besides metrics.jsonl
     "pipeline.llama_cpp": 2,   # the llama.cpp toolkit: runtime, server, HF -> GGUF converter, GGUF checks, Modelfile
     "pipeline.backends": 3,    # running a model for inference: the interface, transformers, GGUF, servers
     "pipeline.training": 4,    # what training stages share
@@ -30,6 +32,7 @@ FLOORS = {
     "pipeline.engine": 5,      # planning and running a chain (stage modules are found through importlib)
     "pipeline.stages": 6,      # stage kinds that train (train/), evaluate and serve
     "exports": 6,              # stage kinds that turn a model into another form: merge, prune, bnb, GPTQ, GGUF
+    "pipeline.dashboard": 7,   # the web dashboard over run folders and the store (reads what the engine writes)
 }
 
 
