@@ -52,10 +52,12 @@ def test_tensorboard_mlflow_and_trackio_get_the_same_rows(tiny_llama, tmp_path, 
     assert {f.path for f in client.list_artifacts(run.info.run_id, "report")} >= {"report/report.md", "report/report.html"}
 
     read = subprocess.run(  # trackio reads TRACKIO_DIR when imported: its reader runs in its own process
-        [sys.executable, "-c", "import json, trackio; print(json.dumps(trackio.SQLiteStorage.get_logs('tunechain', 'quickstart-run')))"],
+        [sys.executable, "-c", "import json, trackio; S = trackio.SQLiteStorage; print(json.dumps(S.get_run_config("
+                               "'tunechain', 'quickstart-run'))); print(json.dumps(S.get_logs('tunechain', 'quickstart-run')))"],
         capture_output=True, text=True, env={**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio")})
     assert read.returncode == 0, read.stderr[-2000:]
-    logs = json.loads(read.stdout.strip().splitlines()[-1])
+    config, logs = (json.loads(line) for line in read.stdout.strip().splitlines()[-2:])
+    assert config["stages"]["sft"]["max_steps"] == 4  # the run's (redacted) config
     assert [(r["sft/step"], round(r["sft/loss"], 4)) for r in logs if "sft/loss" in r] == \
         [(s, round(v, 4)) for s, v in losses]
     assert [r["summary/eval_tuned/math_accuracy"] for r in logs if "summary/eval_tuned/math_accuracy" in r] == \
