@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from pipeline.engine import report
+from pipeline.nested import flat
 
 
 @dataclass
@@ -94,16 +95,6 @@ def by_id(roots: list[Path], run_id: str) -> Run | None:
             if folder.is_relative_to(root.resolve()) and (folder / "chain.json").is_file():
                 return read_run(root, folder)
     return None
-
-
-def flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def config_differences(runs: list[Run]) -> list[list[str]]:

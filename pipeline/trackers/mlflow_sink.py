@@ -11,21 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.nested import flat
 from pipeline.trackers.base import RunInfo, Sink
 
 FOLDER = "mlruns"
 PARAM_CHARS = 500  # a param value's length kept (MLflow refuses longer than 6,000)
-
-
-def flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat(value, f"{name}."))
-        else:
-            out[name] = str(value)[:PARAM_CHARS]
-    return out
 
 
 def metric_name(name: str) -> str:
@@ -50,7 +40,7 @@ class MlflowSink(Sink):
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(experiment_name)
         tags = {"mlflow.runName": run.name, **({"group": run.group} if run.group else {})}
         self.run_id = self.client.create_run(experiment_id, run_name=run.name, tags=tags).info.run_id
-        params = [Param(k, v) for k, v in flat(run.config).items()]
+        params = [Param(k, str(v)[:PARAM_CHARS]) for k, v in flat(run.config).items()]
         for start in range(0, len(params), 100):  # MLflow's batch limit
             self.client.log_batch(self.run_id, params=params[start:start + 100])
         self.client.log_dict(self.run_id, run.config, "config.json")
