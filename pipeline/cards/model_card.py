@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.models.loading import is_vision
 
 CARD = "README.md"
 CARDED = (ArtifactKind.model, ArtifactKind.adapter, ArtifactKind.reward_model, ArtifactKind.gguf)
@@ -42,7 +43,7 @@ class About:
     @classmethod
     def of(cls, chain: dict[str, Any], model, device: str) -> "About":
         """From chain.json and the chain's model entry (pipeline/models/config.py ModelConfig)."""
-        return cls(chain=chain, license=model.license, hub_id=hub_id(model), vision=bool(model.vision), device=device)
+        return cls(chain=chain, license=model.license, hub_id=hub_id(model), vision=is_vision(model), device=device)
 
 
 def hub_id(model) -> str | None:

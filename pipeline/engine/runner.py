@@ -29,6 +29,7 @@ from pipeline.engine.tracking import LoggerConfig, Tracker
 from pipeline.engine.typed_config import typed_config
 from pipeline.errors import ConfigError, PlanError
 from pipeline.redaction import redact, redact_overrides, remember_named_variables
+from pipeline.models.loading import is_vision
 from pipeline.models.peak_memory import PeakMemory, peak_metrics
 from pipeline.training.checkpoints import latest
 
@@ -102,7 +103,7 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
         ctx.out_dir = ctx.run_dir / step.name
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
         artifact = _measured_run(step, inputs, ctx)
-        _stamp(artifact, step, inputs)
+        _stamp(artifact, step, inputs, vision=is_vision(ctx.model))
         artifact.path = str(ctx.out_dir)
         write_json_atomic(ctx.out_dir / MANIFEST, artifact.to_json())
         return artifact, "done"
@@ -113,7 +114,7 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
         ctx.out_dir = store.new_tmp_dir(step.fingerprint)
         seed_everything(ctx.seed)
         artifact = _measured_run(step, inputs, ctx)
-        _stamp(artifact, step, inputs)
+        _stamp(artifact, step, inputs, vision=is_vision(ctx.model))
         if artifact.kind in model_card.CARDED:
             _write_card(artifact, step, ctx)
         return store.commit(ctx.out_dir, artifact), "done"
@@ -130,7 +131,7 @@ def _measured_run(step: Step, inputs: Inputs, ctx: StageContext) -> Artifact:
     return artifact
 
 
-def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:
+def _stamp(artifact: Artifact, step: Step, inputs: Inputs, vision: bool) -> None:
     if artifact.kind != step.output_kind:
         raise PlanError(f"stage '{step.name}' produced '{artifact.kind}' but planned '{step.output_kind}'")
     artifact.fingerprint = step.fingerprint
@@ -138,7 +139,7 @@ def _stamp(artifact: Artifact, step: Step, inputs: Inputs) -> None:
     artifact.stage = step.name
     artifact.versions = tool_versions()
     artifact.created = dt.datetime.now().isoformat(timespec="seconds")
-    data = [spec.path for _, spec, _ in dataset_fields(step.cfg)]
+    data = [spec.path for _, spec, _ in dataset_fields(step.cfg, vision)]  # image sets only for a VLM, as planned
     if data:
         artifact.meta.setdefault("data", data)
 
