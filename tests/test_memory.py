@@ -147,6 +147,7 @@ def test_a_mixture_of_experts_is_planned_whole_with_its_routed_activations(entry
 
     monkeypatch.setattr(plan_module, "check_available", lambda model: None)  # no hub here
     monkeypatch.setattr(plan_module, "_check_device", lambda plan: None)     # no GPU here
+    monkeypatch.setattr(plan_module, "_check_disk", lambda plan: None)       # a 30B merge needs ~57 GB; not this disk
 
     def sft_bytes(*extra):
         cfg = compose([f"model={entry}", "recipe=lora_merge", "logger=none", *extra])
