@@ -16,6 +16,10 @@ Math (`--math`): a math eval's kept answers read again by lm-eval's GSM8K filter
 and flexible: the last number) and its exact_match, beside tunechain's reading (think blocks,
 \\boxed{}, "the answer is", then the last number). Readers differ by design, so this prints both
 figures and the answers where they disagree; it fails nothing.
+Instruct (`--instruct`): an instruct eval's kept answers checked again by IFEval's own checkers (lm-eval's
+ifeval task; needs `pip install langdetect immutabledict`) where a check has an IFEval counterpart: json_valid
+(json_format), word_count in words (number_words: at_most n is "less than" n+1), list_items (number_bullet_lists,
+which counts only '*' and '-' bullets). Prints both pass rates on those items and the answers they disagree on.
 """
 from __future__ import annotations
 
@@ -51,9 +55,13 @@ def main() -> int:
     parser.add_argument("--texts", default=str(ROOT / "embedded/data/test_text.jsonl"))
     parser.add_argument("--limit", type=int, default=40, help="texts scored for perplexity")
     parser.add_argument("--math", help="a math eval's predictions.jsonl: read again by lm-eval's GSM8K filters")
+    parser.add_argument("--instruct", help="an instruct eval's instruct_predictions.jsonl: checked again by IFEval")
     args = parser.parse_args()
-    if args.math:
-        compare_math_reading(Path(args.math))
+    if args.math or args.instruct:
+        if args.math:
+            compare_math_reading(Path(args.math))
+        if args.instruct:
+            compare_instruct_checks(Path(args.instruct))
         return 0
     torch.set_num_threads(2)
     from lm_eval.api.instance import Instance
@@ -120,6 +128,42 @@ def compare_math_reading(path: Path) -> None:
         for i in differ[:3]:
             print(f"    target {targets[i]}: tunechain read {rows[i]['predicted']!r} ({ours[i]}), lm-eval "
                   f"{picked[i]!r} ({right[i]}) from ...{outputs[i][-120:]!r}")
+
+
+def ifeval_checkers(spec: dict) -> list:
+    """IFEval's checkers that together say what `spec` says; [] where IFEval has no counterpart."""
+    from lm_eval.tasks.ifeval import instructions as ifeval
+
+    def built(cls, **kwargs):
+        checker = cls("check")
+        checker.build_description(**kwargs)
+        return checker
+
+    kind, n, relation = spec["type"], spec.get("n"), spec.get("relation", "exactly")
+    if kind == "json_valid":
+        return [built(ifeval.JsonFormat)]
+    if kind == "word_count" and spec.get("unit", "word") == "word":
+        at_least = [built(ifeval.NumberOfWords, num_words=n, relation="at least")]
+        below = [built(ifeval.NumberOfWords, num_words=n + 1, relation="less than")]
+        return {"at_least": at_least, "at_most": below, "exactly": at_least + below}[relation]
+    if kind == "list_items" and relation == "exactly":
+        return [built(ifeval.BulletListChecker, num_bullets=n)]
+    return []
+
+
+def compare_instruct_checks(path: Path) -> None:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    paired = [(r, checkers) for r in rows if (checkers := ifeval_checkers(r["check"]))]
+    theirs = [all(c.check_following(r["output"].strip()) for c in checkers) for r, checkers in paired]
+    ours = [bool(r["passed"]) for r, _ in paired]
+    print(f"instruct: {len(rows)} answers from {path}; tunechain pass rate {sum(r['passed'] for r in rows) / len(rows):.4f}; "
+          f"{len(paired)} with an IFEval counterpart: tunechain {sum(ours) / max(1, len(paired)):.4f}, "
+          f"IFEval {sum(theirs) / max(1, len(paired)):.4f}")
+    differ = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    print(f"  verdicts differ on {len(differ)}")
+    for i in differ[:5]:
+        row = paired[i][0]
+        print(f"    {row['check']}: tunechain {ours[i]}, IFEval {theirs[i]} on {row['output'][:160]!r}")
 
 
 if __name__ == "__main__":

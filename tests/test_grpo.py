@@ -141,7 +141,7 @@ def test_grpo_continues_the_sft_adapter_on_a_tiny_model(tiny_llama, tmp_path):
 def test_grpo_on_a_model_trains_a_new_lora_or_the_full_model(tiny_qwen3, tmp_path):
     record = _tiny_grpo(tiny_qwen3, tmp_path, "~stages.sft", "stages.grpo.inputs=[base]", "stages.grpo.beta=0.1")
     manifest = json.loads((Path(record["stages"][0]["artifact"]) / "artifact.json").read_text())
-    assert manifest["kind"] == "adapter" and manifest["meta"]["trained"] == "new LoRA adapter"
+    assert manifest["kind"] == "adapter" and manifest["meta"]["trained"] == "new LoRA"
     full = _tiny_grpo(tiny_qwen3, tmp_path, "~stages.sft", "stages.grpo.inputs=[base]", "stages.grpo.method=full")
     assert (Path(full["stages"][0]["artifact"]) / "model.safetensors").is_file()
 

@@ -9,8 +9,9 @@ import sys
 import pytest
 from conftest import compose, run_main, tiny_overrides
 
-from pipeline.engine.plan import build_plan  # noqa: F401 - the package imports cleanly without any tracker
+from pipeline.engine.plan import build_plan
 from pipeline.engine.runner import run_chain
+from pipeline.engine.store import Store
 from pipeline.errors import ConfigError
 
 
@@ -65,8 +66,11 @@ def test_tensorboard_mlflow_and_trackio_get_the_same_rows(tiny_llama, tmp_path, 
 
 
 def test_an_unknown_tracker_is_named_before_any_stage(tiny_llama, tmp_path):
+    """At plan time, so a dry run says it too."""
     overrides = [*tiny_overrides(tiny_llama), "logger.backends=[wandb,neptune]", f"paths.store={tmp_path / 'store'}"]
-    with pytest.raises(ConfigError, match=r"^logger\.backends: unknown \['neptune'\]; valid: wandb, tensorboard, "
-                                          r"mlflow, trackio \(or \[\] for none\)$"):
+    message = r"^logger\.backends: unknown \['neptune'\]; valid: wandb, tensorboard, mlflow, trackio \(or \[\] for none\)$"
+    with pytest.raises(ConfigError, match=message):
+        build_plan(compose(overrides), Store(tmp_path / "store"), recipe="quickstart", device="cpu")
+    with pytest.raises(ConfigError, match=message):
         run_chain(compose(overrides), tmp_path / "run", "quickstart", overrides, None)
     assert not (tmp_path / "run" / "chain.json").exists() and not list((tmp_path / "store").glob("adapter/*"))

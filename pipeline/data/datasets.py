@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
-from pipeline.data import arrow, records
+from pipeline.data import arrow, mixture, records
 from pipeline.data.images import version
 from pipeline.data.problems import DataError
 from pipeline.data.readers import existing_file, hub_stream, is_hub, where_of
@@ -49,8 +49,11 @@ class DataCheck:
     format: str
     sampled: int = 0        # hub: rows checked at plan time (0: every record was checked)
     cached: bool = False    # the result came from the store's check cache (no record was read)
+    mixture: str = ""       # a mixture: its entries, weights and expected shares
 
     def describe(self, purpose: str) -> str:
+        if self.mixture:
+            return f"{purpose}, {self.mixture}"
         if self.sampled:
             size = f"{self.records} records" if self.records is not None else "size unknown"
             return f"{size}, {purpose}; {self.sampled} sampled, all checked when prepared"
@@ -60,6 +63,8 @@ class DataCheck:
 def check(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, cache: "CheckCache | None" = None) -> DataCheck:
     """Validate `spec` for `purpose` (every record of a file, a sample of a hub split); raise DataError."""
     spec = as_spec(spec)
+    if spec.mixture:
+        return _check_mixture(spec, purpose, cache)
     check_spec(spec, purpose)
     if is_hub(spec.path):
         return _check_hub_sample(spec, purpose)
@@ -87,21 +92,32 @@ def check(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str, cache: "Che
 
 def load(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str) -> list[dict]:
     """Every record in the canonical shape for `purpose`, as Python dicts: for the small sets of evals and
-    exports. Training data goes through `prepared`."""
+    exports. Training data goes through `prepared`; a mixture is drawn as training draws it."""
+    spec = as_spec(spec)
+    if spec.mixture:
+        return list(prepared(spec, purpose).remove_columns(mixture.SOURCE_COLUMN))
     return list(records.canonical(spec, purpose))
 
 
 def prepared(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str,
              transform: Optional[Callable[[dict], dict]] = None, hardware: Optional[dict] = None, desc: str = ""):
-    """The data set as a datasets.Dataset in the stage's form (pipeline.data.arrow.prepared)."""
+    """The data set as a datasets.Dataset in the stage's form (pipeline.data.arrow.prepared); a mixture's rows
+    carry their entry's index in mixture.SOURCE_COLUMN (mixture.split_sources takes it off)."""
     spec = as_spec(spec)
+    if spec.mixture:
+        parts = [prepared(e.spec, purpose, transform, hardware, f"{desc or purpose} ({e.name})")
+                 for e in mixture.entries(spec)]
+        return mixture.interleave(parts, spec)
     check_spec(spec, purpose)
     return arrow.prepared(spec, purpose, transform, hardware, desc)
 
 
 def fingerprint(spec: DatasetSpec | Mapping[str, Any] | str, cache: "CheckCache | None" = None) -> str:
-    """sha256 of a local file's bytes; for a hub dataset, its id, subset, split and resolved commit."""
+    """sha256 of a local file's bytes; for a hub dataset, its id, subset, split and resolved commit; for a
+    mixture, its entries' (their weights are in the stage's settings, which the fingerprint hashes too)."""
     spec = as_spec(spec)
+    if spec.mixture:
+        return "mixture:" + ",".join(fingerprint(e.spec, cache) for e in mixture.entries(spec))
     if is_hub(spec.path):
         return f"hub:{spec.path}:{spec.subset or ''}:{spec.split}@{hub_commit(spec.path, spec.revision, 'dataset')}"
     path = existing_file(spec.path)
@@ -115,6 +131,21 @@ def fingerprint(spec: DatasetSpec | Mapping[str, Any] | str, cache: "CheckCache 
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> digest, when no store is at hand
+
+
+def _check_mixture(spec: DatasetSpec, purpose: str, cache: "CheckCache | None") -> DataCheck:
+    """Every entry checked as a single set would be; errors name the entry."""
+    found = mixture.entries(spec)
+    checks = []
+    for i, entry in enumerate(found):
+        try:
+            checks.append(check(entry.spec, purpose, cache))
+        except DataError as e:
+            raise DataError(f"mixture[{i}] ({entry.name}): {e}") from None
+    counts = [c.records for c in checks]
+    return DataCheck(records=None if None in counts else sum(counts), format=",".join(c.format for c in checks),
+                     sampled=sum(c.sampled for c in checks), cached=all(c.cached for c in checks),
+                     mixture=mixture.describe(spec, counts))
 
 
 def _images_changed(files: dict) -> bool:

@@ -7,8 +7,9 @@ included) and takes the length that the longest of `draws` records would have: t
 """
 from __future__ import annotations
 
-from itertools import islice
+from itertools import chain, islice
 
+from pipeline.data import mixture
 from pipeline.data.records import canonical
 from pipeline.data.spec import as_spec
 
@@ -40,7 +41,11 @@ def sample_lengths(spec, purpose: str, tokenizer, n: int = SAMPLE, image_tokens=
     if key in _CACHE:
         return _CACHE[key]
     lengths = []
-    for record in islice(canonical(spec, purpose), n):
+    spec = as_spec(spec)
+    parts = mixture.entries(spec) if spec.mixture else []  # a mixture: the first records of each entry
+    sample = chain.from_iterable(islice(canonical(e.spec, purpose), max(1, n // len(parts))) for e in parts) \
+        if parts else canonical(spec, purpose)
+    for record in islice(sample, n):
         texts = _texts(record, purpose, tokenizer)
         length = max(len(ids) for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"])
         if image_tokens is not None:

@@ -19,7 +19,7 @@ from pipeline.artifact import Artifact
 from pipeline.data import datasets as data
 from pipeline.data.check_cache import CheckCache
 from pipeline.data.lengths import longest_of, sample_lengths
-from pipeline.engine import launch, registry
+from pipeline.engine import launch, registry, tracking
 from pipeline.engine.fingerprint import environment, fingerprint_inputs, fingerprint_of
 from pipeline.engine.store import Store
 from pipeline.engine.typed_config import typed_config
@@ -185,7 +185,7 @@ def _model(cfg: DictConfig, hardware: dict) -> tuple[ModelConfig, list[str]]:
     the out-of-range values of the model and the hardware, reported with the stages' (pipeline.ranges)."""
     typed = typed_config(cfg.model, ModelConfig, "model")
     problems = (ranges.problems(typed, "model") + launch.hardware_problems(hardware) + seed_problems(cfg.get("seed"))
-                + stopping.grace_problems(cfg.get("stop_grace_s")))
+                + stopping.grace_problems(cfg.get("stop_grace_s")) + tracking.backend_problems(cfg.get("logger")))
     model = prepare(typed) if not problems else typed
     unmatched = unmatched_targets(local_folder(model.path), list(model.lora_target_modules)) if not problems else []
     if unmatched:
@@ -256,7 +256,7 @@ def _fingerprint(plan: Plan, cfg: DictConfig, hardware: dict) -> None:
                 checked = data.check(dataset, purpose, checks)
             except data.DataError as e:  # still a DataError, now naming the key that points at the data
                 raise data.DataError(f"stages.{step.name}.{field_name}: {e}") from None
-            step.data_notes.append(f"{field_name} <- {dataset.path} ({checked.describe(purpose)})")
+            step.data_notes.append(f"{field_name} <- {dataset.path or 'mixture'} ({checked.describe(purpose)})")
             data_fps.append(data.fingerprint(dataset, checks))
         step.fingerprint_inputs = fingerprint_inputs(
             step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names], data_fps,

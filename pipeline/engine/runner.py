@@ -97,8 +97,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tuple[Artifact, str]:
-    """Run one stage into a temporary folder and commit it, or reuse the stored artifact."""
+def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store,
+              chain_data: dict[str, Any] | None = None) -> tuple[Artifact, str]:
+    """Run one stage into a temporary folder and commit it, or reuse the stored artifact. `chain_data` (the
+    run's chain.json as the runner holds it) feeds the model card of a carded artifact; without it, no card."""
     if not step.spec.cache:  # e.g. serve: runs every time, its record stays in the run folder
         ctx.out_dir = ctx.run_dir / step.name
         ctx.out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,8 +117,8 @@ def run_stage(step: Step, inputs: Inputs, ctx: StageContext, store: Store) -> tu
         seed_everything(ctx.seed)
         artifact = _measured_run(step, inputs, ctx)
         _stamp(artifact, step, inputs, vision=is_vision(ctx.model))
-        if artifact.kind in model_card.CARDED:
-            _write_card(artifact, step, ctx)
+        if artifact.kind in model_card.CARDED and chain_data is not None:
+            _write_card(artifact, step, ctx, chain_data)
         return store.commit(ctx.out_dir, artifact), "done"
 
 
@@ -139,16 +141,14 @@ def _stamp(artifact: Artifact, step: Step, inputs: Inputs, vision: bool) -> None
     artifact.stage = step.name
     artifact.versions = tool_versions()
     artifact.created = dt.datetime.now().isoformat(timespec="seconds")
-    data = [spec.path for _, spec, _ in dataset_fields(step.cfg, vision)]  # image sets only for a VLM, as planned
+    data = [path for _, spec, _ in dataset_fields(step.cfg, vision) for path in spec.paths()]  # image sets only for a VLM, as planned
     if data:
         artifact.meta.setdefault("data", data)
 
 
-def _write_card(artifact: Artifact, step: Step, ctx: StageContext) -> None:
-    """The artifact's model card (pipeline/cards), from the run's chain.json and the artifacts so far."""
-    import json
-
-    about = model_card.About.of(json.loads((ctx.run_dir / "chain.json").read_text()), ctx.model, ctx.device)
+def _write_card(artifact: Artifact, step: Step, ctx: StageContext, chain_data: dict[str, Any]) -> None:
+    """The artifact's model card (pipeline/cards), from the run's chain record and the artifacts so far."""
+    about = model_card.About.of(chain_data, ctx.model, ctx.device)
     lineage = model_card.lineage(step.name, about.chain, {**ctx.chain, step.name: artifact}, model_card.base_name(about))
     model_card.write(ctx.out_dir, artifact, lineage, about)
 
@@ -228,7 +228,8 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
                                    hardware=OmegaConf.to_container(cfg.hardware, resolve=True))
                 started = time.time()
                 try:
-                    artifact, outcome = run_stage(step, Inputs([chain[n] for n in step.input_names]), ctx, store)
+                    artifact, outcome = run_stage(step, Inputs([chain[n] for n in step.input_names]), ctx, store,
+                                                  record.data)
                 except stopping.Interrupted as stop:
                     record.update(step.name, **_interrupted_fields(stop, store, step))
                     raise

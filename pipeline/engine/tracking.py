@@ -27,10 +27,17 @@ class LoggerConfig:
     tags: List[str] = field(default_factory=list)  # W&B run tags
 
 
-def start(names: list[str], cfg: LoggerConfig, run: RunInfo) -> list[Sink]:
+def backend_problems(logger: Any) -> list[str]:
+    """What is wrong with `logger.backends` (plan time, beside the other out-of-range values)."""
+    names = list(logger.get("backends") or []) if logger is not None else []
     unknown = [n for n in names if n not in BACKENDS]
-    if unknown:
-        raise ConfigError(f"logger.backends: unknown {unknown}; valid: {', '.join(BACKENDS)} (or [] for none)")
+    return [f"logger.backends: unknown {unknown}; valid: {', '.join(BACKENDS)} (or [] for none)"] if unknown else []
+
+
+def start(names: list[str], cfg: LoggerConfig, run: RunInfo) -> list[Sink]:
+    problems = backend_problems({"backends": names})
+    if problems:
+        raise ConfigError(problems[0])
     sinks = []
     for name in dict.fromkeys(names):
         module, cls = BACKENDS[name]

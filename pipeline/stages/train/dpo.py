@@ -100,7 +100,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
         eval_set = _image_pairs(cfg.eval_dataset, cfg.eval_limit) if cfg.eval_dataset is not None else None
     else:
         tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
-        train_set = preference_pairs(cfg.dataset, ctx.hardware)
+        train_set = preference_pairs(cfg.dataset, ctx.hardware, tagged=True)
         eval_set = preference_pairs(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = TrlDPOConfig(**trainer_arguments(cfg, source, ctx), beta=cfg.beta, label_smoothing=cfg.label_smoothing,
                         **_trl_losses(cfg))
@@ -108,6 +108,7 @@ def run(cfg: DPOConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     model, peft_config, reference, how = policy_and_reference(cfg, source, ctx)
     ctx.log(f"{how}; beta {cfg.beta}, loss {'+'.join(args.loss_type)}, {len(train_set)} pairs")
     run = Run(cfg, ctx)
+    train_set = run.untag(train_set, cfg.dataset)
     trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=run.callbacks())
     metrics = run.finish(trainer, source, tokenizer, train_set, eval_set)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.data import mixture
 from pipeline.data.datasets import prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
@@ -56,7 +57,8 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
     source = inputs.primary
     tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
-    chats = prepared(cfg.dataset, "sft", hardware=ctx.hardware, desc="chats").select_columns(["messages"])
+    chats = prepared(cfg.dataset, "sft", hardware=ctx.hardware, desc="chats")
+    chats = chats.select_columns(["messages", *[c for c in chats.column_names if c == mixture.SOURCE_COLUMN]])
     args = GKDConfig(
         output_dir=str(ctx.out_dir / "trainer"), max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -71,6 +73,7 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     shared_vocabulary(cfg, student, teacher, inputs, ctx)
     ctx.log(f"GKD: student {source.path} ({how}), lmbda {cfg.lmbda}, beta {cfg.beta}, {len(chats)} chats")
     training = Run(cfg, ctx)
+    chats = training.untag(chats, cfg.dataset)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=chats,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=training.callbacks())
     metrics = training.finish(trainer, source, tokenizer, chats, None)

@@ -63,7 +63,7 @@ def unpaired_rows(spec: DatasetSpec, hardware: dict, limit: int | None = None):
     """The rows trl reads ({prompt, completion, label}, Arrow); preference pairs are split in two."""
     from trl.data_utils import unpair_preference_dataset
 
-    rows = prepared(spec, "unpaired", hardware=hardware, desc="unpaired rows")
+    rows = prepared(spec, "unpaired", hardware=hardware, desc="unpaired rows")  # a mixture's tags: dropped below
     if "chosen" in rows.column_names:
         rows = unpair_preference_dataset(rows.select_columns(["prompt", "chosen", "rejected"]))
     rows = rows.select_columns(["prompt", "completion", "label"])

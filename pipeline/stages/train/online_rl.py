@@ -27,14 +27,15 @@ from pipeline.errors import ConfigError, PlanError
 from pipeline.models.loading import load_causal_lm, load_reward_model, load_tokenizer, save_tokenizer
 from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive, setting
-from pipeline.stages.train.preference import Run
+from pipeline.stages.train.preference import Run, trainable_policy
 from pipeline.stages.train.sft import Method
 from pipeline.training import checkpoints
 from pipeline.training.checkpoints import CheckpointSpec
-from pipeline.training.common import SCHEDULERS, LoraSpec, device_args, lora_config, policy_artifact, save_policy
+from pipeline.training.common import SCHEDULERS, LoraSpec, device_args, policy_artifact, save_policy
 from pipeline.training import difficulty
 from pipeline.training.difficulty import DifficultySpec
 from pipeline.training.rewards import build, parse, resolve
+from pipeline.training.vision import VisionSpec
 
 BASE = "base"  # the chain's model as an input name (pipeline.engine.plan.BASE)
 VLLM_CHOICES = ("auto", "true", "false")
@@ -77,6 +78,8 @@ class OnlineRL(StageConfig):
                                          help="mid-stage checkpoints in the stage's temporary store folder; a re-run "
                                               "resumes")
     lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter; an input adapter keeps its own")
+    vision: VisionSpec = setting(factory=VisionSpec, help="a vision-language model: which image-side parts a new "
+                                                          "adapter trains")
     difficulty: DifficultySpec = setting(factory=DifficultySpec,
                                          help="train only on prompts the input policy sometimes passes (pass rate "
                                               "measured before training; samples 0: off)")
@@ -190,21 +193,14 @@ def reward_curve(log_history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def _policy(cfg: OnlineRL, source: Artifact, ctx: StageContext):
-    """The model to train and how: (model, peft_config, what the log says)."""
-    from peft import PeftModel
-
-    if source.kind == ArtifactKind.adapter and cfg.method == Method.lora:
-        base = load_causal_lm(Artifact(kind="model", path=source.base_model, fingerprint=""), ctx.model, ctx.device)
-        # The adapter keeps training; trl freezes a copy of it as the reference ("ref" adapter).
-        return PeftModel.from_pretrained(base, source.path, is_trainable=True), None, "continuing the input adapter"
-    if source.kind == ArtifactKind.adapter:  # full training from a merged adapter: the reference must be the merged model
+    """The model to train and how: (model, peft_config, what the log says). An adapter trained in full is merged
+    into a folder first: trl builds the reference for beta > 0 from the policy's folder, which must be the merged
+    model, not the adapter's base."""
+    if source.kind == ArtifactKind.adapter and cfg.method != Method.lora:
         merged_dir = ctx.out_dir / "_policy_start"
         load_causal_lm(source, ctx.model, ctx.device, merge_adapter=True).save_pretrained(str(merged_dir))
         source = Artifact(kind="model", path=str(merged_dir), fingerprint="")
-    model = load_causal_lm(source, ctx.model, ctx.device)
-    if cfg.method == Method.lora:
-        return model, lora_config(cfg.lora, ctx.model.lora_target_modules, model=model, log=ctx.log), "new LoRA adapter"
-    return model, None, "full model"
+    return trainable_policy(cfg, source, ctx)
 
 
 def _reward_models(cfg: OnlineRL, ctx: StageContext) -> dict[str, tuple[Any, Any]]:
@@ -272,6 +268,7 @@ def train_online(cfg: OnlineRL, inputs: Inputs, ctx: StageContext, trainer_class
     ctx.log(f"{label}: {how}; G={cfg.num_generations}, {cfg.per_device_train_batch_size // cfg.num_generations} "
             f"prompts/step, rewards {', '.join(f'{s.label} x{s.weight:g}' for s in specs)}; generation with {generation}")
     training = Run(cfg, ctx)
+    dataset = training.untag(dataset, cfg.dataset)
     trainer = trainer_class(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
                             processing_class=tokenizer, reward_processing_classes=reward_tokenizers,
                             peft_config=peft_config, **cfg.trainer_inputs(tokenizer, ctx.log),

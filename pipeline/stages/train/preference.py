@@ -17,6 +17,7 @@ from typing import Optional
 from omegaconf import MISSING
 
 from pipeline.artifact import Artifact, ArtifactKind
+from pipeline.data import mixture
 from pipeline.data.datasets import prepared
 from pipeline.engine.context import StageContext
 from pipeline.engine.contract import StageConfig
@@ -115,10 +116,12 @@ def policy_and_reference(cfg: PreferenceTraining, source: Artifact, ctx: StageCo
     return model, peft_config, reference, f"{how}; {ref_text}"
 
 
-def preference_pairs(spec, hardware: dict, limit: int | None = None):
-    """Preference records in trl's conversational form (Arrow, never a Python list); the three keys trl reads."""
+def preference_pairs(spec, hardware: dict, limit: int | None = None, tagged: bool = False):
+    """Preference records in trl's conversational form (Arrow, never a Python list); the three keys trl reads
+    (`tagged`: and a mixture's entry tags, which Run.untag takes off)."""
     rows = prepared(spec, "preference", hardware=hardware, desc="preference pairs")
-    rows = rows.select_columns(["prompt", "chosen", "rejected"])
+    tags = [mixture.SOURCE_COLUMN] if tagged and mixture.SOURCE_COLUMN in rows.column_names else []
+    rows = rows.select_columns(["prompt", "chosen", "rejected", *tags])
     return rows.select(range(limit)) if limit and limit < len(rows) else rows
 
 
@@ -141,6 +144,14 @@ class Run:
     def __init__(self, cfg: PolicyTraining, ctx: StageContext):
         self.cfg, self.ctx = cfg, ctx
         self.health = HealthMonitor(cfg.max_steps, cfg.max_grad_norm, cfg.lr_scheduler_type, cfg.warmup_steps, ctx.log)
+        self.sources: list[int] | None = None
+        self.spec = None
+
+    def untag(self, dataset, spec):
+        """The training rows without a mixture's entry tags; finish() reports the share each entry gave."""
+        dataset, self.sources = mixture.split_sources(dataset)
+        self.spec = spec
+        return dataset
 
     def callbacks(self) -> list:
         return [self.ctx.tracker.trainer_callback(self.ctx.name), self.health.callback(),
@@ -150,6 +161,7 @@ class Run:
         """Train (resuming a checkpoint), score the held-out set (`score`: trainer.evaluate()'s figures under
         short names, default `held_out`), save the policy and tokenizer; the metrics every such stage reports."""
         cfg, ctx = self.cfg, self.ctx
+        draws = mixture.count_draws(trainer, self.sources, self.spec)
         started = time.time()
         result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
         runtime = round(time.time() - started, 2)
@@ -161,7 +173,8 @@ class Run:
         return {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                 "train_runtime": runtime, "train_records": len(train_set),
                 **loss_curve(trainer.state.log_history), **evaluated,
-                "eval_records": len(eval_set) if eval_set is not None else 0, "health_warnings": self.health.warnings}
+                "eval_records": len(eval_set) if eval_set is not None else 0, "health_warnings": self.health.warnings,
+                **(draws.metrics() if draws else {})}
 
 
 def held_out(results: dict) -> dict[str, float]:

@@ -40,12 +40,13 @@ def train_on_pairs(cfg, inputs: Inputs, ctx: StageContext, trainer_class, config
     held-out reward margin and accuracy."""
     source = inputs.primary
     tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
-    train_set = preference_pairs(cfg.dataset, ctx.hardware)
+    train_set = preference_pairs(cfg.dataset, ctx.hardware, tagged=True)
     eval_set = preference_pairs(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = config_class(**trainer_arguments(cfg, source, ctx), **loss_args)
     model, peft_config, how = trainable_policy(cfg, source, ctx)
     ctx.log(f"{how}; no reference model; {describe}, {len(train_set)} pairs")
     run = Run(cfg, ctx)
+    train_set = run.untag(train_set, cfg.dataset)
     trainer = trainer_class(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                             processing_class=tokenizer, peft_config=peft_config, callbacks=run.callbacks())
     metrics = run.finish(trainer, source, tokenizer, train_set, eval_set)

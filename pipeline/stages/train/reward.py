@@ -88,7 +88,7 @@ def run(cfg: RewardStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
 
     source = inputs.primary
     tokenizer = load_tokenizer(source.tokenizer_dir(), ctx.model)
-    train_set = preference_pairs(cfg.dataset, ctx.hardware)
+    train_set = preference_pairs(cfg.dataset, ctx.hardware, tagged=True)
     eval_set = preference_pairs(cfg.eval_dataset, ctx.hardware, cfg.eval_limit) if cfg.eval_dataset is not None else None
     args = RewardConfig(**trainer_arguments(cfg, source, ctx), center_rewards_coefficient=cfg.center_rewards_coefficient)
     scorer = scorer_from(source, ctx)
@@ -99,6 +99,7 @@ def run(cfg: RewardStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     ctx.log(f"reward model from {source.kind} {source.path}: {'LoRA + head' if peft_config else 'full model'}; "
             f"{len(train_set)} pairs")
     run_ = Run(cfg, ctx)
+    train_set = run_.untag(train_set, cfg.dataset)
     trainer = RewardTrainer(model=scorer, args=args, train_dataset=train_set, eval_dataset=eval_set,
                             processing_class=tokenizer, peft_config=peft_config, callbacks=run_.callbacks())
     before = held_out(trainer.evaluate(), "_before") if eval_set is not None else {}

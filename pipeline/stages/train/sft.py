@@ -17,6 +17,7 @@ from omegaconf import MISSING
 
 from pipeline.artifact import Artifact, ArtifactKind
 from pipeline.data.chat_tokens import tokenize_chats, tokenize_record, truncated
+from pipeline.data import mixture
 from pipeline.data.datasets import DatasetSpec, load, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
@@ -147,6 +148,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     else:  # Arrow end to end, tokenized once per data and tokenizer version (datasets' cache)
         dataset = prepared(cfg.dataset, "sft", partial(tokenize_record, tokenizer=tokenizer, turns=turns,
                                                        max_length=cfg.max_length), ctx.hardware, desc="tokenizing chats")
+    dataset, sources = mixture.split_sources(dataset)  # a mixture: each row's entry, to count what training draws
     speed = speed_args(cfg, ctx.device, source) if not vision else {**speed_args(cfg, ctx.device, source),
                                                                      "packing": False, "padding_free": False}
     batching = "packed" if speed["packing"] else "padding-free" if speed["padding_free"] else "padded"
@@ -175,6 +177,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
         callbacks=[ctx.tracker.trainer_callback(ctx.name), health.callback(), checkpoints.callback(cfg.checkpoint)],
         **(trainer_kwargs or {}))
+    draws = mixture.count_draws(trainer, sources, cfg.dataset) if not speed["packing"] else None  # packed rows mix entries
     started = time.time()
     result = trainer.train(resume_from_checkpoint=checkpoints.resume_point(ctx.out_dir, cfg.max_steps, ctx.log))
     trainer.save_model(str(ctx.out_dir))  # rank 0 only when distributed (gathered under DeepSpeed / FSDP)
@@ -184,7 +187,7 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime": round(time.time() - started, 2), "train_records": len(dataset), "batching": batching,
                **loss_curve(trainer.state.log_history, ("loss", *logged)),
-               "health_warnings": health.warnings, **share}
+               "health_warnings": health.warnings, **share, **(draws.metrics() if draws else {})}
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps ({batching} batches)")
     if cfg.method == Method.full:
