@@ -1,6 +1,8 @@
 """Plans and data preparation at scale: a dry run of the default chain with a large SFT file, first (every
 record checked) and again (the check known from the store), against a dry run with the shipped data; and a
-GRPO prompt set of the same size prepared as a datasets.Dataset. Prints seconds, peak RSS and the ratios.
+GRPO prompt set of the same size prepared as a datasets.Dataset; and 50 SFT steps streamed from the large file
+(`streaming: true`, its check already known) against the same from the shipped file, whose peak RSS should
+match: a stream's memory does not grow with the file. Prints seconds, peak RSS and the ratios.
 
     python scripts/bench_data.py [--records 1000000] [--out FILE]
 
@@ -65,12 +67,19 @@ def main() -> None:
     result["first"] = measured(plan + [f"data.sft.path={sft}"], env)
     result["again"] = measured(plan + [f"data.sft.path={sft}"], env)
     result["prompts_prepared"] = measured([sys.executable, "-c", PREPARE, str(prompts)], env)
+    train = [*plan[:2], "~stages.eval_base", "~stages.eval_tuned", "+data.sft.streaming=true", "stages.sft.max_steps=50",
+             f"hydra.run.dir={work / 'train'}", "logger=none"]
+    result["stream_shipped"] = measured(train, env)
+    result["stream_large"] = measured(train + [f"data.sft.path={sft}"], env)
+    result["stream_large_vs_shipped_rss"] = round(result["stream_large"]["peak_rss_mb"] /
+                                                  result["stream_shipped"]["peak_rss_mb"], 2)
     result["first_vs_shipped"] = round(result["first"]["s"] / result["shipped"]["s"], 2)
     result["again_vs_shipped"] = round(result["again"]["s"] / result["shipped"]["s"], 2)
     print(f"{args.records} records ({result['sft_file_mb']} MB of chats)")
-    for key in ("shipped", "first", "again", "prompts_prepared"):
+    for key in ("shipped", "first", "again", "prompts_prepared", "stream_shipped", "stream_large"):
         print(f"  {key:17} {result[key]['s']:7.1f} s  peak RSS {result[key]['peak_rss_mb']:5} MB")
     print(f"  first plan / shipped plan: {result['first_vs_shipped']}x; again / shipped: {result['again_vs_shipped']}x")
+    print(f"  50 streamed steps, peak RSS large / shipped file: {result['stream_large_vs_shipped_rss']}x")
     line = json.dumps(result)
     print(line)
     if args.out:

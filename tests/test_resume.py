@@ -80,3 +80,10 @@ def test_a_killed_dpo_resumes_from_its_last_checkpoint(tiny_llama, tmp_path):
                  "stages.dpo.per_device_train_batch_size=2", "stages.dpo.learning_rate=1e-3",
                  "stages.dpo.checkpoint.every_steps=10"]
     _kill_and_resume(overrides, tmp_path, "dpo", 30)
+
+
+@pytest.mark.slow
+def test_a_killed_streamed_sft_resumes_at_the_next_record(tiny_llama, tmp_path):
+    """A streamed dataset (an IterableDataset read as training goes): the resumed trainer replays the stream
+    past what it consumed, so it ends with the uninterrupted run's adapter, not one trained on repeated rows."""
+    _kill_and_resume([*_overrides(tiny_llama), "+data.sft.streaming=true"], tmp_path, "sft", STEPS)

@@ -105,11 +105,28 @@ def prepared(spec: DatasetSpec | Mapping[str, Any] | str, purpose: str,
     carry their entry's index in mixture.SOURCE_COLUMN (mixture.split_sources takes it off)."""
     spec = as_spec(spec)
     if spec.mixture:
-        parts = [prepared(e.spec, purpose, transform, hardware, f"{desc or purpose} ({e.name})")
-                 for e in mixture.entries(spec)]
+        parts = [prepared(dataclasses.replace(e.spec, streaming=e.spec.streaming or spec.streaming), purpose,
+                          transform, hardware, f"{desc or purpose} ({e.name})") for e in mixture.entries(spec)]
         return mixture.interleave(parts, spec)
     check_spec(spec, purpose)
+    if spec.streaming:
+        return _streamed(spec, purpose, transform)
     return arrow.prepared(spec, purpose, transform, hardware, desc)
+
+
+def _streamed(spec: DatasetSpec, purpose: str, transform: Optional[Callable[[dict], dict]]):
+    """The records as a datasets.IterableDataset, read, converted and transformed as training asks for them
+    (nothing cached, memory flat in the file's size). Deterministic: a resumed trainer replays it and skips
+    what it consumed, so it goes on at the next record."""
+    import datasets
+
+    return datasets.IterableDataset.from_generator(_stream_records, gen_kwargs={"spec": spec, "purpose": purpose,
+                                                                              "transform": transform})
+
+
+def _stream_records(spec: DatasetSpec, purpose: str, transform):
+    for record in records.canonical(spec, purpose):
+        yield transform(record) if transform else arrow.arrow_form(record)
 
 
 def fingerprint(spec: DatasetSpec | Mapping[str, Any] | str, cache: "CheckCache | None" = None) -> str:

@@ -94,13 +94,18 @@ def interleave(parts: list, spec: DatasetSpec):
               in enumerate(zip(parts, found))]
     mixed = datasets.interleave_datasets(tagged, probabilities=probabilities(found), seed=spec.mixture_seed,
                                          stopping_strategy=spec.stopping)
-    return mixed.select(range(min(spec.limit, len(mixed)))) if spec.limit else mixed
+    if not spec.limit:
+        return mixed
+    return mixed.take(spec.limit) if isinstance(mixed, datasets.IterableDataset) else \
+        mixed.select(range(min(spec.limit, len(mixed))))
 
 
 def split_sources(dataset) -> tuple[Any, Optional[list[int]]]:
     """(the dataset without its entry tags, each row's entry index); (dataset, None) for a single set."""
     if SOURCE_COLUMN not in (dataset.column_names or []):
         return dataset, None
+    if not hasattr(dataset, "__len__"):  # a stream: no sampler to count draws with
+        return dataset.remove_columns(SOURCE_COLUMN), None
     return dataset.remove_columns(SOURCE_COLUMN), list(dataset[SOURCE_COLUMN])
 
 

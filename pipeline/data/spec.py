@@ -27,6 +27,8 @@ class DatasetSpec:
     columns: Dict[str, str] = setting(factory=dict, help="source column -> canonical key")
     remote_images: bool = setting(False, "accept http(s) image URLs in chats: not fetched, so not checked, at plan "
                                          "time; the stage fetches them")
+    streaming: bool = setting(False, "training reads the records as it goes (datasets.IterableDataset), tokenized on "
+                                     "the fly: for corpora larger than the disk or memory; needs max_steps")
     mixture: List[Any] = setting(factory=list, help="several sets at once: entries {path, weight, name, and any key "
                                                     "above}; each record is drawn from entry i with probability "
                                                     "weight_i / sum of weights (pipeline/data/mixture.py); path: null")

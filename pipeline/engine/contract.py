@@ -10,6 +10,8 @@ below on every stage, in this order, and names no stage kind; a kind overrides o
                                   (its architecture, whether it takes images)
     check_device(where, device)   when the stage will run: what only the device can tell (4-bit kernels...)
     unused_datasets()             dataset fields this configuration does not read (not checked, not hashed)
+    streamed_datasets()           dataset fields it can train from as a stream (`streaming: true`); the plan
+                                  refuses streaming anywhere else, and without a positive max_steps
     memory_profile(sources)       what it does with the model, for the memory plan
     disk_bytes(n_params, dtype)   what it writes to the store, for the disk check
     also_reads()                  earlier stages it reads besides its inputs (an optional stage's skip follows)
@@ -55,6 +57,11 @@ class StageConfig:
 
     def unused_datasets(self) -> set[str]:
         """Names of DatasetSpec fields this configuration does not read."""
+        return set()
+
+    @classmethod
+    def streamed_datasets(cls) -> set[str]:
+        """Names of DatasetSpec fields it can read as a stream (datasets.IterableDataset)."""
         return set()
 
     def memory_profile(self, sources: list[Any]) -> Workload:

@@ -213,6 +213,8 @@ def _type_stages(cfg: DictConfig, plan: Plan, problems: list[str]) -> list[tuple
                     raise
                 cannot_run = str(e)
         inputs = _resolve_inputs(name, spec, typed.inputs, produced)
+        if not out_of_range:
+            _check_streaming(typed, f"stages.{name}")
         if not problems:  # what only the chain's model can tell
             try:
                 typed.check_family(f"stages.{name}", local_folder(plan.model.path))
@@ -230,6 +232,20 @@ def _type_stages(cfg: DictConfig, plan: Plan, problems: list[str]) -> list[tuple
         raise ConfigError(f"{len(problems)} value(s) out of range:\n  " + "\n  ".join(problems)
                           if len(problems) > 1 else problems[0])
     return unrunnable
+
+
+def _check_streaming(cfg: Any, where: str) -> None:
+    """A streamed dataset only where the kind reads streams, and with a step count (a stream has no length)."""
+    streamed = [f.name for f in dataclasses.fields(cfg)
+                if isinstance(getattr(cfg, f.name), data.DatasetSpec) and getattr(cfg, f.name).streaming]
+    for name in streamed:
+        if name not in cfg.streamed_datasets():
+            can = ", ".join(k for k in registry.kinds() if registry.get(k).config_cls.streamed_datasets())
+            raise ConfigError(f"{where}.{name}.streaming: this stage kind reads its data whole; streaming works for "
+                              f"{can} (set streaming: false here)")
+        if getattr(cfg, "max_steps", -1) <= 0:
+            raise ConfigError(f"{where}.max_steps: {getattr(cfg, 'max_steps', None)}, but {name} is streamed and a "
+                              f"stream has no length; set max_steps to the steps to train")
 
 
 def _spec_of(name: str, node: Any) -> registry.StageSpec:
@@ -256,7 +272,8 @@ def _fingerprint(plan: Plan, cfg: DictConfig, hardware: dict) -> None:
                 checked = data.check(dataset, purpose, checks)
             except data.DataError as e:  # still a DataError, now naming the key that points at the data
                 raise data.DataError(f"stages.{step.name}.{field_name}: {e}") from None
-            step.data_notes.append(f"{field_name} <- {dataset.path or 'mixture'} ({checked.describe(purpose)})")
+            streamed = ", streamed" if dataset.streaming else ""
+            step.data_notes.append(f"{field_name} <- {dataset.path or 'mixture'} ({checked.describe(purpose)}{streamed})")
             data_fps.append(data.fingerprint(dataset, checks))
         step.fingerprint_inputs = fingerprint_inputs(
             step.kind, _plain(step.cfg), [fingerprints[i] for i in step.input_names], data_fps,

@@ -79,6 +79,10 @@ class Taught(SFTConfig):
     # what to do when the teacher's vocabulary differs
     other_vocabulary_hint = "use a teacher of the student's tokenizer"
 
+    @classmethod
+    def streamed_datasets(cls) -> set[str]:
+        return set()  # the teacher's passes read the whole set
+
     def same_vocabulary(self) -> bool:
         """Whether student and teacher are compared id by id (so need one vocabulary)."""
         return True

@@ -83,6 +83,10 @@ class SFTConfig(StageConfig):
     lora: LoraSpec = setting(factory=LoraSpec, help="LoRA settings of a new adapter")
     vision: VisionSpec = setting(factory=VisionSpec, help="a vision-language model: which image-side parts train")
 
+    @classmethod
+    def streamed_datasets(cls) -> set[str]:
+        return {"dataset"}
+
     def memory_profile(self, sources):
         return Workload(kind="train", method=self.method.value, batch=self.per_device_train_batch_size,
                         length=self.max_length, lora_rank=self.lora.r, gradient_checkpointing=self.gradient_checkpointing)
@@ -185,7 +189,8 @@ def train(cfg: SFTConfig, inputs: Inputs, ctx: StageContext, load_model, meta: d
         save_tokenizer(tokenizer, source, ctx.out_dir)
         _remove_trainer_dir(ctx.out_dir / "trainer")
     metrics = {"train_loss": float(result.training_loss), "train_steps": int(result.global_step),
-               "train_runtime": round(time.time() - started, 2), "train_records": len(dataset), "batching": batching,
+               "train_runtime": round(time.time() - started, 2), "train_records": len(dataset) if hasattr(dataset, "__len__") else "streamed",
+               "batching": batching,
                **loss_curve(trainer.state.log_history, ("loss", *logged)),
                "health_warnings": health.warnings, **share, **(draws.metrics() if draws else {})}
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
