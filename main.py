@@ -14,8 +14,8 @@ from pipeline.engine.cli import command, precheck_overrides, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)  # sweep.objective's value: what a searching sweeper (Optuna) optimizes
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import stopping
-from pipeline.engine import plugins, registry
+from pipeline.engine import plugins, registry, sweep
 from pipeline.engine.configstore import register
 from pipeline.engine.runner import run_chain
 from pipeline.engine.typed_config import unknown_key_message
@@ -194,7 +194,7 @@ def _threads(hardware: DictConfig) -> None:
         torch.set_num_threads(int(threads))
 
 
-def run(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -206,7 +206,8 @@ def run(cfg: DictConfig) -> None:
     group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
     try:
         _threads(cfg.hardware)
-        run_chain(cfg, run_dir, recipe, list(hydra_cfg.overrides.task), group)
+        record = run_chain(cfg, run_dir, recipe, list(hydra_cfg.overrides.task), group)
+        return sweep.objective_value(cfg, record)
     except TunechainError as e:
         fail(str(e))
     except stopping.Interrupted as stop:  # chain.json says interrupted; exit as the signal would have ended us

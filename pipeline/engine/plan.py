@@ -19,7 +19,7 @@ from pipeline.artifact import Artifact
 from pipeline.data import datasets as data
 from pipeline.data.check_cache import CheckCache
 from pipeline.data.lengths import longest_of, sample_lengths
-from pipeline.engine import launch, registry, tracking
+from pipeline.engine import launch, registry, sweep, tracking
 from pipeline.engine.fingerprint import environment, fingerprint_inputs, fingerprint_of
 from pipeline.engine.store import Store
 from pipeline.engine.typed_config import typed_config
@@ -156,6 +156,7 @@ def build_plan(cfg: DictConfig, store: Store, recipe: str = "?", device: str | N
                           f"to a folder")
     plan = Plan(recipe=recipe, model=model, base=base_artifact(model), steps=[], store=store, device=device or "-")
     unrunnable = _type_stages(cfg, plan, problems)
+    sweep.check_objective(cfg, [s.name for s in plan.steps])
     for step, reason in unrunnable:
         if step in plan.steps:
             _skip(plan, step, reason)
