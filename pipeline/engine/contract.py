@@ -15,6 +15,8 @@ below on every stage, in this order, and names no stage kind; a kind overrides o
     memory_profile(sources)       what it does with the model, for the memory plan
     disk_bytes(n_params, dtype)   what it writes to the store, for the disk check
     also_reads()                  earlier stages it reads besides its inputs (an optional stage's skip follows)
+    drop_inputs(names)            an optional stage it reads was skipped at plan time: go on without it (True),
+                                  or be skipped too (False, the default)
 
 A DatasetSpec field whose metadata says `images=True` (image questions: the exports' parity_images) is read,
 checked and hashed for a vision-language model only, so the shipped data can name image sets that a text
@@ -75,3 +77,8 @@ class StageConfig:
     def also_reads(self) -> set[str]:
         """Names of earlier stages it reads besides `inputs` (a stage it compares with, a judge, a teacher)."""
         return set()
+
+    def drop_inputs(self, names: set[str]) -> bool:
+        """Stages it reads that were skipped (optional, cannot run here): True if it goes on without them,
+        having removed them from its inputs; False (the default) skips it as well."""
+        return False

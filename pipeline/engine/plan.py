@@ -328,7 +328,11 @@ def _skip(plan: Plan, step: Step, reason: str) -> None:
     """Drop an optional stage that cannot run here, and every later stage that reads or compares with it."""
     dropped = {step.name}
     for later in plan.steps:
-        if later.name in dropped or dropped & (set(later.input_names) | later.cfg.also_reads()):
+        read = dropped & (set(later.input_names) | later.cfg.also_reads())
+        if later.name not in dropped and read and later.cfg.drop_inputs(read):  # it goes on without them
+            later.input_names = [n for n in later.input_names if n not in read]
+            continue
+        if later.name in dropped or read:
             dropped.add(later.name)
     plan.steps = [s for s in plan.steps if s.name not in dropped]
     plan.skipped.append(f"{', '.join(sorted(dropped))}: skipped (optional) because {reason}")

@@ -103,6 +103,23 @@ def exports(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ship_gate(entries: list[dict[str, Any]]) -> list[str]:
+    """A select stage's choice and why each other variant lost (its manifest keeps every verdict)."""
+    import json
+
+    lines = []
+    for e in entries:
+        manifest = Path(e.get("artifact") or "") / "artifact.json"
+        if "selected" not in e.get("metrics", {}) or not manifest.is_file():
+            continue
+        selection = json.loads(manifest.read_text()).get("meta", {}).get("selection", {})
+        lines.append(f"{e['name']}: {e['metrics']['selected']} handed on (smallest keeping "
+                     f"{selection.get('min_retained', 0):.0%} of {selection.get('reference')}'s "
+                     f"{selection.get('metric')} on the interval's lower end)")
+        lines += [f"{e['name']}: {v['export']}: {v['why']}" for v in selection.get("verdicts", [])]
+    return lines
+
+
 def serving(entries: list[dict[str, Any]]) -> list[str]:
     lines = []
     for e in entries:
@@ -389,6 +406,8 @@ def write(run_dir: Path, record: dict[str, Any], tracker) -> Path:
         lines += ["## Image answers", ""] + shown + [""]
     if exports(record["stages"]):
         lines += ["## Exports (parity with the source model)", ""] + [f"- {x}" for x in exports(record["stages"])] + [""]
+    if ship_gate(record["stages"]):
+        lines += ["## Ship gate", ""] + [f"- {x}" for x in ship_gate(record["stages"])] + [""]
     if serving(record["stages"]):
         lines += ["## Serving", ""] + [f"- {x}" for x in serving(record["stages"])] + [""]
     if judge_distributions(record["stages"]):
@@ -430,6 +449,7 @@ def terminal_summary(run_dir: Path, record: dict[str, Any], tracker) -> str:
         lab_widths = [max(len(r[c]) for r in lab) for c in range(len(lab[0]))]
         lines += ["  variants:"] + ["    " + "  ".join(cell.ljust(w) for cell, w in zip(row, lab_widths)) for row in lab]
     lines += ["  export " + x for x in exports(record["stages"])]
+    lines += ["  ship   " + x for x in ship_gate(record["stages"])]
     lines += ["  serve  " + x for x in serving(record["stages"])]
     lines += ["  health: " + w for w in health(record["stages"])]
     lines += ["  " + line for line in _locations(run_dir, record, tracker)]
