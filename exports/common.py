@@ -15,7 +15,7 @@ from pipeline.models.loading import load_causal_lm, local_folder, model_class
 
 # Stage kinds whose checkpoints are quantized: they cannot be quantized again, and llama.cpp's
 # converter cannot read them.
-QUANTIZED_KINDS = ("bnb", "gptq")
+QUANTIZED_KINDS = ("bnb", "gptq", "compressed")
 
 
 def refuse_quantized_input(where: str, inputs: Optional[List[str]], earlier: dict) -> None:
@@ -47,6 +47,22 @@ def probe_texts(cfg: ParityFields, tokenizer, limit: int = 8) -> list[str]:
     return [tokenizer.apply_chat_template([{"role": "user", "content": r["question"]},
                                            {"role": "assistant", "content": r["answer"]}], tokenize=False)
             for r in records]
+
+
+def calibration_batches(cfg: Any, tokenizer, log) -> list[dict[str, list[int]]]:
+    """The first n_samples chats of cfg.calibration (a stage config with n_samples and max_seq_len), rendered with the chat template and cut to max_seq_len tokens."""
+    records = load(cfg.calibration, "sft")[:cfg.n_samples]
+    if not tokenizer.chat_template:
+        log("warning: the tokenizer has no chat template; calibrating on the chats' contents joined by newlines")
+    batches = []
+    for record in records:
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template(record["messages"], tokenize=False)
+        else:
+            text = "\n".join(m["content"] for m in record["messages"])
+        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=cfg.max_seq_len)["input_ids"]
+        batches.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    return batches
 
 
 def _next_token_ids(model, tokenizer, texts: list[str], device: str, shape_of: list) -> list:

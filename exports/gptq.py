@@ -28,10 +28,10 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from exports.common import probe_texts, refuse_quantized_input, reload_check, size_metrics
+from exports.common import calibration_batches, probe_texts, refuse_quantized_input, reload_check, size_metrics
 from exports.parity import PARITY_PERCENT, ParityFields, compare_with_source
 from pipeline.artifact import Artifact
-from pipeline.data.datasets import DatasetSpec, load
+from pipeline.data.datasets import DatasetSpec
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import stage
 from pipeline.errors import ConfigError, PlanError
@@ -139,22 +139,6 @@ def check_group_size(where: str, group_size: int, config: dict, source: str) -> 
         hint = f"; {', '.join(map(str, divisors))} divide every layer" if divisors else ""
         raise ConfigError(f"{where}.group_size: {group_size} does not divide the input size of every linear layer "
                           f"of {source} ({sizes}); use a divisor of all of them or -1 (one group per row){hint}")
-
-
-def calibration_batches(cfg: GPTQConfig, tokenizer, log) -> list[dict[str, list[int]]]:
-    """The first n_samples chats, rendered with the chat template and cut to max_seq_len tokens."""
-    records = load(cfg.calibration, "sft")[:cfg.n_samples]
-    if not tokenizer.chat_template:
-        log("warning: the tokenizer has no chat template; calibrating on the chats' contents joined by newlines")
-    batches = []
-    for record in records:
-        if tokenizer.chat_template:
-            text = tokenizer.apply_chat_template(record["messages"], tokenize=False)
-        else:
-            text = "\n".join(m["content"] for m in record["messages"])
-        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=cfg.max_seq_len)["input_ids"]
-        batches.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
-    return batches
 
 
 def quant_log_metrics(folder: Path) -> dict[str, float]:
