@@ -3,6 +3,7 @@ the store, and the sweep folder ranks the trials and plots the objective against
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -47,3 +48,24 @@ def test_optuna_searches_a_chain_sharing_the_store(tiny_llama, tmp_path):
     rows = [line for line in (sweep / "summary.md").read_text().splitlines()[2:]]
     assert rows[0].startswith(f"| {min(objectives, key=objectives.get)} |") and len(rows) == 3
     assert "stages.sft.lora.r=" in rows[0] and (sweep / "objective.png").stat().st_size > 5000
+
+
+def test_a_job_whose_loss_trails_the_earlier_ones_is_pruned_and_commits_nothing(tiny_llama, tmp_path):
+    """Two jobs (Hydra's basic sweeper, in order): lr 1e-2 trains; lr 1e-7's loss stays where it started, worse
+    than the first job's a few steps in, so Optuna's MedianPruner stops it there: chain.json says pruned, the
+    stages after it never run, and only the first job's adapter is in the store."""
+    result = run_main(["-m", *tiny_overrides(tiny_llama), "data.sft.limit=32", "stages.sft.max_steps=8",
+                       "stages.sft.learning_rate=1e-2,1e-7", "stages.eval_base.tasks=[perplexity]",
+                       "stages.eval_tuned.tasks=[perplexity]", "sweep.objective=eval_tuned.perplexity",
+                       "sweep.prune.stage=sft", "sweep.prune.startup_trials=1", "sweep.prune.warmup_steps=1"],
+                      tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    first, second = (json.loads((tmp_path / "sweep" / job / "chain.json").read_text()) for job in ("0", "1"))
+    assert first["status"] == "done" and second["status"] == "pruned"
+    statuses = {s["name"]: s["status"] for s in second["stages"]}
+    assert statuses["sft"] == "pruned" and statuses.get("eval_tuned") in (None, "pending")
+    assert re.match(r"sft pruned at step [2-8]: loss \d+\.\d+ worse than the median of 1 earlier trials there$",
+                    next(s for s in second["stages"] if s["name"] == "sft")["error"])
+    assert len(list((tmp_path / "store" / "adapter").iterdir())) == 1
+    last = (tmp_path / "sweep" / "summary.md").read_text().splitlines()[-1]  # ranked last: no objective
+    assert last.startswith("| 1 |") and "| pruned |" in last

@@ -207,7 +207,8 @@ def run(cfg: DictConfig) -> float | None:
     try:
         _threads(cfg.hardware)
         record = run_chain(cfg, run_dir, recipe, list(hydra_cfg.overrides.task), group)
-        return sweep.objective_value(cfg, record)
+        minimize = "min" in str(hydra_cfg.sweeper.get("direction", "maximize")).lower()
+        return sweep.objective_value(cfg, record, minimize)
     except TunechainError as e:
         fail(str(e))
     except stopping.Interrupted as stop:  # chain.json says interrupted; exit as the signal would have ended us

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
 from pipeline import stopping
 from pipeline.cards import model_card
-from pipeline.engine import launch, plugins, report
+from pipeline.engine import launch, plugins, pruning, report
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.explain import explain
 from pipeline.engine.plan import BASE, Plan, Step, build_plan, dataset_fields, memory_warnings
@@ -209,6 +209,9 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
     status = "failed"
     failed: set[str] = set()  # optional stages that failed, and the stages that needed them
     current: Step | None = None  # the stage a stop signal ends
+    prune = pruning.spec_of(cfg, [s.name for s in plan.steps]) if group is not None else None
+    if prune is not None:  # a searching sweep's job: stop where its loss trails the earlier trials'
+        tracker.watchers.append(pruning.MedianStop(prune, run_dir))
     try:
         with stopping.handled(cfg.stop_grace_s):
             for step in plan.steps:
@@ -248,6 +251,10 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
                 tracker.summary(step.name, artifact.metrics)
                 tracker.log_artifact(step.name, artifact)
         status = "done"
+    except pruning.Pruned as pruned:  # the sweeper gets the worst objective; nothing of the stage is committed
+        status = "pruned"
+        record.update(current.name, status="pruned", error=str(pruned))
+        print(f"== stage {current.name}: {pruned}", flush=True)
     except stopping.Interrupted:
         status = "interrupted"
         if current is not None:

@@ -10,6 +10,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from pipeline.engine.pruning import spec_of
 from pipeline.engine.report import COMPARED, fmt
 from pipeline.errors import ConfigError
 
@@ -29,17 +30,21 @@ def objective_of(cfg: Any) -> Optional[tuple[str, str]]:
 
 
 def check_objective(cfg: Any, stages: list[str]) -> None:
-    """Plan time: the objective's stage is in the chain."""
+    """Plan time: the objective's stage (and the pruned stage) are in the chain."""
+    spec_of(cfg, stages)
     found = objective_of(cfg)
     if found and found[0] not in stages:
         raise ConfigError(f"sweep.objective: no stage '{found[0]}' in this chain; its stages: {', '.join(stages)}")
 
 
-def objective_value(cfg: Any, record: dict[str, Any]) -> Optional[float]:
-    """The job's objective, read from its chain record (None: no objective, or a dry run)."""
+def objective_value(cfg: Any, record: dict[str, Any], minimize: bool = False) -> Optional[float]:
+    """The job's objective, read from its chain record (None: no objective, or a dry run); a pruned job's is the
+    worst there is, so the sampler leaves its region."""
     found = objective_of(cfg)
     if not found or not record:
         return None
+    if record.get("status") == "pruned":
+        return float("inf") if minimize else float("-inf")
     stage, metric = found
     metrics = next((s.get("metrics") or {} for s in record["stages"] if s["name"] == stage), {})
     value = metrics.get(metric)

@@ -50,6 +50,7 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.steps: dict[str, int] = {}
+        self.watchers: list = []  # callables (stage, step, logs) seeing every training log: pipeline/engine/pruning
         self.sinks = start(list(cfg.backends), cfg, RunInfo(self.run_dir, name, group, redact(config)))
 
     def log(self, stage: str, metrics: dict[str, Any], step: int | None = None) -> None:
@@ -92,6 +93,8 @@ class Tracker:
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs:
                     tracker.log(stage, {k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+                    for watch in tracker.watchers:  # may raise pruning.Pruned: the trainer stops there
+                        watch(stage, state.global_step, logs)
 
         return _StageLogs()
 
