@@ -63,3 +63,18 @@ def test_the_plan_refuses_awq_on_cpu_and_a_quantized_input(tmp_path):
     with pytest.raises(ConfigError, match=r"^stages\.q\.inputs: 'int8' is already a bnb-quantized checkpoint"):
         plan("stages.int8.inputs=[merge]", "stages.q.inputs=[int8]", before=["+stage@stages.int8=bnb_int8"])
     assert "calibration" not in " ".join(n for s in plan().steps for n in s.data_notes if n.startswith("calib"))
+
+
+@pytest.mark.gpu
+def test_awq_exports_on_a_gpu_and_answers_like_its_source(tmp_path):
+    """AWQ W4A16 (llm-compressor's AWQModifier needs an accelerator): exported, reloaded and compared on CUDA."""
+    pytest.importorskip("llmcompressor", reason=compressed.INSTALL)
+    ctx = StageContext(name="awq", out_dir=tmp_path, run_dir=tmp_path, model=MODEL, device="cuda", seed=0, tracker=None)
+    cfg = CompressedConfig(scheme="awq_w4a16", n_samples=16, max_seq_len=256,
+                           calibration=DatasetSpec(path="embedded/data/sft_train.jsonl", format="messages"),
+                           parity_prompts=DatasetSpec(path="embedded/data/test_math.jsonl", format="gsm8k"),
+                           parity_limit=12, parity_max_new_tokens=24)
+    cfg.check_device("stages.awq", "cuda")
+    artifact = compressed.run(cfg, Inputs([SOURCE]), ctx)
+    assert artifact.format == "compressed-awq_w4a16" and artifact.metrics["compression_ratio"] > 3.0
+    assert artifact.metrics["reload_top1_agreement"] >= 0.9
