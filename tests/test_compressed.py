@@ -2,6 +2,7 @@
 of the embedded model, saved compressed, reloaded with transformers' from_pretrained(folder) alone and compared
 with the source; the plan-time refusals. The exports need llm-compressor (exports/compressed.py: INSTALL)."""
 import json
+from pathlib import Path
 
 import pytest
 from conftest import EMBEDDED, compose
@@ -41,7 +42,7 @@ def test_a_compressed_export_reloads_smaller_and_answers_like_its_source(exporte
     from transformers import AutoModelForCausalLM
 
     scheme, artifact = exported
-    saved = json.loads((EMBEDDED.parent / artifact.path / "config.json").read_text())["quantization_config"]
+    saved = json.loads((Path(artifact.path) / "config.json").read_text())["quantization_config"]
     assert saved["quant_method"] == "compressed-tensors" and artifact.format == f"compressed-{scheme}"
     model = AutoModelForCausalLM.from_pretrained(artifact.path)  # no quantization arguments
     layers = [m for m in model.modules() if hasattr(m, "quantization_scheme")]
