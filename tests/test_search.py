@@ -27,6 +27,13 @@ def test_an_objective_outside_the_chain_is_refused_at_plan_time(objective, messa
                    recipe="quickstart", device="cpu")
 
 
+def test_a_recipe_sets_the_objective_and_the_command_line_overrides_it():
+    assert compose(["recipe=quickstart_search"]).sweep.objective == "eval_tuned.math_accuracy"  # not the default's null
+    assert compose(["recipe=quickstart_search", "sweep.objective=eval_tuned.perplexity"]).sweep.objective == \
+        "eval_tuned.perplexity"
+    assert compose([]).sweep.objective is None and compose([]).sweep.prune.stage is None
+
+
 def test_optuna_searches_a_chain_sharing_the_store(tiny_llama, tmp_path):
     """3 trials of recipes/quickstart_search.yaml on a tiny model: Optuna gets each trial's objective (here
     eval_tuned's perplexity, minimized: a random model's math accuracy is 0 everywhere), the base eval is
