@@ -74,9 +74,11 @@ def summarize(sweep_dir: Path, objective: Optional[str] = None, minimize: bool =
         jobs.sort(key=lambda j: sign * figures[j[0]][objective]
                   if isinstance(figures[j[0]].get(objective), (int, float)) else float("inf"))
         _plot(Path(sweep_dir), objective, [(_swept(r), figures[job].get(objective)) for job, r in jobs])
-    rows = [["job", "overrides", "status"] + columns]
-    for job, record in jobs:
-        rows.append([job, " ".join(record.get("overrides", [])) or "-", record["status"]]
+    shared = set.intersection(*(set(r.get("overrides", [])) for _, r in jobs)) if len(jobs) > 1 else set()
+    header = f"overrides (every job: {' '.join(sorted(shared))})" if shared else "overrides"
+    rows = [["job", header, "status"] + columns]
+    for job, record in jobs:  # what differs between the jobs
+        rows.append([job, " ".join(o for o in record.get("overrides", []) if o not in shared) or "-", record["status"]]
                     + [fmt(c.split(".", 1)[1], figures[job].get(c)) for c in columns])
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
