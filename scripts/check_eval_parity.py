@@ -160,7 +160,11 @@ def compare_instruct_checks(path: Path) -> None:
           f"{len(paired)} with an IFEval counterpart: tunechain {sum(ours) / max(1, len(paired)):.4f}, "
           f"IFEval {sum(theirs) / max(1, len(paired)):.4f}")
     differ = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
-    print(f"  verdicts differ on {len(differ)}")
+    by_type: dict[str, list[int]] = {}
+    for i, (row, _) in enumerate(paired):
+        by_type.setdefault(row["check"]["type"], []).append(i)
+    print(f"  verdicts differ on {len(differ)}: " + ", ".join(
+        f"{kind} {sum(i in differ for i in items)} of {len(items)}" for kind, items in by_type.items()))
     for i in differ[:5]:
         row = paired[i][0]
         print(f"    {row['check']}: tunechain {ours[i]}, IFEval {theirs[i]} on {row['output'][:160]!r}")
