@@ -85,3 +85,17 @@ def test_ship_picks_the_smallest_variant_that_keeps_its_accuracy_and_serves_it(t
     assert "## Ship gate" in report and f"select: {chosen} handed on" in report
     for loser in ("int8", "nf4", "w4a16", "gguf_q8_0", "gguf_q4_k_m"):
         assert loser == chosen or loser not in stages or f"select: {loser}: " in report  # each loser's reason
+
+
+def test_the_winners_files_are_hard_linked_without_its_manifest(tmp_path):
+    from pipeline.stages.select import _link_files
+
+    source, target = tmp_path / "gguf", tmp_path / "select"
+    (source / "sub").mkdir(parents=True)
+    (source / "model.gguf").write_bytes(b"GGUF" * 10)
+    (source / "sub" / "artifact.json").write_text("{}")  # only the top-level manifest stays behind
+    (source / "artifact.json").write_text("{}")
+    target.mkdir()
+    _link_files(source, target)
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["model.gguf", "sub", "sub/artifact.json"]
+    assert (target / "model.gguf").stat().st_ino == (source / "model.gguf").stat().st_ino

@@ -207,8 +207,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         _threads(cfg.hardware)
         record = run_chain(cfg, run_dir, recipe, list(hydra_cfg.overrides.task), group)
-        minimize = "min" in str(hydra_cfg.sweeper.get("direction", "maximize")).lower()
-        return sweep.objective_value(cfg, record, minimize)
+        return sweep.objective_value(cfg, record, sweep.minimizes(hydra_cfg.sweeper))
     except TunechainError as e:
         fail(str(e))
     except stopping.Interrupted as stop:  # chain.json says interrupted; exit as the signal would have ended us

@@ -237,9 +237,7 @@ def _type_stages(cfg: DictConfig, plan: Plan, problems: list[str]) -> list[tuple
 
 def _check_streaming(cfg: Any, where: str) -> None:
     """A streamed dataset only where the kind reads streams, and with a step count (a stream has no length)."""
-    streamed = [f.name for f in dataclasses.fields(cfg)
-                if isinstance(getattr(cfg, f.name), data.DatasetSpec) and getattr(cfg, f.name).streaming]
-    for name in streamed:
+    for name in [name for name, spec, _ in dataset_fields(cfg) if spec.streaming]:
         if name not in cfg.streamed_datasets():
             can = ", ".join(k for k in registry.kinds() if registry.get(k).config_cls.streamed_datasets())
             raise ConfigError(f"{where}.{name}.streaming: this stage kind reads its data whole; streaming works for "

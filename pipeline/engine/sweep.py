@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
 
 from pipeline.engine.pruning import spec_of
 from pipeline.engine.report import COMPARED, fmt
@@ -52,6 +51,11 @@ def objective_value(cfg: Any, record: dict[str, Any], minimize: bool = False) ->
         raise ConfigError(f"sweep.objective: stage '{stage}' reported no number '{metric}'; its figures: "
                           f"{', '.join(k for k, v in metrics.items() if isinstance(v, (int, float))) or 'none'}")
     return float(value)
+
+
+def minimizes(sweeper: Any) -> bool:
+    """Whether the sweeper's `direction` asks for the lowest objective (maximize when it has none)."""
+    return "min" in str((sweeper or {}).get("direction", "maximize")).lower()
 
 
 def summarize(sweep_dir: Path, objective: Optional[str] = None, minimize: bool = False) -> str:
@@ -132,5 +136,5 @@ def _number(text: Any) -> Any:
 class SweepSummary(Callback):
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         found = objective_of(config)
-        minimize = "min" in str(OmegaConf.select(config, "hydra.sweeper.direction", default="maximize")).lower()
-        print("\n" + summarize(Path(config.hydra.sweep.dir), ".".join(found) if found else None, minimize), flush=True)
+        print("\n" + summarize(Path(config.hydra.sweep.dir), ".".join(found) if found else None,
+                                minimizes(config.hydra.sweeper)), flush=True)

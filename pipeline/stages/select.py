@@ -150,16 +150,11 @@ def _verdict(name: str, evaluated: Artifact, export: Artifact, reference: Artifa
 
 def _link_files(source: Path, target: Path) -> None:
     """The winner's files in `target`, hard-linked where one disk holds both (else copied); its manifest not."""
-    for path in sorted(source.rglob("*")):
-        relative = path.relative_to(source)
-        if relative.name == MANIFEST and path.parent == source:
-            continue
-        destination = target / relative
-        if path.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
+    def link_or_copy(src: str, dst: str) -> None:
         try:
-            os.link(path, destination)
+            os.link(src, dst)
         except OSError:
-            shutil.copy2(path, destination)
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy, dirs_exist_ok=True,
+                    ignore=lambda folder, names: [MANIFEST] if Path(folder) == source else [])
