@@ -38,6 +38,8 @@ def test_the_gate_takes_every_variant_compared_with_the_reference_and_hands_on_a
     (["stages.select.hand_on=null"], r"^stages\.select\.hand_on: the candidates make gguf, model; say which kind"),
     (["stages.select.metric=perplexity"], r"^stages\.select\.metric: 'perplexity'; valid: math_accuracy, "
                                           r"vqa_accuracy"),
+    (["stages.eval_nf4.tasks=[perplexity]"], r"^stages\.select\.metric: math_accuracy comes from task 'math', "
+                                               r"which eval_nf4 do\(es\) not run; add math to their tasks$"),
     (["stages.select.min_retained=1.5"], r"^stages\.select\.min_retained: 1\.5; valid: \(0, 1\]$"),
 ])
 def test_a_gate_that_cannot_judge_is_refused_at_plan_time(overrides, message, tmp_path):

@@ -78,6 +78,11 @@ class SelectConfig(StageConfig):
             raise ConfigError(f"{where}.hand_on: the candidates make {', '.join(sorted(map(str, kinds)))}; say which "
                               f"kind may win (what the next stage serves or pushes)")
         self.handed_on = self.hand_on or next(iter(kinds))
+        task = next(q[3] for q in QUALITY if q[0] == self.metric)
+        blind = [n for n in (self.reference, *self.exports) if task not in (getattr(earlier[n].cfg, "tasks", None) or [])]
+        if blind:
+            raise ConfigError(f"{where}.metric: {self.metric} comes from task '{task}', which {', '.join(blind)} "
+                              f"do(es) not run; add {task} to their tasks")
         self.candidates = list(self.exports)
         self.inputs = [self.reference, *self.candidates]
 
