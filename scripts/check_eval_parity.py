@@ -20,12 +20,19 @@ Instruct (`--instruct`): an instruct eval's kept answers checked again by IFEval
 ifeval task; needs `pip install langdetect immutabledict`) where a check has an IFEval counterpart: json_valid
 (json_format), word_count in words (number_words: at_most n is "less than" n+1), list_items (number_bullet_lists,
 which counts only '*' and '-' bullets). Prints both pass rates on those items and the answers they disagree on.
+Tools (`--tools`): a tools eval's kept first replies read again by transformers' own response parser
+(`tokenizer.parse_response` with the tokenizer's response template, else trl's for its chat template, else trl's
+Qwen3 one for ChatML `<tool_call>` blocks; arguments typed by the tool schemas), then scored as BFCL's AST checker
+scores a simple call: the expected function name, every expected argument present with an equal value (strings
+compared without case, spaces and , . / - _ * ^; numbers as numbers), no unexpected argument. Prints both call-match
+rates and the replies they disagree on.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -56,12 +63,16 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=40, help="texts scored for perplexity")
     parser.add_argument("--math", help="a math eval's predictions.jsonl: read again by lm-eval's GSM8K filters")
     parser.add_argument("--instruct", help="an instruct eval's instruct_predictions.jsonl: checked again by IFEval")
+    parser.add_argument("--tools", help="a tools eval's tools_episodes.jsonl: first calls read again by transformers' "
+                                        "response parser (the tokenizer: --model, default SmolLM2)")
     args = parser.parse_args()
-    if args.math or args.instruct:
+    if args.math or args.instruct or args.tools:
         if args.math:
             compare_math_reading(Path(args.math))
         if args.instruct:
             compare_instruct_checks(Path(args.instruct))
+        if args.tools:
+            compare_tool_calls(Path(args.tools), args.model or smollm2())
         return 0
     torch.set_num_threads(2)
     from lm_eval.api.instance import Instance
@@ -169,6 +180,75 @@ def compare_instruct_checks(path: Path) -> None:
         row = paired[i][0]
         print(f"    {row['check']}: tunechain {ours[i]}, IFEval {theirs[i]} on {row['output'][:160]!r}")
 
+
+def response_template(tokenizer) -> tuple[dict, str]:
+    """The response template transformers' parser reads with, and where it came from."""
+    from trl.chat_template_utils import add_response_schema, qwen3_template
+
+    if getattr(tokenizer, "response_template", None):
+        return tokenizer.response_template, "the tokenizer's own"
+    try:
+        return add_response_schema(tokenizer).response_template, "trl's, for this chat template"
+    except (ValueError, AttributeError):
+        return qwen3_template, "trl's Qwen3 one (ChatML with <tool_call> blocks)"
+
+
+BFCL_DROPPED = re.compile(r"[ ,./\-_*^]")
+
+
+def bfcl_value_equal(got, expected) -> bool:
+    """BFCL's AST checker, simple calls: numbers by value; strings lowercased without spaces and the
+    characters , . / - _ * ^ (BFCL's standardize_string, so "April 1, 2024" matches "april 1 2024")."""
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return got is expected
+    if isinstance(expected, (int, float)) and isinstance(got, (int, float)):
+        return float(got) == float(expected)
+    if isinstance(expected, str) and isinstance(got, str):
+        return BFCL_DROPPED.sub("", got).lower() == BFCL_DROPPED.sub("", expected).lower()
+    if isinstance(expected, dict) and isinstance(got, dict):
+        return got.keys() == expected.keys() and all(bfcl_value_equal(got[k], v) for k, v in expected.items())
+    return got == expected
+
+
+def tool_call_verdicts(rows: list[dict], tokenizer) -> tuple[list[bool], list[bool], str]:
+    """(tunechain's call_match per episode, transformers' parser + BFCL-style match per episode, parser used)."""
+    from pipeline.evaluation.scoring.tool_agent import case_messages
+    from pipeline.evaluation.scoring.tool_set import tool_schemas
+
+    template, source = response_template(tokenizer)
+    schemas = tool_schemas()
+    theirs = []
+    for row in rows:
+        prefix = tokenizer.apply_chat_template(case_messages(row), tools=schemas, tokenize=False,
+                                               add_generation_prompt=True)
+        try:
+            parsed = tokenizer.parse_response(row["replies"][0] if row["replies"] else "", template, prefix=prefix,
+                                              tools=schemas)
+        except Exception:  # noqa: BLE001 - a reply the parser cannot read holds no call
+            parsed = {}
+        calls = parsed.get("tool_calls") or []
+        call = (calls[0].get("function") or {}) if calls else {}
+        arguments = call.get("arguments") if isinstance(call.get("arguments"), dict) else None
+        theirs.append(call.get("name") == row["tool"] and arguments is not None
+                      and bfcl_value_equal(arguments, row["arguments"]))
+    return [bool(r["call_match"]) for r in rows], theirs, source
+
+
+def compare_tool_calls(path: Path, model: str) -> None:
+    from transformers import AutoTokenizer
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    if rows and "replies" not in rows[0]:
+        raise SystemExit(f"{path}: no 'replies' kept (written before tunechain kept them); run the tools eval again")
+    ours, theirs, source = tool_call_verdicts(rows, AutoTokenizer.from_pretrained(model))
+    print(f"tools: {len(rows)} episodes from {path}; parser: transformers' parse_response with {source}; "
+          f"call match tunechain {sum(ours) / max(1, len(rows)):.4f}, transformers + BFCL-style "
+          f"{sum(theirs) / max(1, len(rows)):.4f}")
+    differ = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    print(f"  verdicts differ on {len(differ)} of {len(rows)}")
+    for i in differ[:5]:
+        print(f"    expected {rows[i]['tool']}({rows[i]['arguments']}): tunechain {ours[i]}, transformers {theirs[i]} "
+              f"on {(rows[i]['replies'] or [''])[0][:160]!r}")
 
 if __name__ == "__main__":
     raise SystemExit(main())

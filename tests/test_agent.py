@@ -11,6 +11,7 @@ from pipeline.data.datasets import DataError
 from pipeline.evaluation.scoring.tool_agent import (
     backend_generate,
     evaluate_tools,
+    first_call_matches,
     load_tool_cases,
     normalize_arguments,
     run_episode,
@@ -327,3 +328,30 @@ def test_load_tool_cases_names_each_bad_line(tmp_path):
         load_tool_cases(path)
     with pytest.raises(DataError, match="file not found"):
         load_tool_cases(tmp_path / "missing.jsonl")
+
+
+def test_an_independent_reader_scores_kept_replies_as_tunechain_does():
+    """scripts/check_eval_parity.py --tools: transformers' own response parser (trl's ChatML <tool_call> template,
+    arguments typed by the tool schemas) and a BFCL-style match read the same kept replies. They agree where both
+    rules say the same; they differ by design where BFCL ignores spaces inside a string."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.spec_from_file_location("parity", Path(__file__).parents[1] / "scripts/check_eval_parity.py")
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    case = {"prompt": "What is 234 + 918? Please use the calculator.", "tool": "calculator",
+            "arguments": {"expression": "234 + 918"}}
+    call = lambda name, expression: f'{TOOL_CALL_OPEN}\n{{"name": "{name}", "arguments": {{"expression": "{expression}"}}}}\n{TOOL_CALL_CLOSE}'  # noqa: E731,E501
+    replies = [call("calculator", "234 + 918"), call("get_weather", "234 + 918"), call("calculator", "234 - 918"),
+               "The answer is 1152.", f'{TOOL_CALL_OPEN}\n{{"name": "calculator"', call("calculator", "234+918")]
+    rows = []
+    for reply in replies:
+        calls, _ = parse_tool_calls(reply)
+        episode = {"calls": calls}
+        rows.append({**case, "replies": [reply], "call_match": all(first_call_matches(case, episode))})
+    ours, theirs, source = parity.tool_call_verdicts(rows, AutoTokenizer.from_pretrained("embedded/model"))
+    assert "Qwen3" in source
+    assert ours == [True, False, False, False, False, False]
+    assert theirs == [True, False, False, False, False, True]  # '234+918': BFCL drops spaces, tunechain keeps them

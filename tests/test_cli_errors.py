@@ -26,6 +26,8 @@ def _error_lines(result) -> list[str]:
      "error: stages.eval_tuned.settings.mcq.style: 'word'; valid: one of letter, text"),
     (["stages.eval_tuned.compare_with=sft"], "error: stages.eval_tuned.compare_with: 'sft' is not an earlier eval stage; choose from: eval_base"),
     (["model=qwen3-0.6b"], "error: model 'qwen3-0.6b' (Qwen/Qwen3-0.6B) cannot be fetched: the hub is unreachable"),
+    (["store=/tmp/elsewhere"], "error: store='/tmp/elsewhere': `store` holds the store's settings (store.lock_timeout_s); "
+                               "its folder is paths.store=/tmp/elsewhere"),
 ])
 def test_bad_config_fails_in_a_few_lines(args, expected, tmp_path):
     result = run_main(args + ["logger=none"], tmp_path, timeout=120)

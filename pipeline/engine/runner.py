@@ -187,7 +187,7 @@ def run_chain(cfg: DictConfig, run_dir: Path, recipe: str, overrides: list[str],
         print(explain(cfg, str(cfg.explain)), flush=True)
         return {}
     remember_named_variables(OmegaConf.to_container(cfg, resolve=False))  # api_key_env: X -> $X is a secret
-    store = Store(cfg.paths.store, lock_timeout_s=(cfg.get("store") or {}).get("lock_timeout_s"))
+    store = Store.configured(cfg)
     plan = build_plan(cfg, store, recipe=recipe, device=cfg.hardware.get("device"))
     device = plan.device
     print(plan.render(), flush=True)

@@ -24,7 +24,7 @@ from typing import Iterator
 
 from pipeline.artifact import MANIFEST, Artifact, write_json_atomic
 from pipeline.engine import integrity
-from pipeline.errors import TunechainError
+from pipeline.errors import ConfigError, TunechainError
 from pipeline.training.checkpoints import latest
 
 
@@ -36,6 +36,15 @@ LOCK_POLL_S = 1.0
 
 
 class Store:
+    @classmethod
+    def configured(cls, cfg) -> "Store":
+        """The run's store: the folder `paths.store`, the settings under `store`."""
+        settings = cfg.get("store")
+        if settings is not None and not hasattr(settings, "get"):
+            raise ConfigError(f"store={settings!r}: `store` holds the store's settings (store.lock_timeout_s); "
+                              f"its folder is paths.store={settings} (or the TUNECHAIN_STORE variable)")
+        return cls(cfg.paths.store, lock_timeout_s=(settings or {}).get("lock_timeout_s"))
+
     def __init__(self, root: str | Path, lock_timeout_s: float | None = None):
         self.lock_timeout_s = lock_timeout_s  # None: wait as long as the other run builds
         self.root = Path(root).expanduser().resolve()

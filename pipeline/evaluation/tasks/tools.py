@@ -43,7 +43,7 @@ def run(ev: EvalRun) -> dict:
                 episode.get("final_answer"), record["answer"], record.get("tool"))
             handle.write(json.dumps({"prompt": record["prompt"], "tool": record["tool"],
                                      "arguments": record["arguments"], "answer": record.get("answer"),
-                                     **{k: episode.get(k) for k in ("calls", "final_answer", "error", "turns")},
+                                     **{k: episode.get(k) for k in ("calls", "final_answer", "error", "turns", "replies")},
                                      "call_match": call_match, "answer_correct": answered},
                                     ensure_ascii=False, default=str) + "\n")
     return metrics
