@@ -93,6 +93,15 @@ def test_bad_tool_settings_fail_at_plan_time(override, message, tmp_path):
                    device="cpu")
 
 
+def test_a_chat_template_that_cannot_write_calls_is_refused_at_plan_time(tmp_path):
+    """SmolLM2's template, for one, has no tool calls: the plan says so before any stage runs."""
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}")
+    with pytest.raises(ConfigError, match=r"^stages\.grpo\.tools: the chat template cannot render an assistant message with tool_calls"):
+        build_plan(compose(["recipe=tool_rl", "logger=none", f"model.chat_template={template}"]),
+                   Store(tmp_path / "store"), recipe="tool_rl", device="cpu")
+
+
 def test_recipe_trains_on_the_tool_cases_and_evaluates_the_held_out_ones(tmp_path):
     plan = build_plan(compose(["recipe=tool_rl", "logger=none"]), Store(tmp_path / "store"), recipe="tool_rl",
                       device="cpu")

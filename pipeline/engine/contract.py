@@ -8,6 +8,8 @@ below on every stage, in this order, and names no stage kind; a kind overrides o
     check_model(where, folder)    when the stage reads the chain's base model: what only its files can tell
     check_family(where, folder)   for every stage: what holds for every model made from the chain's model
                                   (its architecture, whether it takes images)
+    check_tokenizer(where, tok)   for stages that override it, when the chain's model is local: what only its
+                                  tokenizer as stages load it (model.chat_template applied) can tell
     check_device(where, device)   when the stage will run: what only the device can tell (4-bit kernels...)
     unused_datasets()             dataset fields this configuration does not read (not checked, not hashed)
     streamed_datasets()           dataset fields it can train from as a stream (`streaming: true`); the plan
@@ -53,6 +55,10 @@ class StageConfig:
     def check_family(self, where: str, folder: Path | None) -> None:
         """Rules on the architecture every model of the chain shares (`folder`: the chain's model, None for a hub
         id); called whatever the stage's input is, since training and merging keep the architecture."""
+
+    def check_tokenizer(self, where: str, tokenizer: Any) -> None:
+        """Rules on the chain's tokenizer as the stages load it (its chat template); the planner loads it only for
+        stages that override this hook, and only from local files."""
 
     def check_device(self, where: str, device: str) -> None:
         """Rules that need the device ("cpu", "cuda", "mps"); only called when the stage will run."""

@@ -20,6 +20,7 @@ from pipeline.data import datasets as data
 from pipeline.data.check_cache import CheckCache
 from pipeline.data.lengths import longest_of, sample_lengths
 from pipeline.engine import launch, registry, sweep, tracking
+from pipeline.engine.contract import StageConfig
 from pipeline.engine.fingerprint import environment, fingerprint_inputs, fingerprint_of
 from pipeline.engine.store import Store
 from pipeline.engine.typed_config import typed_config
@@ -195,11 +196,28 @@ def _model(cfg: DictConfig, hardware: dict) -> tuple[ModelConfig, list[str]]:
     return model, problems
 
 
+def _tokenizer_once(plan: Plan):
+    """A function giving the chain's tokenizer as stages load it, read on first call; None for a hub id or a
+    folder without one (the stage then checks at its start)."""
+    loaded: list = []
+
+    def tokenizer():
+        if not loaded:
+            folder = local_folder(plan.model.path)
+            try:
+                loaded.append(load_tokenizer(str(folder), plan.model) if folder else None)
+            except (OSError, ValueError):
+                loaded.append(None)
+        return loaded[0]
+    return tokenizer
+
+
 def _type_stages(cfg: DictConfig, plan: Plan, problems: list[str]) -> list[tuple[Step, str]]:
     """Every stage's typed config, range check, rules and inputs, so a typo anywhere fails before any file is
     read; returns the optional stages that cannot run here, with why."""
     produced: dict[str, str] = {BASE: "model"}
     unrunnable: list[tuple[Step, str]] = []
+    chain_tokenizer = _tokenizer_once(plan)
     for name, node in _stage_nodes(cfg):
         spec = _spec_of(name, node)
         typed = typed_config(node, spec.config_cls, f"stages.{name}")
@@ -225,6 +243,8 @@ def _type_stages(cfg: DictConfig, plan: Plan, problems: list[str]) -> list[tuple
                 cannot_run = cannot_run or str(e)
             if inputs == [BASE]:
                 typed.check_model(f"stages.{name}", local_folder(plan.model.path))
+            if type(typed).check_tokenizer is not StageConfig.check_tokenizer and (tokenizer := chain_tokenizer()):
+                typed.check_tokenizer(f"stages.{name}", tokenizer)
         plan.steps.append(Step(name, spec, typed, inputs, spec.output_kind(typed), optional=typed.optional))
         produced[name] = plan.steps[-1].output_kind
         if cannot_run:

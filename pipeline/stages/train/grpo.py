@@ -13,6 +13,7 @@ What is trained and the rewards: pipeline/stages/train/online_rl.py.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import List, Optional
 from pipeline.artifact import Artifact
@@ -63,13 +64,21 @@ class GRPOConfig(OnlineRL):
                 "scale_rewards": self.scale_rewards,
                 **({"max_tool_calling_iterations": self.max_tool_calling_iterations} if self.tools else {})}
 
+    def check_tokenizer(self, where: str, tokenizer) -> None:
+        if self.tools:
+            self._parser(f"{where}.tools", copy.copy(tokenizer))
+
+    @staticmethod
+    def _parser(where: str, tokenizer) -> str:
+        try:
+            return give_parser(tokenizer)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
     def trainer_inputs(self, tokenizer, log) -> dict:
         if not self.tools:
             return {}
-        try:
-            parser = give_parser(tokenizer)
-        except ValueError as e:
-            raise ConfigError(f"stages.grpo.tools: {e}") from None
+        parser = self._parser("stages.grpo.tools", tokenizer)
         log(f"tools in the loop: {', '.join(self.tools)}; calls parsed with {parser} response template")
         return {"tools": [as_function(name) for name in self.tools]}
 
