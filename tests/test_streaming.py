@@ -18,6 +18,8 @@ from pipeline.errors import ConfigError
      r"^stages\.dpo\.dataset\.streaming: this stage kind reads its data whole; streaming works for qlora, sft "),
     (["+data.sft.streaming=true", "stages.sft.max_steps=-1"],
      r"^stages\.sft\.max_steps: -1, but dataset is streamed and a stream has no length; set max_steps"),
+    (["model=embedded-vlm", "data=embedded-vlm", "+data.sft.streaming=true"],
+     r"^stages\.sft\.dataset\.streaming: image chats are read whole"),
 ])
 def test_streaming_is_refused_where_it_cannot_work(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):

@@ -21,8 +21,9 @@ from pipeline.data import mixture
 from pipeline.data.datasets import DatasetSpec, load, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.registry import TRAINING_LIBRARIES, stage
-from pipeline.errors import PlanError
+from pipeline.errors import ConfigError, PlanError
 from pipeline.models.loading import is_vision, load_causal_lm, load_processor, load_tokenizer, save_tokenizer
+from pipeline.models.vision import folder_is_vision
 from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, one_of, positive, setting
 from pipeline.training.common import (
@@ -94,6 +95,9 @@ class SFTConfig(StageConfig):
     def check_family(self, where: str, folder) -> None:
         if self.method == Method.lora:
             self.lora.check_family(f"{where}.lora", folder)
+        if self.dataset.streaming and folder_is_vision(folder):
+            raise ConfigError(f"{where}.dataset.streaming: image chats are read whole (the processor batches them); "
+                              f"streaming trains text models only: set streaming: false")
 
     def check_device(self, where: str, device: str) -> None:
         check_liger(self.liger, where, device)
