@@ -223,3 +223,31 @@ def test_new_alignment_stages_train_on_two_processes(kind, tiny_llama, tmp_path)
     if kind == "rloo":
         assert stages["reward"]["metrics"]["world_size"] == 2
         assert (Path(stages["reward"]["artifact"]) / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_difficulty_filter_measures_a_share_of_the_pool_on_each_process(tiny_llama, tmp_path, monkeypatch, capfd):
+    """Two ranks measure every other prompt each and both train on the same kept prompts: difficulty.jsonl holds
+    the whole pool once, and the kept count is the training set's."""
+    import os
+
+    from pipeline.engine.runner import run_chain
+
+    (tmp_path / "coin_rewards.py").write_text(  # passes about half the samples: most prompts land in (0, 1)
+        "def coin(completions, **kwargs):\n    return [float(len(str(c)) % 2) for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    cfg = compose(["recipe=sft_grpo", "~stages.eval_sft", "~stages.eval_grpo", f"model.path={tiny_llama}",
+                   "model.name=tiny", "logger=none", *DDP_CPU, "hardware.num_threads=1", "data.sft.limit=16",
+                   "stages.sft.max_steps=2", "stages.sft.per_device_train_batch_size=2", "data.prompts.limit=16",
+                   "stages.grpo.max_steps=2", "stages.grpo.num_generations=2", "stages.grpo.per_device_train_batch_size=2",
+                   "stages.grpo.max_completion_length=6", "stages.grpo.use_vllm=false",
+                   "stages.grpo.difficulty.samples=4", "stages.grpo.difficulty.pool=12",
+                   "stages.grpo.difficulty.reward=coin_rewards:coin", f"paths.store={tmp_path / 'store'}"])
+    record = run_chain(cfg, tmp_path / "run", "sft_grpo", [], None)
+    grpo = {s["name"]: s for s in record["stages"]}["grpo"]
+    rows = [json.loads(line) for line in (Path(grpo["artifact"]) / "difficulty.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and len({json.dumps(r["prompt"]) for r in rows}) == 12
+    assert grpo["metrics"]["world_size"] == 2 and grpo["metrics"]["difficulty_measured"] == 12
+    assert grpo["metrics"]["difficulty_kept"] == sum(r["kept"] for r in rows) == grpo["metrics"]["train_records"]
+    assert "over 4 samples, measured 6 a process)" in capfd.readouterr().out

@@ -54,6 +54,10 @@ class GRPOTuning:
     batch_size: int = at_least(1, 32, help="completions per step: batch_size / num_generations prompts")
     max_completion_length: int = at_least(1, 256, help="tokens per sampled completion")
     top_k: int = at_least(0, 0, help="0: no top-k cut (small vocabularies may need one)")
+    temperature: float = positive(0.8, help="sampling temperature of the groups")
+    difficulty_samples: int = at_least(0, 0, help="sft_grpo's difficulty filter: samples per prompt (0: off)")
+    difficulty_pool: Optional[int] = at_least(1, None, help="sft_grpo's difficulty filter: prompts measured "
+                                                            "(null: all)")
 
 
 @dataclass

@@ -6,6 +6,7 @@ groups during training; filtering by difficulty first spends the measuring once,
     stages.grpo.difficulty.samples=8 stages.grpo.difficulty.pool=256
 
 Each measured prompt's pass rate goes to difficulty.jsonl in the stage's folder, so the choice can be read.
+On several processes each measures its share of the pool (every world_size-th prompt) and all get every rate.
 """
 from __future__ import annotations
 
@@ -41,6 +42,19 @@ def pass_rates(model, tokenizer, rows: list[dict[str, Any]], samples: int, sampl
     scores = reward_fn(prompts=repeated, completions=texts, **columns)
     return [sum(1 for s in scores[i * samples:(i + 1) * samples] if s is not None and s >= 0.5) / samples
             for i in range(len(rows))]
+
+
+def spread(rows: list, measure, process_index: int, num_processes: int) -> list[float]:
+    """`measure(rows)`, each process measuring every num_processes-th row from its index; every process gets all
+    the rates in row order."""
+    if num_processes == 1:
+        return measure(rows)
+    from accelerate.utils import gather_object
+
+    mine = list(range(process_index, len(rows), num_processes))
+    rates = measure([rows[i] for i in mine]) if mine else []
+    by_row = dict(gather_object(list(zip(mine, rates))))
+    return [by_row[i] for i in range(len(rows))]
 
 
 def keep(rates: list[float], spec: DifficultySpec) -> list[int]:

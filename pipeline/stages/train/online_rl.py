@@ -221,17 +221,25 @@ def _by_difficulty(cfg: OnlineRL, model, tokenizer, dataset, ctx: StageContext):
         return dataset, {}
     import torch
 
+    from accelerate import PartialState
+
     pool = dataset.select(range(min(spec.pool or len(dataset), len(dataset))))
     rows = pool.to_list()
     torch.manual_seed(ctx.seed)
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, **({"top_k": cfg.top_k} if cfg.top_k else {})}
-    rates = difficulty.pass_rates(model, tokenizer, rows, spec.samples, sampling, cfg.max_completion_length,
-                                  cfg.per_device_train_batch_size, ctx.device, resolve(spec.reward))
+    state = PartialState()  # torchrun's ranks: each measures its share
+
+    def measure(share: list[dict]) -> list[float]:
+        return difficulty.pass_rates(model, tokenizer, share, spec.samples, sampling, cfg.max_completion_length,
+                                     cfg.per_device_train_batch_size, ctx.device, resolve(spec.reward))
+    rates = difficulty.spread(rows, measure, state.process_index, state.num_processes)
     kept = difficulty.keep(rates, spec)
-    difficulty.write_records(ctx.out_dir / "difficulty.jsonl", rows, rates, kept)
+    if state.is_main_process:
+        difficulty.write_records(ctx.out_dir / "difficulty.jsonl", rows, rates, kept)
     figures = difficulty.summary(rates, kept)
+    shared = f", measured {-(-len(rows) // state.num_processes)} a process" if state.num_processes > 1 else ""
     ctx.log(f"difficulty: {len(kept)} of {len(rows)} prompts kept (pass rate in ({spec.min_pass}, {spec.max_pass}) "
-            f"over {spec.samples} samples); all passed {figures['difficulty_all_pass']:.0%}, all failed "
+            f"over {spec.samples} samples{shared}); all passed {figures['difficulty_all_pass']:.0%}, all failed "
             f"{figures['difficulty_all_fail']:.0%}, mean pass rate {figures['difficulty_mean_pass']:.0%}")
     if not kept:
         raise RuntimeError(f"stage {ctx.name}: no prompt has a pass rate in ({spec.min_pass}, {spec.max_pass}) "
