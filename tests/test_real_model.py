@@ -93,7 +93,13 @@ def test_every_recipe_plans_on_the_real_model(recipe, tmp_path, chain):
     from pipeline.engine.store import Store
     from pipeline.errors import PlanError
 
-    cfg = compose([f"recipe={recipe}", "model=smollm2-135m", "logger=none"])
+    overrides = [f"recipe={recipe}", "model=smollm2-135m", "logger=none"]
+    if recipe == "tool_rl":  # SmolLM2's own template writes no tool calls: refused, then planned with one that does
+        from pipeline.errors import ConfigError
+        with pytest.raises(ConfigError, match=r"^stages\.grpo\.tools: the chat template cannot render .*chatml_tools\.jinja"):
+            build_plan(compose(overrides), Store(tmp_path), recipe=recipe, device="cpu")
+        overrides.append("model.chat_template=conf/chat_templates/chatml_tools.jinja")
+    cfg = compose(overrides)
     if recipe == "vlm_lab":  # image questions on a text model are refused at plan time, naming the way out
         from pipeline.errors import ConfigError
         with pytest.raises(ConfigError, match=r"ask questions about images.*text model.*model=embedded-vlm"):

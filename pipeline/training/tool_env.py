@@ -42,6 +42,9 @@ def as_function(name: str) -> Callable[..., str]:
     return call
 
 
+TEMPLATE_HINT = "model.chat_template; a ChatML model: model.chat_template=conf/chat_templates/chatml_tools.jinja"
+
+
 def give_parser(tokenizer) -> str:
     """Make `tokenizer.parse_response` read the policy's tool calls, as trl's tool loop needs: trl's schema
     for the templates it knows, else trl's Qwen3 one where the chat template writes <tool_call> blocks. Returns
@@ -61,11 +64,10 @@ def give_parser(tokenizer) -> str:
         rendered = tokenizer.apply_chat_template(probe, tokenize=False)
     except Exception as e:  # a template that cannot render a structured call at all
         raise ValueError(f"the chat template cannot render an assistant message with tool_calls "
-                         f"({type(e).__name__}: {e}); give the model a tool-calling template (model.chat_template)")
+                         f"({type(e).__name__}: {e}); give the model a tool-calling template ({TEMPLATE_HINT})")
     if CALL_TAG not in rendered or "<|im_start|>" not in rendered:
         raise ValueError("the chat template renders tool calls in a format trl cannot parse (neither a template trl "
-                         "knows nor ChatML with <tool_call> blocks); give the model such a template "
-                         "(model.chat_template)")
+                         f"knows nor ChatML with <tool_call> blocks); give the model such a template ({TEMPLATE_HINT})")
     tokenizer.response_template = qwen3_template
     return "Qwen3's (ChatML with <tool_call> blocks)"
 

@@ -4,7 +4,7 @@ toward the teacher's token distributions on them by the generalised Jensen-Shann
 KL(teacher||student), 1: KL(student||teacher)); otherwise on the data's own answers. The student learns
 where its own mistakes take it, which plain logit distillation on fixed answers never shows it.
 
-    python main.py recipe=sft_gkd
+    python main.py recipe=sft_gkd                     # SFT of the student, then GKD continues its adapter
     python main.py recipe=sft_gkd stages.gkd.lmbda=1.0 stages.gkd.beta=0.0
 
 The teacher and the student are chosen and checked as distill's are (pipeline/stages/train/distill.py:
@@ -49,6 +49,19 @@ class GKDStageConfig(Taught):
                               "set both to false")
 
 
+def token_mean(trainer_class):
+    """trl's GKDTrainer with each batch's divergence averaged over that batch's own answer tokens. The Trainer counts
+    `num_items_in_batch` from the data's labels before GKD swaps in the student's sampled answers, and trl divides
+    the on-policy loss by that stale count, so a batch of sampled answers (up to max_new_tokens each) outweighs a
+    batch of the data's. Measured on the embedded 3-of-4-layer student after its SFT (12.0%), 150 steps: 46.0%
+    with trl's count, 57.0% with this."""
+    class TokenMeanGKD(trainer_class):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            return super().training_step(model, inputs, None)  # None: the loss is a mean over this batch's tokens
+
+    return TokenMeanGKD
+
+
 @stage("gkd", config=GKDStageConfig, consumes={"model", "adapter"}, produces=trained_kind,
        libraries=TRAINING_LIBRARIES, distributed=True)
 def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
@@ -74,8 +87,9 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     ctx.log(f"GKD: student {source.path} ({how}), lmbda {cfg.lmbda}, beta {cfg.beta}, {len(chats)} chats")
     training = Run(cfg, ctx)
     chats = training.untag(chats, cfg.dataset)
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=chats,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=training.callbacks())
+    trainer = token_mean(GKDTrainer)(model=student, teacher_model=teacher, args=args, train_dataset=chats,
+                                     processing_class=tokenizer, peft_config=peft_config,
+                                     callbacks=training.callbacks())
     metrics = training.finish(trainer, source, tokenizer, chats, None)
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
