@@ -78,7 +78,9 @@ def test_gkd_keeps_training_an_sft_students_adapter(tiny_llama, tmp_path):
                  "hardware.num_threads=1", "data.sft.limit=16", "stages.teacher.max_steps=2",
                  "stages.teacher.per_device_train_batch_size=4", "stages.sft_student.max_steps=2",
                  "stages.sft_student.per_device_train_batch_size=4", "stages.gkd.inputs=[sft_student]",
-                 "stages.gkd.lmbda=0.0", *EVALS, f"paths.store={tmp_path / 'store'}"]
+                 "stages.gkd.lmbda=1.0", "stages.gkd.on_policy_after=1", "stages.gkd.alpha=0.5",
+                 "stages.gkd.max_new_tokens=8",
+                 *EVALS, f"paths.store={tmp_path / 'store'}"]
     record = run_chain(compose(overrides), tmp_path / "run", "sft_gkd", overrides, None)
     stages = {s["name"]: s for s in record["stages"]}
     before = load_file(Path(stages["sft_student"]["artifact"]) / "adapter_model.safetensors")
@@ -90,12 +92,24 @@ def test_gkd_keeps_training_an_sft_students_adapter(tiny_llama, tmp_path):
                                                 .read_text())["base_model"]
 
 
+def _wrapped(parent, alpha=0.0, on_policy_after=0, lmbda=0.5, step=0):
+    """The stage's trainer class over `parent`, built without a model: the overrides alone."""
+    from types import SimpleNamespace
+
+    from pipeline.stages.train.gkd import gkd_trainer
+
+    trainer = object.__new__(gkd_trainer(parent, alpha, on_policy_after))
+    trainer.lmbda = trainer.lmbda_as_set = lmbda
+    trainer.answered_by_student, trainer.state = False, SimpleNamespace(global_step=step)
+    return trainer
+
+
 def test_each_batch_is_averaged_over_its_own_answer_tokens():
     """trl hands training_step the data's label count even when the batch's labels become the student's own
     (longer) answers; the stage's trainer drops it so trl averages over the batch's real tokens."""
     from trl.experimental.gkd import GKDTrainer
 
-    from pipeline.stages.train.gkd import token_mean
+    from pipeline.stages.train.gkd import gkd_trainer
 
     seen = []
 
@@ -103,6 +117,43 @@ def test_each_batch_is_averaged_over_its_own_answer_tokens():
         def training_step(self, model, inputs, num_items_in_batch=None):
             seen.append(num_items_in_batch)
 
-    trainer = object.__new__(token_mean(Recording))  # the override alone: no model needed
-    trainer.training_step(None, {}, 17)
-    assert seen == [None] and issubclass(token_mean(GKDTrainer), GKDTrainer)
+    _wrapped(Recording).training_step(None, {}, 17)
+    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, 0.0, 0), GKDTrainer)
+
+
+def test_the_student_answers_no_batch_before_on_policy_after_and_lmbda_is_restored():
+    from trl.experimental.gkd import GKDTrainer
+
+    lmbdas = []
+
+    class Recording(GKDTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            lmbdas.append(self.lmbda)  # what trl's own draw compares with
+
+    early = _wrapped(Recording, on_policy_after=5, lmbda=1.0, step=4)
+    early.training_step(None, {})
+    late = _wrapped(Recording, on_policy_after=5, lmbda=1.0, step=5)
+    late.training_step(None, {})
+    assert lmbdas == [0.0, 1.0] and (early.answered_by_student, late.answered_by_student) == (False, True)
+    assert early.lmbda == late.lmbda == 1.0
+
+
+def test_alpha_adds_the_datas_cross_entropy_only_to_batches_the_student_did_not_write():
+    import torch
+    import torch.nn.functional as F
+    from transformers.modeling_outputs import CausalLMOutput
+    from trl.experimental.gkd import GKDTrainer
+
+    logits = torch.randn(1, 4, 7)
+    labels = torch.tensor([[-100, 3, 5, 1]])
+    ce = F.cross_entropy(logits[0, :-1], labels[0, 1:])
+
+    class Divergence(GKDTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return torch.tensor(2.0), CausalLMOutput(logits=logits)
+
+    trainer = _wrapped(Divergence, alpha=0.25)
+    assert torch.allclose(trainer.compute_loss(None, {"labels": labels}), 0.25 * ce + 0.75 * 2.0)
+    trainer.answered_by_student = True  # its labels are its own samples: the divergence alone
+    assert trainer.compute_loss(None, {"labels": labels}) == 2.0
+    assert _wrapped(Divergence, alpha=0.0).compute_loss(None, {"labels": labels}) == 2.0

@@ -38,6 +38,11 @@ class GKDStageConfig(Taught):
     beta: float = between(0.5, 0, 1, help="generalised JSD: 0 KL(teacher||student), 1 KL(student||teacher)")
     temperature: float = positive(0.9, help="sampling temperature of the student's answers (and of the divergence)")
     max_new_tokens: int = at_least(1, 128, help="longest answer the student samples")
+    alpha: float = between(0.0, 0, 1, help="weight of cross-entropy on the data's answers in the batches the student "
+                                          "does not answer (the rest is the divergence; 0: trl's GKD, as distill's "
+                                          "alpha)")
+    on_policy_after: int = at_least(0, 0, help="steps on the data's answers before the student answers any batch "
+                                              "(an untrained student's own answers teach it nothing)")
 
     def student_kinds(self) -> tuple[str, ...]:
         return (ArtifactKind.model, ArtifactKind.adapter)  # an SFT'd student's adapter keeps training
@@ -49,17 +54,45 @@ class GKDStageConfig(Taught):
                               "set both to false")
 
 
-def token_mean(trainer_class):
-    """trl's GKDTrainer with each batch's divergence averaged over that batch's own answer tokens. The Trainer counts
-    `num_items_in_batch` from the data's labels before GKD swaps in the student's sampled answers, and trl divides
-    the on-policy loss by that stale count, so a batch of sampled answers (up to max_new_tokens each) outweighs a
-    batch of the data's. Measured on the embedded 3-of-4-layer student after its SFT (12.0%), 150 steps: 46.0%
-    with trl's count, 57.0% with this."""
-    class TokenMeanGKD(trainer_class):
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            return super().training_step(model, inputs, None)  # None: the loss is a mean over this batch's tokens
+def gkd_trainer(trainer_class, alpha: float, on_policy_after: int):
+    """trl's GKDTrainer with three changes, each measured on the embedded model (README, sft_gkd):
+    - each batch's divergence is averaged over that batch's own answer tokens. The Trainer counts
+      `num_items_in_batch` from the data's labels before GKD swaps in the student's sampled answers, and trl
+      divides the on-policy loss by that stale count, so a batch of sampled answers outweighs a batch of the
+      data's (3-of-4-layer student after its SFT, 150 steps: 46.0% with trl's count, 57.0% with this);
+    - `alpha` adds cross-entropy on the data's answers to batches the student did not write (distill's hard term;
+      on the student's own answers the labels are its samples, so none there);
+    - no batch is answered by the student before step `on_policy_after`."""
+    import random
 
-    return TokenMeanGKD
+    import torch.nn.functional as F
+
+    class TunedGKD(trainer_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lmbda_as_set, self.answered_by_student = self.lmbda, False
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            # One draw a step, as trl's own; the choice is made here so compute_loss knows whose answers these are.
+            self.answered_by_student = (random.random() <= self.lmbda_as_set
+                                        and self.state.global_step >= on_policy_after)
+            self.lmbda = 1.0 if self.answered_by_student else 0.0
+            try:
+                return super().training_step(model, inputs, None)  # None: a mean over this batch's own tokens
+            finally:
+                self.lmbda = self.lmbda_as_set
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            divergence, outputs = super().compute_loss(model, inputs, return_outputs=True)
+            loss = divergence
+            if alpha > 0 and not self.answered_by_student:
+                logits, labels = outputs.logits[:, :-1, :], inputs["labels"][:, 1:]
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                     ignore_index=-100)
+                loss = alpha * ce + (1 - alpha) * divergence
+            return (loss, outputs) if return_outputs else loss
+
+    return TunedGKD
 
 
 @stage("gkd", config=GKDStageConfig, consumes={"model", "adapter"}, produces=trained_kind,
@@ -87,12 +120,13 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     ctx.log(f"GKD: student {source.path} ({how}), lmbda {cfg.lmbda}, beta {cfg.beta}, {len(chats)} chats")
     training = Run(cfg, ctx)
     chats = training.untag(chats, cfg.dataset)
-    trainer = token_mean(GKDTrainer)(model=student, teacher_model=teacher, args=args, train_dataset=chats,
+    trainer = gkd_trainer(GKDTrainer, cfg.alpha, cfg.on_policy_after)(model=student, teacher_model=teacher, args=args, train_dataset=chats,
                                      processing_class=tokenizer, peft_config=peft_config,
                                      callbacks=training.callbacks())
     metrics = training.finish(trainer, source, tokenizer, chats, None)
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
-    meta = {"gkd": {"teacher": described, "lmbda": cfg.lmbda, "beta": cfg.beta, "temperature": cfg.temperature}}
+    meta = {"gkd": {"teacher": described, "lmbda": cfg.lmbda, "beta": cfg.beta, "temperature": cfg.temperature,
+                    "alpha": cfg.alpha, "on_policy_after": cfg.on_policy_after}}
     return policy_artifact(source, ctx.out_dir, cfg.method == Method.full, cfg.lora if peft_config else None,
                            metrics, meta)
