@@ -157,3 +157,24 @@ def test_alpha_adds_the_datas_cross_entropy_only_to_batches_the_student_did_not_
     trainer.answered_by_student = True  # its labels are its own samples: the divergence alone
     assert trainer.compute_loss(None, {"labels": labels}) == 2.0
     assert _wrapped(Divergence, alpha=0.0).compute_loss(None, {"labels": labels}) == 2.0
+
+
+def test_teacher_confidence_reads_every_answer_token_once(tmp_path):
+    """scripts/teacher_confidence.py (the README's why-GKD-loses figures): one row per kind of answer token, each
+    answer's `####` and end of turn counted once, probabilities and entropies in range."""
+    import math
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    data = tmp_path / "math.jsonl"
+    answers = ["5 - 1 = 4\n#### 4", "9 * 9 = 81\n81 + 5 = 86\n#### 86"]
+    data.write_text("".join(json.dumps({"question": f"q{i}", "answer": a}) + "\n" for i, a in enumerate(answers)))
+    printed = subprocess.run([sys.executable, "scripts/teacher_confidence.py", "embedded/model", "--data", str(data)],
+                             cwd=root, capture_output=True, text=True, check=True).stdout
+    rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines()[2:]}
+    digits = sum(ch.isdigit() for a in answers for ch in a)  # the embedded tokenizer splits digits
+    assert rows["####"][0] == rows["<|im_end|>"][0] == "2" and rows["digit"][0] == str(digits)
+    for count, probability, top, entropy in rows.values():
+        assert 0 <= float(probability) <= 1 and 0 <= float(top.rstrip("%")) <= 100
+        assert 0 <= float(entropy) <= math.log(3072) + 1e-6
