@@ -98,7 +98,7 @@ def _wrapped(parent, alpha=0.0, on_policy_after=0, lmbda=0.5, step=0):
 
     from pipeline.stages.train.gkd import gkd_trainer
 
-    trainer = object.__new__(gkd_trainer(parent, alpha, on_policy_after))
+    trainer = object.__new__(gkd_trainer(parent, alpha, on_policy_after, vocab=64))
     trainer.lmbda = trainer.lmbda_as_set = lmbda
     trainer.answered_by_student, trainer.state = False, SimpleNamespace(global_step=step)
     return trainer
@@ -118,7 +118,7 @@ def test_each_batch_is_averaged_over_its_own_answer_tokens():
             seen.append(num_items_in_batch)
 
     _wrapped(Recording).training_step(None, {}, 17)
-    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, 0.0, 0), GKDTrainer)
+    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, 0.0, 0, 64), GKDTrainer)
 
 
 def test_the_student_answers_no_batch_before_on_policy_after_and_lmbda_is_restored():
@@ -138,25 +138,49 @@ def test_the_student_answers_no_batch_before_on_policy_after_and_lmbda_is_restor
     assert early.lmbda == late.lmbda == 1.0
 
 
-def test_alpha_adds_the_datas_cross_entropy_only_to_batches_the_student_did_not_write():
+def test_the_loss_is_trls_divergence_on_answer_tokens_plus_alpha_times_the_datas_cross_entropy():
+    """The stage computes trl's generalised JSD a chunk of answer rows at a time; it must equal trl's own
+    whole-batch computation, and alpha must add the data's cross-entropy only where the student did not answer."""
+    from types import SimpleNamespace
+
     import torch
     import torch.nn.functional as F
-    from transformers.modeling_outputs import CausalLMOutput
+    from transformers import LlamaConfig, LlamaForCausalLM
     from trl.experimental.gkd import GKDTrainer
 
-    logits = torch.randn(1, 4, 7)
-    labels = torch.tensor([[-100, 3, 5, 1]])
-    ce = F.cross_entropy(logits[0, :-1], labels[0, 1:])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    student, teacher = LlamaForCausalLM(config), LlamaForCausalLM(config).eval()
+    inputs = {"input_ids": torch.randint(0, 64, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    inputs["labels"] = inputs["input_ids"].masked_fill(torch.arange(9) < 4, -100)  # a 4-token prompt
+    logits, teacher_logits = student(**inputs).logits, teacher(**inputs).logits.detach()
+    trl_jsd = GKDTrainer.generalized_jsd_loss(logits[:, :-1], teacher_logits[:, :-1], inputs["labels"][:, 1:],
+                                              beta=0.5)
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, 64), inputs["labels"][:, 1:].reshape(-1), ignore_index=-100)
 
-    class Divergence(GKDTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            return torch.tensor(2.0), CausalLMOutput(logits=logits)
-
-    trainer = _wrapped(Divergence, alpha=0.25)
-    assert torch.allclose(trainer.compute_loss(None, {"labels": labels}), 0.25 * ce + 0.75 * 2.0)
+    trainer = _wrapped(GKDTrainer, alpha=0.25)
+    trainer.teacher_model, trainer.beta = teacher, 0.5
+    trainer.accelerator = SimpleNamespace(unwrap_model=lambda model: model)
+    assert torch.allclose(trainer.compute_loss(student, inputs), 0.25 * ce + 0.75 * trl_jsd, atol=1e-5)
     trainer.answered_by_student = True  # its labels are its own samples: the divergence alone
-    assert trainer.compute_loss(None, {"labels": labels}) == 2.0
-    assert _wrapped(Divergence, alpha=0.0).compute_loss(None, {"labels": labels}) == 2.0
+    assert torch.allclose(trainer.compute_loss(student, inputs), trl_jsd, atol=1e-5)
+
+
+def test_the_chunked_divergence_and_its_gradients_equal_trls_whole_computation():
+    import torch
+    from trl.experimental.gkd import GKDTrainer
+
+    from pipeline.training.distillation import jsd_loss
+
+    torch.manual_seed(0)
+    student, teacher, labels = torch.randn(7, 11, requires_grad=True), torch.randn(7, 11), torch.randint(0, 11, (7,))
+    jsd, _ = jsd_loss(student, teacher, labels, beta=0.3, chunk_rows=2)
+    jsd.backward()
+    chunked_grad, student.grad = student.grad.clone(), None
+    whole = GKDTrainer.generalized_jsd_loss(student[None], teacher[None], labels[None], beta=0.3)
+    whole.backward()
+    assert torch.allclose(jsd, whole, atol=1e-6) and torch.allclose(chunked_grad, student.grad, atol=1e-6)
 
 
 def test_teacher_confidence_reads_every_answer_token_once(tmp_path):
@@ -178,3 +202,14 @@ def test_teacher_confidence_reads_every_answer_token_once(tmp_path):
     for count, probability, top, entropy in rows.values():
         assert 0 <= float(probability) <= 1 and 0 <= float(top.rstrip("%")) <= 100
         assert 0 <= float(entropy) <= math.log(3072) + 1e-6
+
+
+def test_the_plan_counts_the_students_own_answers_in_gkds_memory(tmp_path):
+    """On-policy rows are the prompt plus up to max_new_tokens the student writes, which max_length does not cut:
+    the plan trains on that length (SmolLM2: trl's GKD planned 4.3 GB and peaked at 8.8 GB)."""
+    def planned(*overrides):
+        return {s.name: s for s in _plan(tmp_path, *overrides).steps}["gkd"].memory_bytes
+
+    short, long = planned("stages.gkd.max_new_tokens=8"), planned("stages.gkd.max_new_tokens=256")
+    sft = {s.name: s for s in _plan(tmp_path).steps}["sft_student"].memory_bytes
+    assert sft < short < long

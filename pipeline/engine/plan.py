@@ -403,7 +403,9 @@ def _measure_lengths(step: Step, work: memory.Workload, tokenizer, image_tokens=
         found = longest_of(sample_lengths(spec, purpose, tokenizer, image_tokens=image_tokens),
                            LONG_BATCH_BATCHES * work.batch, work.length)
         if found:
-            completion = work.generate_tokens if purpose == "prompt" else 0  # prompts the stage completes
+            # a stage that answers its own prompts (GRPO's prompts; GKD's chats, answered by the student) trains
+            # on sequences as long as the prompt and what it writes
+            completion = work.generate_tokens if work.generate_batch else 0
             work.length = min(work.length, found + completion)
             work.prompt_length = found
     elif work.kind == "generate":
