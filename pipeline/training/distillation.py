@@ -23,6 +23,17 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     return alpha * ce + (1 - alpha) * temperature ** 2 * kl, ce, kl
 
 
+def teacher_answer_logits(teacher, head, forward: dict, mask):
+    """The teacher's logits on the answer positions only (`mask` over the shifted positions): its decoder runs on
+    the whole batch, its head only where a loss is taken, not on every token."""
+    import torch
+
+    with torch.no_grad():
+        hidden = teacher.get_decoder()(input_ids=forward["input_ids"], attention_mask=forward.get("attention_mask"),
+                                       position_ids=forward.get("position_ids"), use_cache=False).last_hidden_state
+        return head(hidden[:, :-1][mask])
+
+
 def jsd_loss(student_logits, teacher_logits, labels, beta: float, vocab: int | None = None,
              chunk_rows: int | None = None):
     """(generalised JSD, CE) over aligned rows of logits, each a mean over the rows: GKD's divergence (trl's own
@@ -96,13 +107,8 @@ def trainer_class():
             mask = labels != -100  # completion tokens only (prompt and padding are -100)
             outputs = model(**forward)
             student = outputs.logits[:, :-1][mask]
-            with torch.no_grad():  # the teacher's head runs on completion positions only, not on every token
-                # position ids too: a padding-free row's sequences stay apart for the teacher as for the student
-                hidden = self.teacher.get_decoder()(input_ids=forward["input_ids"],
-                                                    attention_mask=forward.get("attention_mask"),
-                                                    position_ids=forward.get("position_ids"),
-                                                    use_cache=False).last_hidden_state
-                teacher = self.teacher_head(hidden[:, :-1][mask])
+            # position ids too: a padding-free row's sequences stay apart for the teacher as for the student
+            teacher = teacher_answer_logits(self.teacher, self.teacher_head, forward, mask)
             if num_items_in_batch is not None:
                 num_items_in_batch = torch.as_tensor(num_items_in_batch, device=student.device).clamp(min=1)
             loss, ce, kl = distillation_loss(student, teacher, labels[mask], self.temperature, self.alpha,

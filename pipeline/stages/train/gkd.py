@@ -76,10 +76,8 @@ def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int):
     - no batch is answered by the student before step `on_policy_after`."""
     import random
 
-    import torch
-
     from pipeline.backends.perplexity import output_head
-    from pipeline.training.distillation import jsd_loss
+    from pipeline.training.distillation import jsd_loss, teacher_answer_logits
 
     class TunedGKD(trainer_class):
         def __init__(self, *args, **kwargs):
@@ -101,10 +99,7 @@ def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int):
             mask = labels != -100  # answer tokens only (prompt and padding are -100)
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             teacher = self.accelerator.unwrap_model(self.teacher_model).eval()
-            with torch.no_grad():  # the teacher's head runs on answer positions only
-                hidden = teacher.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                               use_cache=False).last_hidden_state
-                teacher_rows = output_head(teacher)(hidden[:, :-1][mask])
+            teacher_rows = teacher_answer_logits(teacher, output_head(teacher), inputs, mask)
             divergence, ce = jsd_loss(outputs.logits[:, :-1][mask], teacher_rows, labels[mask], self.beta, vocab)
             loss = divergence if self.answered_by_student or not alpha else alpha * ce + (1 - alpha) * divergence
             return (loss, outputs) if return_outputs else loss
@@ -139,8 +134,7 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     chats = training.untag(chats, cfg.dataset)
     trainer_class = gkd_trainer(GKDTrainer, cfg.alpha, cfg.on_policy_after, len(tokenizer))
     trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=chats,
-                                     processing_class=tokenizer, peft_config=peft_config,
-                                     callbacks=training.callbacks())
+                            processing_class=tokenizer, peft_config=peft_config, callbacks=training.callbacks())
     metrics = training.finish(trainer, source, tokenizer, chats, None)
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
