@@ -32,6 +32,7 @@ def test_the_student_comes_first_and_the_teacher_is_an_input(tmp_path):
     ("stages.gkd.lmbda=1.5", r"^stages\.gkd\.lmbda: 1\.5; valid: \[0, 1\]$"),
     ("stages.gkd.teacher.stage=eval_teacher", r"^stages\.gkd\.teacher\.stage: 'eval_teacher' is not an earlier stage "
                                               r"that produces a model or adapter"),
+    ("stages.gkd.divergence_temperature=0", r"^stages\.gkd\.divergence_temperature: 0(\.0)?; valid: > 0"),
     ("stages.gkd.packing=true", r"^stages\.gkd\.packing / padding_free: GKD samples an answer per chat"),
 ])
 def test_bad_gkd_settings_fail_at_plan_time(override, message, tmp_path):
@@ -181,6 +182,23 @@ def test_the_chunked_divergence_and_its_gradients_equal_trls_whole_computation()
     whole = GKDTrainer.generalized_jsd_loss(student[None], teacher[None], labels[None], beta=0.3)
     whole.backward()
     assert torch.allclose(jsd, whole, atol=1e-6) and torch.allclose(chunked_grad, student.grad, atol=1e-6)
+
+
+def test_a_divergence_temperature_softens_both_models_and_scales_by_its_square():
+    """divergence_temperature T is distill's: trl's JSD at T times T^2; the cross-entropy stays on raw logits."""
+    import torch
+    import torch.nn.functional as F
+    from trl.experimental.gkd import GKDTrainer
+
+    from pipeline.training.distillation import jsd_loss
+
+    torch.manual_seed(0)
+    student, teacher, labels = torch.randn(7, 11), torch.randn(7, 11), torch.randint(0, 11, (7,))
+    jsd, ce = jsd_loss(student, teacher, labels, beta=0.0, chunk_rows=3, temperature=2.0)
+    at_t = GKDTrainer.generalized_jsd_loss(student[None], teacher[None], labels[None], beta=0.0, temperature=2.0)
+    plain, _ = jsd_loss(student, teacher, labels, beta=0.0)
+    assert torch.allclose(jsd, 4 * at_t, atol=1e-6) and not torch.allclose(jsd, plain, atol=1e-3)
+    assert torch.allclose(ce, F.cross_entropy(student, labels), atol=1e-6)
 
 
 def test_teacher_confidence_reads_every_answer_token_once(tmp_path):

@@ -35,13 +35,15 @@ def teacher_answer_logits(teacher, head, forward: dict, mask):
 
 
 def jsd_loss(student_logits, teacher_logits, labels, beta: float, vocab: int | None = None,
-             chunk_rows: int | None = None):
+             chunk_rows: int | None = None, temperature: float = 1.0):
     """(generalised JSD, CE) over aligned rows of logits, each a mean over the rows: GKD's divergence (trl's own
     formula, GKDTrainer.generalized_jsd_loss) computed as distillation_loss computes its terms, a chunk of rows
     at a time under activation checkpointing. trl's GKDTrainer computes it on every position of the batch at
-    once: ~30 full-vocabulary fp32 copies (SmolLM2, batch 8: peak RSS 14.8 GB against 3.8 GB for SFT)."""
+    once: ~30 full-vocabulary fp32 copies (SmolLM2, batch 8: peak RSS 14.8 GB against 3.8 GB for SFT).
+    `temperature` T softens both distributions and the divergence is scaled by T^2, as distillation_loss's KL
+    (trl's GKD: T 1); CE is on the raw logits."""
     rows = max(labels.numel(), 1)
-    jsd, ce = chunked_sums(_jsd_terms, student_logits, teacher_logits, labels, vocab, chunk_rows, beta)
+    jsd, ce = chunked_sums(_jsd_terms, student_logits, teacher_logits, labels, vocab, chunk_rows, beta, temperature)
     return jsd / rows, ce / rows
 
 
@@ -66,13 +68,14 @@ def chunked_sums(terms, student_logits, teacher_logits, labels, vocab: int | Non
     return sums
 
 
-def _jsd_terms(student, teacher, labels, beta: float):
-    """Summed generalised JSD (trl's) and CE(student, labels) over a chunk of rows."""
+def _jsd_terms(student, teacher, labels, beta: float, temperature: float):
+    """Summed T^2 * generalised JSD (trl's, at temperature T) and CE(student, labels) over a chunk of rows."""
     import torch.nn.functional as F
     from trl.experimental.gkd import GKDTrainer
 
     student, teacher = student.float(), teacher.float()
-    jsd = GKDTrainer.generalized_jsd_loss(student, teacher, beta=beta, reduction="sum")
+    jsd = GKDTrainer.generalized_jsd_loss(student, teacher, beta=beta, temperature=temperature, reduction="sum")
+    jsd = jsd * temperature ** 2
     return jsd, F.cross_entropy(student, labels, reduction="sum")
 
 

@@ -36,7 +36,10 @@ class GKDStageConfig(Taught):
     lmbda: float = between(0.5, 0, 1, help="share of batches answered by the student itself (1: fully on-policy, "
                                            "0: the data's answers only)")
     beta: float = between(0.5, 0, 1, help="generalised JSD: 0 KL(teacher||student), 1 KL(student||teacher)")
-    temperature: float = positive(0.9, help="sampling temperature of the student's answers (and of the divergence)")
+    temperature: float = positive(0.9, help="sampling temperature of the student's answers")
+    divergence_temperature: float = positive(1.0, help="softmax temperature T of both models' distributions in the "
+                                                       "divergence, which is scaled by T^2 (distill's temperature; "
+                                                       "1: trl's GKD)")
     max_new_tokens: int = at_least(1, 128, help="longest answer the student samples")
     alpha: float = between(0.0, 0, 1, help="weight of cross-entropy on the data's answers in the batches the student "
                                           "does not answer (the rest is the divergence; 0: trl's GKD, as distill's "
@@ -63,14 +66,15 @@ class GKDStageConfig(Taught):
                               "set both to false")
 
 
-def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int):
-    """trl's GKDTrainer with four changes, each measured (README, sft_gkd):
+def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, divergence_temperature: float = 1.0):
+    """trl's GKDTrainer with five changes, each measured (README, sft_gkd):
     - the divergence is trl's generalised JSD on the answer tokens only, a chunk of rows at a time
       (pipeline/training/distillation.py: jsd_loss); trl's computes it on every position at once, and on SmolLM2
       the stage peaked at 14.8 GB of RSS against 3.8 GB for SFT;
     - each batch's loss is a mean over that batch's own answer tokens. The Trainer counts `num_items_in_batch` from
       the data's labels before GKD swaps in the student's sampled answers, and trl divides the on-policy loss by
       that stale count (3-of-4-layer embedded student after its SFT, 150 steps: 46.0% with trl's count, 57.0%);
+    - the divergence may be taken at a temperature T, scaled by T^2 (`divergence_temperature`, as distill's);
     - `alpha` adds cross-entropy on the data's answers to batches the student did not write (distill's hard term;
       on the student's own answers the labels are its samples, so none there);
     - no batch is answered by the student before step `on_policy_after`."""
@@ -100,7 +104,8 @@ def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int):
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             teacher = self.accelerator.unwrap_model(self.teacher_model).eval()
             teacher_rows = teacher_answer_logits(teacher, output_head(teacher), inputs, mask)
-            divergence, ce = jsd_loss(outputs.logits[:, :-1][mask], teacher_rows, labels[mask], self.beta, vocab)
+            divergence, ce = jsd_loss(outputs.logits[:, :-1][mask], teacher_rows, labels[mask], self.beta, vocab,
+                                      temperature=divergence_temperature)
             loss = divergence if self.answered_by_student or not alpha else alpha * ce + (1 - alpha) * divergence
             return (loss, outputs) if return_outputs else loss
 
@@ -132,13 +137,13 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     ctx.log(f"GKD: student {source.path} ({how}), lmbda {cfg.lmbda}, beta {cfg.beta}, {len(chats)} chats")
     training = Run(cfg, ctx)
     chats = training.untag(chats, cfg.dataset)
-    trainer_class = gkd_trainer(GKDTrainer, cfg.alpha, cfg.on_policy_after, len(tokenizer))
+    trainer_class = gkd_trainer(GKDTrainer, cfg.alpha, cfg.on_policy_after, len(tokenizer), cfg.divergence_temperature)
     trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=chats,
                             processing_class=tokenizer, peft_config=peft_config, callbacks=training.callbacks())
     metrics = training.finish(trainer, source, tokenizer, chats, None)
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
     meta = {"gkd": {"teacher": described, "lmbda": cfg.lmbda, "beta": cfg.beta, "temperature": cfg.temperature,
-                    "alpha": cfg.alpha, "on_policy_after": cfg.on_policy_after}}
+                    "divergence_temperature": cfg.divergence_temperature, "alpha": cfg.alpha, "on_policy_after": cfg.on_policy_after}}
     return policy_artifact(source, ctx.out_dir, cfg.method == Method.full, cfg.lora if peft_config else None,
                            metrics, meta)
