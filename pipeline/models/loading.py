@@ -302,6 +302,23 @@ def placed_by_sharding() -> bool:
     return is_deepspeed_zero3_enabled() or is_fsdp_enabled()
 
 
+def whole_weights_for_generation(model):
+    """(context, processes that hold whole weights) for generating with a training stage's model before its trainer
+    wraps it: under ZeRO-3 every rank holds a slice of each weight, gathered whole inside the context (as trl does
+    before it generates); under FSDP's cpu_ram_efficient_loading only rank 0 holds the weights (the others'
+    are on the meta device until accelerate broadcasts them), so only the first process may generate."""
+    from contextlib import nullcontext
+
+    from transformers.integrations import is_fsdp_enabled
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters())), None
+    return nullcontext(), 1 if is_fsdp_enabled() else None
+
+
 def _from_pretrained(cls, source: str, model: ModelConfig, **kwargs):
     revision = model.revision if source == model.path else None
     try:

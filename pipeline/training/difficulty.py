@@ -6,7 +6,9 @@ groups during training; filtering by difficulty first spends the measuring once,
     stages.grpo.difficulty.samples=8 stages.grpo.difficulty.pool=256
 
 Each measured prompt's pass rate goes to difficulty.jsonl in the stage's folder, so the choice can be read.
-On several processes each measures its share of the pool (every world_size-th prompt) and all get every rate.
+On several processes each measures its share of the pool (every world_size-th prompt) and all get every rate;
+under ZeRO-3 with its weights gathered for the measuring, under FSDP (whose other ranks hold no weights before
+training) rank 0 alone.
 """
 from __future__ import annotations
 
@@ -44,14 +46,15 @@ def pass_rates(model, tokenizer, rows: list[dict[str, Any]], samples: int, sampl
             for i in range(len(rows))]
 
 
-def spread(rows: list, measure, process_index: int, num_processes: int) -> list[float]:
-    """`measure(rows)`, each process measuring every num_processes-th row from its index; every process gets all
-    the rates in row order."""
+def spread(rows: list, measure, process_index: int, num_processes: int, measuring: int | None = None) -> list[float]:
+    """`measure(rows)`, each of the first `measuring` processes (default: all) measuring every measuring-th row from
+    its index; every process gets all the rates in row order."""
     if num_processes == 1:
         return measure(rows)
     from accelerate.utils import gather_object
 
-    mine = list(range(process_index, len(rows), num_processes))
+    measuring = measuring or num_processes
+    mine = list(range(process_index, len(rows), measuring)) if process_index < measuring else []
     rates = measure([rows[i] for i in mine]) if mine else []
     by_row = dict(gather_object(list(zip(mine, rates))))
     return [by_row[i] for i in range(len(rows))]

@@ -24,7 +24,13 @@ from pipeline.data.datasets import DatasetSpec, prepared
 from pipeline.engine.context import Inputs, StageContext
 from pipeline.engine.contract import StageConfig
 from pipeline.errors import ConfigError, PlanError
-from pipeline.models.loading import load_causal_lm, load_reward_model, load_tokenizer, save_tokenizer
+from pipeline.models.loading import (
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    save_tokenizer,
+    whole_weights_for_generation,
+)
 from pipeline.models.memory import Workload
 from pipeline.ranges import at_least, between, one_of, positive, setting
 from pipeline.stages.train.preference import Run, trainable_policy
@@ -229,15 +235,20 @@ def _by_difficulty(cfg: OnlineRL, model, tokenizer, dataset, ctx: StageContext):
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, **({"top_k": cfg.top_k} if cfg.top_k else {})}
     state = PartialState()  # torchrun's ranks: each measures its share
 
-    def measure(share: list[dict]) -> list[float]:
+    def measure(share: list[dict]) -> list[float]:  # on the weights' own device (FSDP's rank 0: the CPU)
         return difficulty.pass_rates(model, tokenizer, share, spec.samples, sampling, cfg.max_completion_length,
-                                     cfg.per_device_train_batch_size, ctx.device, resolve(spec.reward))
-    rates = difficulty.spread(rows, measure, state.process_index, state.num_processes)
+                                     cfg.per_device_train_batch_size, str(next(model.parameters()).device),
+                                     resolve(spec.reward))
+    whole, measuring = whole_weights_for_generation(model)
+    with whole:
+        rates = difficulty.spread(rows, measure, state.process_index, state.num_processes, measuring)
     kept = difficulty.keep(rates, spec)
     if state.is_main_process:
         difficulty.write_records(ctx.out_dir / "difficulty.jsonl", rows, rates, kept)
     figures = difficulty.summary(rates, kept)
-    shared = f", measured {-(-len(rows) // state.num_processes)} a process" if state.num_processes > 1 else ""
+    shared = "" if state.num_processes == 1 else (
+        ", measured by rank 0 alone: the other ranks hold no weights before FSDP shards them" if measuring == 1
+        else f", measured {-(-len(rows) // state.num_processes)} a process")
     ctx.log(f"difficulty: {len(kept)} of {len(rows)} prompts kept (pass rate in ({spec.min_pass}, {spec.max_pass}) "
             f"over {spec.samples} samples{shared}); all passed {figures['difficulty_all_pass']:.0%}, all failed "
             f"{figures['difficulty_all_fail']:.0%}, mean pass rate {figures['difficulty_mean_pass']:.0%}")
