@@ -22,10 +22,9 @@ def _plan(tmp_path, *overrides):
 
 def test_the_student_comes_first_and_the_teacher_is_an_input(tmp_path):
     steps = {s.name: s for s in _plan(tmp_path).steps}
-    assert steps["gkd"].input_names == ["sft_student", "teacher"]  # GKD continues the SFT'd student
-    assert steps["sft_student"].fingerprint == {s.name: s for s in build_plan(
-        compose(["recipe=distill", "logger=none"]), Store(tmp_path / "store"), recipe="distill",
-        device="cpu").steps}["sft_student"].fingerprint  # the baseline is recipe distill's, reused
+    assert steps["gkd"].input_names == ["student", "teacher"]  # GKD and the baseline SFT start from one student
+    assert steps["sft_student"].input_names == ["student"]
+    assert steps["gkd"].cfg.max_steps == steps["sft_student"].cfg.max_steps  # step for step
 
 
 @pytest.mark.parametrize("override, message", [
@@ -52,7 +51,8 @@ def test_gkd_trains_the_student_on_its_own_answers(tiny_llama, tmp_path):
                  "hardware.num_threads=1", "data.sft.limit=16", "stages.teacher.max_steps=3",
                  "stages.teacher.per_device_train_batch_size=4", "stages.sft_student.max_steps=3",
                  "stages.sft_student.per_device_train_batch_size=4", "stages.gkd.logging_steps=1",
-                 "stages.gkd.lmbda=1.0", "stages.gkd.max_new_tokens=6", "stages.gkd.inputs=[student]",  # a new LoRA
+                 "stages.gkd.lmbda=1.0", "stages.gkd.max_new_tokens=6", "stages.gkd.inputs=[student]",
+                 "stages.sft_student.method=lora",  # GKD trains as the baseline does: a new LoRA
                  *EVALS, f"paths.store={tmp_path / 'store'}"]
     record = run_chain(compose(overrides), tmp_path / "run", "sft_gkd", overrides, None)
     assert record["status"] == "done"
@@ -78,7 +78,8 @@ def test_gkd_keeps_training_an_sft_students_adapter(tiny_llama, tmp_path):
     overrides = ["recipe=sft_gkd", f"model.path={tiny_llama}", "model.name=tiny", "logger=none",
                  "hardware.num_threads=1", "data.sft.limit=16", "stages.teacher.max_steps=2",
                  "stages.teacher.per_device_train_batch_size=4", "stages.sft_student.max_steps=2",
-                 "stages.sft_student.per_device_train_batch_size=4", "stages.gkd.inputs=[sft_student]",
+                 "stages.sft_student.per_device_train_batch_size=4", "stages.sft_student.method=lora",
+                 "stages.gkd.inputs=[sft_student]",
                  "stages.gkd.lmbda=1.0", "stages.gkd.on_policy_after=1", "stages.gkd.alpha=0.5",
                  "stages.gkd.max_new_tokens=8",
                  *EVALS, f"paths.store={tmp_path / 'store'}"]
