@@ -115,6 +115,7 @@ def test_every_recipe_plans_on_the_real_model(recipe, tmp_path, chain):
     if sft is not None and recipe != "smoke":  # the one SFT of every recipe: model.tuning.sft (sft_grpo: its
         # short_steps); smoke runs a few steps of its own
         steps = 15 if recipe in ("sft_grpo", "reward_rloo") else 30
-        rate = 5e-5 if recipe == "tool_rl" else 1e-3  # tool_rl's SFT is full: model.tuning.sft.full_learning_rate
+        # tool_rl's SFT and sft_gkd's teacher train in full: model.tuning.sft.full_learning_rate
+        rate = 5e-5 if recipe in ("tool_rl", "sft_gkd") else 1e-3
         assert (sft.cfg.max_steps, sft.cfg.learning_rate, sft.cfg.per_device_train_batch_size) == (steps, rate, 8)
     assert all(s.memory_bytes for s in plan.steps)
