@@ -100,7 +100,8 @@ def _wrapped(parent, alpha=0.0, on_policy_after=0, lmbda=0.5, step=0):
 
     from pipeline.stages.train.gkd import gkd_trainer
 
-    trainer = object.__new__(gkd_trainer(parent, alpha, on_policy_after, vocab=64))
+    trainer = object.__new__(gkd_trainer(parent, alpha, on_policy_after, vocab=64,
+                                         divergence_temperature=1.0))
     trainer.lmbda = trainer.lmbda_as_set = lmbda
     trainer.answered_by_student, trainer.state = False, SimpleNamespace(global_step=step)
     return trainer
@@ -120,7 +121,7 @@ def test_each_batch_is_averaged_over_its_own_answer_tokens():
             seen.append(num_items_in_batch)
 
     _wrapped(Recording).training_step(None, {}, 17)
-    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, 0.0, 0, 64), GKDTrainer)
+    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, 0.0, 0, 64, 1.0), GKDTrainer)
 
 
 def test_the_student_answers_no_batch_before_on_policy_after_and_lmbda_is_restored():

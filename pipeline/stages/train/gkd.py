@@ -66,7 +66,7 @@ class GKDStageConfig(Taught):
                               "set both to false")
 
 
-def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, divergence_temperature: float = 1.0):
+def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, divergence_temperature: float):
     """trl's GKDTrainer with five changes, each measured (README, sft_gkd):
     - the divergence is trl's generalised JSD on the answer tokens only, a chunk of rows at a time
       (pipeline/training/distillation.py: jsd_loss); trl's computes it on every position at once, and on SmolLM2
@@ -144,6 +144,7 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     ctx.log(f"loss {metrics.get('loss_first', float('nan')):.3f} -> {metrics.get('loss_last', float('nan')):.3f} "
             f"in {metrics['train_steps']} steps")
     meta = {"gkd": {"teacher": described, "lmbda": cfg.lmbda, "beta": cfg.beta, "temperature": cfg.temperature,
-                    "divergence_temperature": cfg.divergence_temperature, "alpha": cfg.alpha, "on_policy_after": cfg.on_policy_after}}
+                    "divergence_temperature": cfg.divergence_temperature, "alpha": cfg.alpha,
+                    "on_policy_after": cfg.on_policy_after}}
     return policy_artifact(source, ctx.out_dir, cfg.method == Method.full, cfg.lora if peft_config else None,
                            metrics, meta)
