@@ -226,8 +226,8 @@ def test_new_alignment_stages_train_on_two_processes(kind, tiny_llama, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("profile, shared", [("ddp", "measured 6 a process"), ("deepspeed_zero3", "measured 6 a process"),
-                                             ("fsdp", "measured by rank 0 alone")])
+# DDP shares the pool as ZeRO-3 does, without the gathering (its launch: test_two_process_sft_on_cpu_through_the_runner)
+@pytest.mark.parametrize("profile, shared", [("deepspeed_zero3", "measured 6 a process"), ("fsdp", "measured by rank 0 alone")])
 def test_difficulty_filter_measures_a_share_of_the_pool_on_each_process(profile, shared, tiny_llama, tmp_path,
                                                                         monkeypatch, capfd):
     """Two ranks measure every other prompt each and both train on the same kept prompts: difficulty.jsonl holds

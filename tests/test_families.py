@@ -3,7 +3,7 @@ goes through `recipe=smoke` as a user runs it (LoRA SFT -> DPO -> merge -> reloa
 with parity, chat template and stop tokens, and a Modelfile), or is refused at plan time in one line that
 names the architecture and the reason, before any training. The MoE families train LoRA on their experts
 (lora.experts: true). The README's family table is rendered from these results: when behaviour changes,
-rewrite it with `TUNECHAIN_WRITE_FAMILY_TABLE=1 pytest -m slow tests/test_families.py`.
+rewrite it with `TUNECHAIN_WRITE_FAMILY_TABLE=1 pytest -m acceptance tests/test_families.py`.
 """
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from conftest import ROOT, artifacts, compose, run_main
 from families import FAMILIES, LORA_TARGETS, build_family, family_table
 
 pytestmark = pytest.mark.slow
+# The matrix (every family through recipe=smoke, about 6 minutes on 2 cores) is an acceptance run, outside CI; the
+# per-family checks that need no training (padding-free logits, plan-time refusals) stay in the slow set.
+ACROSS_FAMILIES = pytest.mark.acceptance
 
 MOE = ("qwen3_moe", "gpt_oss")
 REFUSED = {"phimoe": r"^error: stages\.gguf: llama\.cpp [\d.]+'s converter has no PhimoeForCausalLM",
@@ -94,6 +97,7 @@ def _stages(result: dict) -> dict[str, dict]:
     return {s["name"]: s for s in result["chain"]["stages"]}
 
 
+@ACROSS_FAMILIES
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in REFUSED])
 def test_the_family_goes_from_sft_to_a_gguf_with_parity(matrix, family):
     result = matrix[family]
@@ -112,6 +116,7 @@ def test_the_family_goes_from_sft_to_a_gguf_with_parity(matrix, family):
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>" in modelfile
 
 
+@ACROSS_FAMILIES
 @pytest.mark.parametrize("family", list(REFUSED))
 def test_what_llama_cpp_cannot_convert_is_refused_before_training(matrix, family):
     result = matrix[family]
@@ -122,6 +127,7 @@ def test_what_llama_cpp_cannot_convert_is_refused_before_training(matrix, family
     assert artifacts(Path(result["tmp"]) / "store") == []  # nothing trained
 
 
+@ACROSS_FAMILIES
 @pytest.mark.parametrize("family", MOE)
 def test_lora_on_experts_trains_them_and_merge_writes_them_back(matrix, family):
     from safetensors.torch import load_file
@@ -183,6 +189,7 @@ def test_experts_on_a_dense_model_are_refused_at_plan_time(tmp_path):
         build_plan(cfg, Store(tmp_path / "store"), recipe="smoke", device="cpu")
 
 
+@ACROSS_FAMILIES
 def test_the_readme_family_table_is_these_results(matrix):
     table = family_table({f: _summary(r) for f, r in matrix.items()})
     readme = ROOT / "README.md"
@@ -191,9 +198,31 @@ def test_the_readme_family_table_is_these_results(matrix):
     if os.environ.get("TUNECHAIN_WRITE_FAMILY_TABLE") == "1":
         readme.write_text(text[:start] + "\n" + table + "\n" + text[end:])
         return
-    assert text[start:end].strip() == table.strip(), (
-        "the README's family table differs from this run's results; rewrite it with "
-        "TUNECHAIN_WRITE_FAMILY_TABLE=1 pytest -m slow tests/test_families.py")
+    written, now = _rows(text[start:end]), _rows(table)
+    assert written.keys() == now.keys(), "the README's family table lists other families; rewrite it with " + REWRITE
+    # GGUF f16 and the merged model may part on a near-tie token on one CPU and not another: one greedy token of
+    # the 16 either way is the same result; the rest of each row must be equal
+    differ = [family for family in now if _without_parity(written[family]) != _without_parity(now[family])
+              or abs(_identical(written[family]) - _identical(now[family])) > 1]
+    assert not differ, f"the README's family table differs from this run's results for {differ}; rewrite it with " + REWRITE
+
+
+REWRITE = "TUNECHAIN_WRITE_FAMILY_TABLE=1 pytest -m acceptance tests/test_families.py"
+PARITY = re.compile(r"(\d+)% of (\d+) identical")
+
+
+def _rows(table: str) -> dict[str, str]:
+    return {row.split("|")[1].strip(): row for row in table.strip().splitlines()[2:]}
+
+
+def _without_parity(row: str) -> str:
+    return PARITY.sub("", row)
+
+
+def _identical(row: str) -> int:
+    """Greedy tokens the GGUF shares with the merged model (0 where the family was refused)."""
+    found = PARITY.search(row)
+    return round(int(found.group(1)) * int(found.group(2)) / 100) if found else 0
 
 
 def _summary(result: dict) -> dict:
