@@ -27,6 +27,8 @@ MOE = ("qwen3_moe", "gpt_oss")
 REFUSED = {"phimoe": r"^error: stages\.gguf: llama\.cpp [\d.]+'s converter has no PhimoeForCausalLM",
            "qwen2": r"^error: stages\.gguf: llama\.cpp [\d.]+'s converter does not know this model's BPE pre-tokenizer"}
 TABLE_START, TABLE_END = "<!-- family-table:start -->", "<!-- family-table:end -->"
+REWRITE = "TUNECHAIN_WRITE_FAMILY_TABLE=1 pytest -m acceptance tests/test_families.py"
+PARITY = re.compile(r"(\d+)% of (\d+) identical")
 
 
 def _bpe_folder() -> Path:
@@ -205,10 +207,6 @@ def test_the_readme_family_table_is_these_results(matrix):
     differ = [family for family in now if _without_parity(written[family]) != _without_parity(now[family])
               or abs(_identical(written[family]) - _identical(now[family])) > 1]
     assert not differ, f"the README's family table differs from this run's results for {differ}; rewrite it with " + REWRITE
-
-
-REWRITE = "TUNECHAIN_WRITE_FAMILY_TABLE=1 pytest -m acceptance tests/test_families.py"
-PARITY = re.compile(r"(\d+)% of (\d+) identical")
 
 
 def _rows(table: str) -> dict[str, str]:
