@@ -33,6 +33,9 @@ def test_the_student_comes_first_and_the_teacher_is_an_input(tmp_path):
                                               r"that produces a model or adapter"),
     ("stages.gkd.divergence_temperature=0", r"^stages\.gkd\.divergence_temperature: 0(\.0)?; valid: > 0"),
     ("stages.gkd.packing=true", r"^stages\.gkd\.packing / padding_free: GKD samples an answer per chat"),
+    ("stages.gkd.on_policy_after=5", r"^stages\.gkd\.on_policy_after / on_policy_after_ratio: both are set \(5 steps, "
+                                     r"0\.5 of the run\); set one$"),
+    ("stages.gkd.on_policy_after_ratio=1.5", r"^stages\.gkd\.on_policy_after_ratio: 1\.5; valid: \[0, 1\]$"),
 ])
 def test_bad_gkd_settings_fail_at_plan_time(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
@@ -94,16 +97,17 @@ def test_gkd_keeps_training_an_sft_students_adapter(tiny_llama, tmp_path):
                                                 .read_text())["base_model"]
 
 
-def _wrapped(parent, alpha=0.0, on_policy_after=0, lmbda=0.5, step=0):
+def _wrapped(parent, alpha=0.0, on_policy_after=0, lmbda=0.5, step=0, ratio=0.0, max_steps=10):
     """The stage's trainer class over `parent`, built without a model: the overrides alone."""
     from types import SimpleNamespace
 
     from pipeline.stages.train.gkd import gkd_trainer
 
     trainer = object.__new__(gkd_trainer(parent, alpha, on_policy_after, vocab=64,
-                                         divergence_temperature=1.0))
+                                         divergence_temperature=1.0, on_policy_after_ratio=ratio))
     trainer.lmbda = trainer.lmbda_as_set = lmbda
-    trainer.answered_by_student, trainer.state = False, SimpleNamespace(global_step=step)
+    trainer.answered_by_student = False
+    trainer.state = SimpleNamespace(global_step=step, max_steps=max_steps)
     return trainer
 
 
@@ -139,6 +143,20 @@ def test_the_student_answers_no_batch_before_on_policy_after_and_lmbda_is_restor
     late.training_step(None, {})
     assert lmbdas == [0.0, 1.0] and (early.answered_by_student, late.answered_by_student) == (False, True)
     assert early.lmbda == late.lmbda == 1.0
+
+
+@pytest.mark.parametrize("step, max_steps, answers", [(29, 60, False), (30, 60, True), (7, 15, False),
+                                                      (8, 15, True)])
+def test_on_policy_after_ratio_counts_a_share_of_the_runs_steps(step, max_steps, answers):
+    from trl.experimental.gkd import GKDTrainer
+
+    class Recording(GKDTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            pass
+
+    trainer = _wrapped(Recording, lmbda=1.0, ratio=0.5, step=step, max_steps=max_steps)
+    trainer.training_step(None, {})
+    assert trainer.answered_by_student is answers  # half of 15 steps rounds up: the student answers from step 8
 
 
 def test_the_loss_is_trls_divergence_on_answer_tokens_plus_alpha_times_the_datas_cross_entropy():
@@ -217,11 +235,25 @@ def test_teacher_confidence_reads_every_answer_token_once(tmp_path):
     printed = subprocess.run([sys.executable, "scripts/teacher_confidence.py", "embedded/model", "--data", str(data)],
                              cwd=root, capture_output=True, text=True, check=True).stdout
     rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines()[2:]}
-    digits = sum(ch.isdigit() for a in answers for ch in a)  # the embedded tokenizer splits digits
-    assert rows["####"][0] == rows["<|im_end|>"][0] == "2" and rows["digit"][0] == str(digits)
+
+    def digits(texts):  # the embedded tokenizer splits digits
+        return str(sum(ch.isdigit() for text in texts for ch in text))
+    assert rows["####"][0] == rows["<|im_end|>"][0] == "2"
+    assert rows["digit"][0] == digits(a.split("####")[0] for a in answers)
+    assert rows["final"][0] == digits(a.split("####")[1] for a in answers)  # the number after `####`
     for count, probability, top, entropy in rows.values():
         assert 0 <= float(probability) <= 1 and 0 <= float(top.rstrip("%")) <= 100
         assert 0 <= float(entropy) <= math.log(3072) + 1e-6
+
+    # An eval's records: the recorded answers are scored, split into right and wrong ones.
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"question": f"q{i}", "output": a, "correct": i == 0}) + "\n"
+                                   for i, a in enumerate(answers)))
+    printed = subprocess.run([sys.executable, "scripts/teacher_confidence.py", "embedded/model", "--answers",
+                              str(predictions)], cwd=root, capture_output=True, text=True, check=True).stdout
+    rows = {" ".join(line.split()[:2]): line.split()[2:] for line in printed.splitlines()[2:]}
+    assert rows["right final"][0] == "1" and rows["wrong final"][0] == "2"  # 4; 86
+    assert rows["right ####"][0] == rows["wrong ####"][0] == "1"
 
 
 def test_the_plan_counts_the_students_own_answers_in_gkds_memory(tmp_path):

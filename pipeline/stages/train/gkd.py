@@ -46,6 +46,8 @@ class GKDStageConfig(Taught):
                                           "alpha)")
     on_policy_after: int = at_least(0, 0, help="steps on the data's answers before the student answers any batch "
                                               "(an untrained student's own answers teach it nothing)")
+    on_policy_after_ratio: float = between(0.0, 0, 1, help="the same as a share of the run's steps, as warmup_ratio "
+                                                          "is to warmup_steps (set one of the two)")
 
     def student_kinds(self) -> tuple[str, ...]:
         return (ArtifactKind.model, ArtifactKind.adapter)  # an SFT'd student's adapter keeps training
@@ -61,12 +63,16 @@ class GKDStageConfig(Taught):
 
     def validate(self, where: str, earlier: dict) -> None:
         super().validate(where, earlier)
+        if self.on_policy_after and self.on_policy_after_ratio:
+            raise ConfigError(f"{where}.on_policy_after / on_policy_after_ratio: both are set "
+                              f"({self.on_policy_after} steps, {self.on_policy_after_ratio} of the run); set one")
         if self.packing or self.padding_free:
             raise ConfigError(f"{where}.packing / padding_free: GKD samples an answer per chat, so chats stay apart; "
                               "set both to false")
 
 
-def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, divergence_temperature: float):
+def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, divergence_temperature: float,
+                on_policy_after_ratio: float = 0.0):
     """trl's GKDTrainer with five changes, each measured (README, sft_gkd):
     - the divergence is trl's generalised JSD on the answer tokens only, a chunk of rows at a time
       (pipeline/training/distillation.py: jsd_loss); trl's computes it on every position at once, and on SmolLM2
@@ -77,7 +83,8 @@ def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, d
     - the divergence may be taken at a temperature T, scaled by T^2 (`divergence_temperature`, as distill's);
     - `alpha` adds cross-entropy on the data's answers to batches the student did not write (distill's hard term;
       on the student's own answers the labels are its samples, so none there);
-    - no batch is answered by the student before step `on_policy_after`."""
+    - no batch is answered by the student before step `on_policy_after` (or that share of the run's steps)."""
+    import math
     import random
 
     from pipeline.backends.perplexity import output_head
@@ -90,8 +97,8 @@ def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, d
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             # One draw a step, as trl's own; the choice is made here so compute_loss knows whose answers these are.
-            self.answered_by_student = (random.random() <= self.lmbda_as_set
-                                        and self.state.global_step >= on_policy_after)
+            first = on_policy_after or math.ceil(on_policy_after_ratio * self.state.max_steps)
+            self.answered_by_student = random.random() <= self.lmbda_as_set and self.state.global_step >= first
             self.lmbda = 1.0 if self.answered_by_student else 0.0
             try:
                 return super().training_step(model, inputs, None)  # None: a mean over this batch's own tokens
@@ -137,7 +144,8 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     ctx.log(f"GKD: student {source.path} ({how}), lmbda {cfg.lmbda}, beta {cfg.beta}, {len(chats)} chats")
     training = Run(cfg, ctx)
     chats = training.untag(chats, cfg.dataset)
-    trainer_class = gkd_trainer(GKDTrainer, cfg.alpha, cfg.on_policy_after, len(tokenizer), cfg.divergence_temperature)
+    trainer_class = gkd_trainer(GKDTrainer, cfg.alpha, cfg.on_policy_after, len(tokenizer), cfg.divergence_temperature,
+                                cfg.on_policy_after_ratio)
     trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=chats,
                             processing_class=tokenizer, peft_config=peft_config, callbacks=training.callbacks())
     metrics = training.finish(trainer, source, tokenizer, chats, None)
@@ -145,6 +153,6 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
             f"in {metrics['train_steps']} steps")
     meta = {"gkd": {"teacher": described, "lmbda": cfg.lmbda, "beta": cfg.beta, "temperature": cfg.temperature,
                     "divergence_temperature": cfg.divergence_temperature, "alpha": cfg.alpha,
-                    "on_policy_after": cfg.on_policy_after}}
+                    "on_policy_after": cfg.on_policy_after, "on_policy_after_ratio": cfg.on_policy_after_ratio}}
     return policy_artifact(source, ctx.out_dir, cfg.method == Method.full, cfg.lora if peft_config else None,
                            metrics, meta)
