@@ -33,8 +33,6 @@ def test_the_student_comes_first_and_the_teacher_is_an_input(tmp_path):
                                               r"that produces a model or adapter"),
     ("stages.gkd.divergence_temperature=0", r"^stages\.gkd\.divergence_temperature: 0(\.0)?; valid: > 0"),
     ("stages.gkd.packing=true", r"^stages\.gkd\.packing / padding_free: GKD samples an answer per chat"),
-    ("stages.gkd.on_policy_after=5", r"^stages\.gkd\.on_policy_after / on_policy_after_ratio: both are set \(5 steps, "
-                                     r"0\.5 of the run\); set one$"),
     ("stages.gkd.on_policy_after_ratio=1.5", r"^stages\.gkd\.on_policy_after_ratio: 1\.5; valid: \[0, 1\]$"),
 ])
 def test_bad_gkd_settings_fail_at_plan_time(override, message, tmp_path):
@@ -157,6 +155,21 @@ def test_on_policy_after_ratio_counts_a_share_of_the_runs_steps(step, max_steps,
     trainer = _wrapped(Recording, lmbda=1.0, ratio=0.5, step=step, max_steps=max_steps)
     trainer.training_step(None, {})
     assert trainer.answered_by_student is answers  # half of 15 steps rounds up: the student answers from step 8
+
+
+def test_on_policy_after_in_steps_wins_over_the_recipes_ratio(tmp_path):
+    """As warmup_steps over warmup_ratio: `stages.gkd.on_policy_after=30` on sft_gkd (ratio 0.5) means step 30."""
+    from trl.experimental.gkd import GKDTrainer
+
+    class Recording(GKDTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            pass
+
+    gkd = {s.name: s for s in _plan(tmp_path, "stages.gkd.on_policy_after=3").steps}["gkd"].cfg
+    assert (gkd.on_policy_after, gkd.on_policy_after_ratio) == (3, 0.5)
+    trainer = _wrapped(Recording, on_policy_after=3, lmbda=1.0, ratio=0.5, step=3, max_steps=60)
+    trainer.training_step(None, {})
+    assert trainer.answered_by_student  # step 3, not step 30
 
 
 def test_the_loss_is_trls_divergence_on_answer_tokens_plus_alpha_times_the_datas_cross_entropy():

@@ -47,7 +47,7 @@ class GKDStageConfig(Taught):
     on_policy_after: int = at_least(0, 0, help="steps on the data's answers before the student answers any batch "
                                               "(an untrained student's own answers teach it nothing)")
     on_policy_after_ratio: float = between(0.0, 0, 1, help="the same as a share of the run's steps, as warmup_ratio "
-                                                          "is to warmup_steps (set one of the two)")
+                                                          "is to warmup_steps: on_policy_after, when above 0, wins")
 
     def student_kinds(self) -> tuple[str, ...]:
         return (ArtifactKind.model, ArtifactKind.adapter)  # an SFT'd student's adapter keeps training
@@ -63,9 +63,6 @@ class GKDStageConfig(Taught):
 
     def validate(self, where: str, earlier: dict) -> None:
         super().validate(where, earlier)
-        if self.on_policy_after and self.on_policy_after_ratio:
-            raise ConfigError(f"{where}.on_policy_after / on_policy_after_ratio: both are set "
-                              f"({self.on_policy_after} steps, {self.on_policy_after_ratio} of the run); set one")
         if self.packing or self.padding_free:
             raise ConfigError(f"{where}.packing / padding_free: GKD samples an answer per chat, so chats stay apart; "
                               "set both to false")
