@@ -123,7 +123,7 @@ def test_each_batch_is_averaged_over_its_own_answer_tokens():
             seen.append(num_items_in_batch)
 
     _wrapped(Recording).training_step(None, {}, 17)
-    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, 0.0, 0, 64, 1.0), GKDTrainer)
+    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, 0.0, 0, 64, 1.0, 0.0), GKDTrainer)
 
 
 def test_the_student_answers_no_batch_before_on_policy_after_and_lmbda_is_restored():

@@ -69,7 +69,7 @@ class GKDStageConfig(Taught):
 
 
 def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, divergence_temperature: float,
-                on_policy_after_ratio: float = 0.0):
+                on_policy_after_ratio: float):
     """trl's GKDTrainer with five changes, each measured (README, sft_gkd):
     - the divergence is trl's generalised JSD on the answer tokens only, a chunk of rows at a time
       (pipeline/training/distillation.py: jsd_loss); trl's computes it on every position at once, and on SmolLM2
