@@ -32,11 +32,11 @@ def kind_of(token: str, after_marker: bool = False) -> str:
 
 def read_rows(args) -> list[tuple[str, str, str]]:
     """(group, question, answer): the held-out references, or another model's recorded answers by right/wrong."""
+    path = Path(args.answers or args.data)
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()][:args.limit]
     if args.answers:
-        records = [json.loads(line) for line in Path(args.answers).read_text().splitlines() if line.strip()]
-        return [("right " if r["correct"] else "wrong ", r["question"], r["output"]) for r in records[:args.limit]]
-    rows = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()][:args.limit]
-    return [("", row["question"], row["answer"]) for row in rows]
+        return [("right " if r["correct"] else "wrong ", r["question"], r["output"]) for r in records]
+    return [("", r["question"], r["answer"]) for r in records]
 
 
 def main() -> None:
