@@ -95,16 +95,17 @@ def test_gkd_keeps_training_an_sft_students_adapter(tiny_llama, tmp_path):
                                                 .read_text())["base_model"]
 
 
-def _wrapped(parent, alpha=0.0, on_policy_after=0, lmbda=0.5, step=0, ratio=0.0, max_steps=10):
+def _wrapped(parent, alpha=0.0, on_policy_after=0, lmbda=0.5, step=0, ratio=0.0, max_steps=10, on_student=False):
     """The stage's trainer class over `parent`, built without a model: the overrides alone."""
     from types import SimpleNamespace
 
-    from pipeline.stages.train.gkd import gkd_trainer
+    from pipeline.stages.train.gkd import GKDStageConfig, gkd_trainer
 
-    trainer = object.__new__(gkd_trainer(parent, alpha, on_policy_after, vocab=64,
-                                         divergence_temperature=1.0, on_policy_after_ratio=ratio))
+    cfg = GKDStageConfig(alpha=alpha, on_policy_after=on_policy_after, on_policy_after_ratio=ratio,
+                         alpha_on_student_answers=on_student)
+    trainer = object.__new__(gkd_trainer(parent, cfg, vocab=64))
     trainer.lmbda = trainer.lmbda_as_set = lmbda
-    trainer.answered_by_student = False
+    trainer.answered_by_student, trainer.data_answers = False, None
     trainer.state = SimpleNamespace(global_step=step, max_steps=max_steps)
     return trainer
 
@@ -114,7 +115,7 @@ def test_each_batch_is_averaged_over_its_own_answer_tokens():
     (longer) answers; the stage's trainer drops it so trl averages over the batch's real tokens."""
     from trl.experimental.gkd import GKDTrainer
 
-    from pipeline.stages.train.gkd import gkd_trainer
+    from pipeline.stages.train.gkd import GKDStageConfig, gkd_trainer
 
     seen = []
 
@@ -123,7 +124,7 @@ def test_each_batch_is_averaged_over_its_own_answer_tokens():
             seen.append(num_items_in_batch)
 
     _wrapped(Recording).training_step(None, {}, 17)
-    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, 0.0, 0, 64, 1.0, 0.0), GKDTrainer)
+    assert seen == [None] and issubclass(gkd_trainer(GKDTrainer, GKDStageConfig(), 64), GKDTrainer)
 
 
 def test_the_student_answers_no_batch_before_on_policy_after_and_lmbda_is_restored():
@@ -199,6 +200,49 @@ def test_the_loss_is_trls_divergence_on_answer_tokens_plus_alpha_times_the_datas
     assert torch.allclose(trainer.compute_loss(student, inputs), 0.25 * ce + 0.75 * trl_jsd, atol=1e-5)
     trainer.answered_by_student = True  # its labels are its own samples: the divergence alone
     assert torch.allclose(trainer.compute_loss(student, inputs), trl_jsd, atol=1e-5)
+
+
+def test_alpha_on_student_answers_teaches_the_datas_answers_beside_the_divergence_on_the_students():
+    """With alpha_on_student_answers, a batch the student answered is pulled toward the teacher on its own answers
+    and, weighted by alpha, taught the data's answers to the same chats, kept before trl swaps them out."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.experimental.gkd import GKDTrainer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    student, teacher = LlamaForCausalLM(config), LlamaForCausalLM(config).eval()
+
+    def batch(length):
+        ids = torch.randint(0, 64, (2, length))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "labels": ids.masked_fill(torch.arange(length) < 4, -100)}  # a 4-token prompt
+
+    data, own = batch(9), batch(12)  # the data's answers; the student's own (longer) ones
+    own_logits, teacher_logits = student(**own).logits, teacher(**own).logits.detach()
+    trl_jsd = GKDTrainer.generalized_jsd_loss(own_logits[:, :-1], teacher_logits[:, :-1], own["labels"][:, 1:],
+                                              beta=0.5)
+    data_ce = F.cross_entropy(student(**data).logits[:, :-1].reshape(-1, 64), data["labels"][:, 1:].reshape(-1),
+                              ignore_index=-100)
+
+    class SwapsInTheStudentsAnswers(GKDTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            inputs.update(own)  # as trl's: the dict's entries are replaced
+            return self.compute_loss(model, inputs)
+
+    losses = {}
+    for on_student in (False, True):
+        trainer = _wrapped(SwapsInTheStudentsAnswers, alpha=0.25, lmbda=1.0, on_student=on_student)
+        trainer.teacher_model, trainer.beta = teacher, 0.5
+        trainer.accelerator = SimpleNamespace(unwrap_model=lambda model: model)
+        losses[on_student] = trainer.training_step(student, dict(data))
+        assert trainer.answered_by_student and trainer.data_answers is None  # nothing kept past the step
+    assert torch.allclose(losses[False], trl_jsd, atol=1e-5)
+    assert torch.allclose(losses[True], 0.25 * data_ce + 0.75 * trl_jsd, atol=1e-5)
 
 
 def test_the_chunked_divergence_and_its_gradients_equal_trls_whole_computation():

@@ -48,6 +48,10 @@ class GKDStageConfig(Taught):
                                               "(an untrained student's own answers teach it nothing)")
     on_policy_after_ratio: float = between(0.0, 0, 1, help="the same as a share of the run's steps, as warmup_ratio "
                                                           "is to warmup_steps: on_policy_after, when above 0, wins")
+    alpha_on_student_answers: bool = setting(False, "keep alpha's cross-entropy on the data's answers in batches the "
+                                                    "student answered too (one more forward of the student on the "
+                                                    "data's chats): the teacher endorses a student's wrong final "
+                                                    "answers (README, sft_gkd), the data's stay right")
 
     def student_kinds(self) -> tuple[str, ...]:
         return (ArtifactKind.model, ArtifactKind.adapter)  # an SFT'd student's adapter keeps training
@@ -68,8 +72,7 @@ class GKDStageConfig(Taught):
                               "set both to false")
 
 
-def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, divergence_temperature: float,
-                on_policy_after_ratio: float):
+def gkd_trainer(trainer_class, cfg: GKDStageConfig, vocab: int):
     """trl's GKDTrainer with five changes, each measured (README, sft_gkd):
     - the divergence is trl's generalised JSD on the answer tokens only, a chunk of rows at a time
       (pipeline/training/distillation.py: jsd_loss); trl's computes it on every position at once, and on SmolLM2
@@ -80,7 +83,9 @@ def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, d
     - the divergence may be taken at a temperature T, scaled by T^2 (`divergence_temperature`, as distill's);
     - `alpha` adds cross-entropy on the data's answers to batches the student did not write (distill's hard term;
       on the student's own answers the labels are its samples, so none there);
-    - no batch is answered by the student before step `on_policy_after` (or that share of the run's steps)."""
+    - no batch is answered by the student before step `on_policy_after` (or that share of the run's steps);
+    - with `alpha_on_student_answers`, batches the student answered keep alpha's cross-entropy on the data's own
+      answers to the same chats, kept before trl swaps the student's in."""
     import math
     import random
 
@@ -90,17 +95,20 @@ def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, d
     class TunedGKD(trainer_class):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.lmbda_as_set, self.answered_by_student = self.lmbda, False
+            self.lmbda_as_set, self.answered_by_student, self.data_answers = self.lmbda, False, None
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             # One draw a step, as trl's own; the choice is made here so compute_loss knows whose answers these are.
-            first = on_policy_after or math.ceil(on_policy_after_ratio * self.state.max_steps)
+            first = cfg.on_policy_after or math.ceil(cfg.on_policy_after_ratio * self.state.max_steps)
             self.answered_by_student = random.random() <= self.lmbda_as_set and self.state.global_step >= first
             self.lmbda = 1.0 if self.answered_by_student else 0.0
+            if self.answered_by_student and cfg.alpha and cfg.alpha_on_student_answers:
+                # trl replaces these three entries (not the tensors) with the student's answers
+                self.data_answers = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
             try:
                 return super().training_step(model, inputs, None)  # None: a mean over this batch's own tokens
             finally:
-                self.lmbda = self.lmbda_as_set
+                self.lmbda, self.data_answers = self.lmbda_as_set, None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs["labels"][:, 1:]
@@ -109,11 +117,23 @@ def gkd_trainer(trainer_class, alpha: float, on_policy_after: int, vocab: int, d
             teacher = self.accelerator.unwrap_model(self.teacher_model).eval()
             teacher_rows = teacher_answer_logits(teacher, output_head(teacher), inputs, mask)
             divergence, ce = jsd_loss(outputs.logits[:, :-1][mask], teacher_rows, labels[mask], self.beta, vocab,
-                                      temperature=divergence_temperature)
-            loss = divergence if self.answered_by_student or not alpha else alpha * ce + (1 - alpha) * divergence
+                                      temperature=cfg.divergence_temperature)
+            if self.data_answers is not None:  # the student answered; the data's answers are taught beside
+                ce = data_cross_entropy(model, self.data_answers, vocab)
+            elif self.answered_by_student:  # its labels are its own samples: nothing to teach by cross-entropy
+                ce = None
+            loss = divergence if ce is None or not cfg.alpha else cfg.alpha * ce + (1 - cfg.alpha) * divergence
             return (loss, outputs) if return_outputs else loss
 
     return TunedGKD
+
+
+def data_cross_entropy(model, batch, vocab: int):
+    """The model's mean cross-entropy on a batch's answer tokens (labels -100 elsewhere)."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
+    return F.cross_entropy(logits.float().reshape(-1, vocab), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
 
 
 @stage("gkd", config=GKDStageConfig, consumes={"model", "adapter"}, produces=trained_kind,
@@ -141,8 +161,7 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
     ctx.log(f"GKD: student {source.path} ({how}), lmbda {cfg.lmbda}, beta {cfg.beta}, {len(chats)} chats")
     training = Run(cfg, ctx)
     chats = training.untag(chats, cfg.dataset)
-    trainer_class = gkd_trainer(GKDTrainer, cfg.alpha, cfg.on_policy_after, len(tokenizer), cfg.divergence_temperature,
-                                cfg.on_policy_after_ratio)
+    trainer_class = gkd_trainer(GKDTrainer, cfg, len(tokenizer))
     trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=chats,
                             processing_class=tokenizer, peft_config=peft_config, callbacks=training.callbacks())
     metrics = training.finish(trainer, source, tokenizer, chats, None)
@@ -150,6 +169,7 @@ def run(cfg: GKDStageConfig, inputs: Inputs, ctx: StageContext) -> Artifact:
             f"in {metrics['train_steps']} steps")
     meta = {"gkd": {"teacher": described, "lmbda": cfg.lmbda, "beta": cfg.beta, "temperature": cfg.temperature,
                     "divergence_temperature": cfg.divergence_temperature, "alpha": cfg.alpha,
-                    "on_policy_after": cfg.on_policy_after, "on_policy_after_ratio": cfg.on_policy_after_ratio}}
+                    "on_policy_after": cfg.on_policy_after, "on_policy_after_ratio": cfg.on_policy_after_ratio,
+                    "alpha_on_student_answers": cfg.alpha_on_student_answers}}
     return policy_artifact(source, ctx.out_dir, cfg.method == Method.full, cfg.lora if peft_config else None,
                            metrics, meta)
