@@ -14,6 +14,9 @@ With `--answers`, an eval's per-item records (predictions.jsonl) are scored inst
 own answers (`output`), split into right and wrong ones, with the number after `####` as its own kind ("final").
 That is what GKD's on-policy batches pull the student toward: where the teacher endorses a wrong answer's own final
 number, a divergence to it teaches the student to finish its wrong working confidently.
+
+With `--gguf FILE` (the same teacher exported by a gguf stage, f32 or f16), the same token ids are scored by
+llama.cpp instead of transformers: an independent implementation of the figures (README, sft_gkd).
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ def main() -> None:
     parser.add_argument("--data", default="embedded/data/test_math.jsonl")
     parser.add_argument("--answers", help="an eval's predictions.jsonl: score these answers instead of --data's")
     parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--gguf", help="score with llama.cpp on this GGUF of the same model (the tokenizer stays "
+                                       "the artifact's)")
     args = parser.parse_args()
 
     import torch
@@ -58,8 +63,18 @@ def main() -> None:
     is_artifact = (folder / "artifact.json").is_file()
     artifact = Artifact.read(folder) if is_artifact else Artifact(kind="model", path=str(folder), fingerprint="")
     config = ModelConfig(name="teacher", path=artifact.base_model or artifact.path)
-    model = load_causal_lm(artifact, config, "cpu", merge_adapter=True).eval()
     tokenizer = load_tokenizer(artifact.tokenizer_dir(), config)
+    if args.gguf:
+        from pipeline.backends.gguf import LlamaCppBackend
+
+        engine, log_probs = args.gguf, LlamaCppBackend(Path(args.gguf)).log_probs
+    else:
+        model = load_causal_lm(artifact, config, "cpu", merge_adapter=True).eval()
+
+        def log_probs(ids, first):  # rows predicting ids[first:], as the backends' log_probs
+            with torch.no_grad():
+                return model(torch.tensor([ids])).logits[0, first - 1:-1].float().log_softmax(-1)
+        engine = "transformers"
     rows = read_rows(args)
     seen = defaultdict(lambda: [0, 0.0, 0, 0.0])  # count, probability, top-1, entropy
     for group, question, answer in rows:
@@ -68,12 +83,11 @@ def main() -> None:
         full = tokenizer.apply_chat_template([{"role": "user", "content": question},
                                               {"role": "assistant", "content": answer}], tokenize=False)
         start = len(tokenizer(prompt, add_special_tokens=False).input_ids)
-        ids = tokenizer(full, add_special_tokens=False, return_tensors="pt").input_ids
-        with torch.no_grad():
-            logp = model(ids).logits[0, :-1].float().log_softmax(-1)
+        ids = tokenizer(full, add_special_tokens=False).input_ids
+        logp = torch.as_tensor(log_probs(ids, start))
         after_marker = False
-        for position in range(start - 1, ids.shape[1] - 1):
-            target, dist = int(ids[0, position + 1]), logp[position]
+        for row, target in enumerate(ids[start:]):
+            dist = logp[row]
             token = tokenizer.convert_ids_to_tokens(target)
             entry = seen[group + kind_of(token, after_marker)]
             after_marker = after_marker or token == "####"
@@ -83,7 +97,7 @@ def main() -> None:
             entry[3] += float(-(dist.exp() * dist).sum())
             if token == "<|im_end|>":
                 break  # the template's newline after the turn is not the answer's
-    print(f"{artifact.path}: {len(rows)} answers of {args.answers or args.data}; vocabulary {len(tokenizer)} "
+    print(f"{artifact.path} ({engine}): {len(rows)} answers of {args.answers or args.data}; vocabulary {len(tokenizer)} "
           f"(uniform entropy {math.log(len(tokenizer)):.2f} nats)")
     print(f"{'answer token':<18} {'count':>6} {'p(reference)':>13} {'top-1':>7} {'entropy':>8}")
     for kind, (count, probability, top, entropy) in sorted(seen.items()):

@@ -313,6 +313,36 @@ def test_teacher_confidence_reads_every_answer_token_once(tmp_path):
     assert rows["right ####"][0] == rows["wrong ####"][0] == "1"
 
 
+def test_teacher_confidence_gives_the_same_figures_through_llama_cpp(tmp_path):
+    """--gguf scores the same token ids with llama.cpp on a GGUF of the same model: an independent implementation
+    of the probabilities, top-1 shares and entropies the README quotes."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    from conftest import EMBEDDED
+
+    from pipeline.llama_cpp import converter
+
+    root = Path(__file__).parents[1]
+    gguf = tmp_path / "embedded-f32.gguf"
+    converter.convert(EMBEDDED, gguf, "f32", model_name="embedded")
+    data = tmp_path / "math.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### "
+                                        f"{a + b}"}) + "\n" for a, b in [(3, 4), (12, 30), (250, 17)]))
+
+    def figures(*extra):
+        printed = subprocess.run([sys.executable, "scripts/teacher_confidence.py", str(EMBEDDED), "--data", str(data),
+                                  *extra], cwd=root, capture_output=True, text=True, check=True).stdout
+        return {line.split()[0]: [float(x.rstrip("%")) for x in line.split()[1:]] for line in printed.splitlines()[2:]}
+
+    by_transformers, by_llama_cpp = figures(), figures("--gguf", str(gguf))
+    assert by_transformers.keys() == by_llama_cpp.keys() == {"digit", "final", "####", "<|im_end|>", "other"}
+    for kind, (count, probability, top, entropy) in by_transformers.items():
+        assert by_llama_cpp[kind][:3] == pytest.approx([count, probability, top], abs=0.002)
+        assert by_llama_cpp[kind][3] == pytest.approx(entropy, abs=0.02)
+
+
 def test_the_plan_counts_the_students_own_answers_in_gkds_memory(tmp_path):
     """On-policy rows are the prompt plus up to max_new_tokens the student writes, which max_length does not cut:
     the plan trains on that length (SmolLM2: trl's GKD planned 4.3 GB and peaked at 8.8 GB)."""
@@ -322,3 +352,5 @@ def test_the_plan_counts_the_students_own_answers_in_gkds_memory(tmp_path):
     short, long = planned("stages.gkd.max_new_tokens=8"), planned("stages.gkd.max_new_tokens=256")
     sft = {s.name: s for s in _plan(tmp_path).steps}["sft_student"].memory_bytes
     assert sft < short < long
+    # alpha_on_student_answers holds a forward of the data's chats beside the student's own
+    assert planned("stages.gkd.alpha_on_student_answers=true") > planned()

@@ -60,10 +60,13 @@ class GKDStageConfig(Taught):
         from dataclasses import replace
 
         # The student also answers its batches (lmbda): a generation of max_new_tokens per chat, and training on
-        # the prompt plus that answer, which max_length does not cut (SmolLM2: planned 4.3 GB, measured 8.8 GB)
+        # the prompt plus that answer, which max_length does not cut (SmolLM2: planned 4.3 GB, measured 8.8 GB).
+        # alpha_on_student_answers holds a forward of the data's chats beside it: counted as a second batch as
+        # long (the data's are no longer: the safe side)
         work = super().memory_profile(sources)
-        return replace(work, length=work.length + self.max_new_tokens, generate_batch=self.per_device_train_batch_size,
-                       generate_tokens=self.max_new_tokens)
+        forwards = 2 if self.alpha_on_student_answers and self.alpha else 1
+        return replace(work, length=work.length + self.max_new_tokens, batch=work.batch * forwards,
+                       generate_batch=self.per_device_train_batch_size, generate_tokens=self.max_new_tokens)
 
     def validate(self, where: str, earlier: dict) -> None:
         super().validate(where, earlier)
