@@ -202,7 +202,9 @@ NEW_STAGES = {  # each issue-23 stage after a 2-step SFT, 2 optimizer steps on 2
              "stages.rloo.max_completion_length=6", "stages.rloo.use_vllm=false"],
     "gkd": ["recipe=sft_gkd", "~stages.eval_teacher", "~stages.eval_sft_student", "~stages.eval_gkd",
             "stages.teacher.max_steps=2", "stages.teacher.per_device_train_batch_size=2", "stages.sft_student.max_steps=2",
-            "stages.sft_student.per_device_train_batch_size=2", "stages.gkd.max_new_tokens=6"],
+            "stages.sft_student.per_device_train_batch_size=2", "stages.gkd.max_new_tokens=6",
+            # step 0 the data's answers, step 1 the student's with the data's beside them (a second forward)
+            "stages.gkd.lmbda=1.0", "stages.gkd.on_policy_after=1", "stages.gkd.alpha_on_student_answers=true"],
 }
 
 

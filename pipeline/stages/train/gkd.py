@@ -76,7 +76,7 @@ class GKDStageConfig(Taught):
 
 
 def gkd_trainer(trainer_class, cfg: GKDStageConfig, vocab: int):
-    """trl's GKDTrainer with five changes, each measured (README, sft_gkd):
+    """trl's GKDTrainer with six changes, each measured (README, sft_gkd):
     - the divergence is trl's generalised JSD on the answer tokens only, a chunk of rows at a time
       (pipeline/training/distillation.py: jsd_loss); trl's computes it on every position at once, and on SmolLM2
       the stage peaked at 14.8 GB of RSS against 3.8 GB for SFT;
