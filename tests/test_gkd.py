@@ -34,10 +34,12 @@ def test_the_student_comes_first_and_the_teacher_is_an_input(tmp_path):
     ("stages.gkd.divergence_temperature=0", r"^stages\.gkd\.divergence_temperature: 0(\.0)?; valid: > 0"),
     ("stages.gkd.packing=true", r"^stages\.gkd\.packing / padding_free: GKD samples an answer per chat"),
     ("stages.gkd.on_policy_after_ratio=1.5", r"^stages\.gkd\.on_policy_after_ratio: 1\.5; valid: \[0, 1\]$"),
+    ("stages.gkd.alpha_on_student_answers=true stages.gkd.alpha=0",
+     r"^stages\.gkd\.alpha_on_student_answers: true with alpha 0 teaches the data's answers with weight 0"),
 ])
 def test_bad_gkd_settings_fail_at_plan_time(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        _plan(tmp_path, override)
+        _plan(tmp_path, *override.split())
 
 
 def test_a_teacher_of_another_vocabulary_is_refused(tmp_path):

@@ -64,7 +64,7 @@ class GKDStageConfig(Taught):
         # alpha_on_student_answers holds a forward of the data's chats beside it: counted as a second batch as
         # long (the data's are no longer: the safe side)
         work = super().memory_profile(sources)
-        forwards = 2 if self.alpha_on_student_answers and self.alpha else 1
+        forwards = 2 if self.alpha_on_student_answers else 1
         return replace(work, length=work.length + self.max_new_tokens, batch=work.batch * forwards,
                        generate_batch=self.per_device_train_batch_size, generate_tokens=self.max_new_tokens)
 
@@ -73,6 +73,9 @@ class GKDStageConfig(Taught):
         if self.packing or self.padding_free:
             raise ConfigError(f"{where}.packing / padding_free: GKD samples an answer per chat, so chats stay apart; "
                               "set both to false")
+        if self.alpha_on_student_answers and not self.alpha:
+            raise ConfigError(f"{where}.alpha_on_student_answers: true with alpha 0 teaches the data's answers with "
+                              "weight 0; set alpha in (0, 1] (sft_gkd: 0.5) or the key to false")
 
 
 def gkd_trainer(trainer_class, cfg: GKDStageConfig, vocab: int):
@@ -105,7 +108,7 @@ def gkd_trainer(trainer_class, cfg: GKDStageConfig, vocab: int):
             first = cfg.on_policy_after or math.ceil(cfg.on_policy_after_ratio * self.state.max_steps)
             self.answered_by_student = random.random() <= self.lmbda_as_set and self.state.global_step >= first
             self.lmbda = 1.0 if self.answered_by_student else 0.0
-            if self.answered_by_student and cfg.alpha and cfg.alpha_on_student_answers:
+            if self.answered_by_student and cfg.alpha_on_student_answers:  # validate: alpha > 0 then
                 # trl replaces these three entries (not the tensors) with the student's answers
                 self.data_answers = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels")}
             try:
@@ -132,11 +135,14 @@ def gkd_trainer(trainer_class, cfg: GKDStageConfig, vocab: int):
 
 
 def data_cross_entropy(model, batch, vocab: int):
-    """The model's mean cross-entropy on a batch's answer tokens (labels -100 elsewhere)."""
+    """The model's mean cross-entropy on a batch's answer tokens (labels -100 elsewhere); fp32 copies of the
+    answer rows only, as compute_loss takes them."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1, :vocab]
-    return F.cross_entropy(logits.float().reshape(-1, vocab), batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    return F.cross_entropy(logits[mask][:, :vocab].float(), labels[mask])
 
 
 @stage("gkd", config=GKDStageConfig, consumes={"model", "adapter"}, produces=trained_kind,
